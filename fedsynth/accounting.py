@@ -1,0 +1,185 @@
+"""Privacy accounting: one Opacus RDP accountant for everything a run reveals.
+
+Every revealed value is a Gaussian mechanism: a sum over records, each
+record's contribution bounded in L2 norm by a sensitivity ``Delta``, with
+total noise ``N(0, (z * Delta)^2)``. A mechanism is recorded as
+``(noise_multiplier z, sample_rate q, steps)``:
+
+* a one-shot statistic (class counts, gene means, library sizes) is
+  ``(z_stat, 1.0, 1)``;
+* DP-SGD is ``(z_sgd, q, T)`` with Poisson sampling at rate ``q``.
+
+All of them are composed in one :class:`opacus.accountants.RDPAccountant`,
+whose Renyi-DP bound ``eps(alpha) = sum_j eps_j(alpha)`` is converted to
+``(epsilon, delta)``. Calibration (:func:`plan_budget`) happens before any
+data is touched:
+
+1. the statistics get ``stats_fraction * epsilon``: ``z_stat`` is the
+   smallest multiplier whose ``n_stats`` one-shot releases alone stay
+   within it;
+2. ``z_sgd`` is the smallest multiplier for which the *composition* of the
+   statistics and ``T`` DP-SGD steps stays within ``epsilon``.
+
+A plan that cannot meet the target (or needs absurd noise) raises
+:class:`~fedsynth.errors.BudgetError`, and the run refuses to start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from opacus.accountants import RDPAccountant
+
+from .errors import BudgetError, ParameterError
+
+#: Renyi orders: Opacus' defaults reach down to 1.1 only; large noise
+#: multipliers (one-shot statistics) need orders closer to 1.
+ALPHAS = [1 + x / 100 for x in range(1, 10)] + [1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [
+    80, 128, 256, 512, 1024]
+
+#: Above this noise multiplier DP-SGD learns nothing useful; refuse instead.
+MAX_NOISE_MULTIPLIER = 50.0
+
+
+@dataclass
+class Mechanism:
+    """One revealed quantity: name, noise multiplier, sample rate, repetitions."""
+
+    name: str
+    noise_multiplier: float
+    sample_rate: float = 1.0
+    steps: int = 1
+
+
+@dataclass
+class PrivacyLedger:
+    """Everything a run reveals, and what it costs in (epsilon, delta)."""
+
+    epsilon: float
+    delta: float
+    mechanisms: list[Mechanism] = field(default_factory=list)
+
+    def add(self, mechanism: Mechanism) -> None:
+        self.mechanisms.append(mechanism)
+
+    def spent(self) -> float:
+        """Epsilon of the composition of all recorded mechanisms at ``delta``."""
+        return compose(self.mechanisms, self.delta)
+
+    def to_dict(self) -> dict:
+        return {
+            "epsilon_target": self.epsilon,
+            "delta": self.delta,
+            "epsilon_spent": self.spent(),
+            "mechanisms": [asdict(m) for m in self.mechanisms],
+            "accountant": "opacus.accountants.RDPAccountant",
+        }
+
+
+def compose(mechanisms: list[Mechanism], delta: float) -> float:
+    """Epsilon at ``delta`` of the RDP composition of ``mechanisms``."""
+    if not mechanisms:
+        return 0.0
+    acc = RDPAccountant()
+    acc.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms]
+    return float(acc.get_epsilon(delta, alphas=ALPHAS))
+
+
+def _smallest_multiplier(cost, target: float, *, lo: float = 0.05, hi: float = 1e3) -> float:
+    """Smallest z in [lo, hi] with cost(z) <= target (cost decreasing in z)."""
+    if cost(hi) > target:
+        return float("inf")
+    if cost(lo) <= target:
+        return lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cost(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-4 * hi:
+            break
+    return hi
+
+
+@dataclass
+class BudgetPlan:
+    """Calibrated noise multipliers for a run."""
+
+    epsilon: float
+    delta: float
+    stat_multiplier: float
+    sgd_multiplier: float
+    sample_rate: float
+    steps: int
+    stat_names: list[str]
+
+    def ledger(self) -> PrivacyLedger:
+        led = PrivacyLedger(self.epsilon, self.delta)
+        for name in self.stat_names:
+            led.add(Mechanism(name, self.stat_multiplier))
+        if self.steps:
+            led.add(Mechanism("dp-sgd", self.sgd_multiplier, self.sample_rate, self.steps))
+        return led
+
+
+def validate_budget(epsilon: float, delta: float, n_total: int | None = None) -> None:
+    """Reject impossible (epsilon, delta) before anything starts."""
+    if not epsilon > 0:
+        raise ParameterError(f"--epsilon must be > 0 (got {epsilon})")
+    if not 0 < delta < 1:
+        raise ParameterError(f"--delta must be in (0, 1) (got {delta})")
+    if n_total is not None and delta >= 1.0 / n_total:
+        raise BudgetError(
+            f"--delta {delta:g} is not below 1/n = {1 / n_total:.2g} for {n_total} records: "
+            "such a guarantee can be met by publishing a record; lower --delta"
+        )
+
+
+def plan_budget(
+    epsilon: float,
+    delta: float,
+    *,
+    stat_names: list[str],
+    sample_rate: float,
+    steps: int,
+    stats_fraction: float = 0.2,
+) -> BudgetPlan:
+    """Calibrate noise so that statistics + DP-SGD compose to exactly ``epsilon``.
+
+    Parameters
+    ----------
+    stat_names
+        One entry per one-shot statistic released (each sensitivity-normalised).
+    sample_rate, steps
+        Poisson rate ``q`` and number of DP-SGD steps ``T``.
+    stats_fraction
+        Share of epsilon the statistics may use on their own.
+    """
+    validate_budget(epsilon, delta)
+    if not 0 < stats_fraction < 1:
+        raise ParameterError(f"--stats-fraction must be in (0, 1) (got {stats_fraction})")
+    if not 0 < sample_rate <= 1:
+        raise ParameterError(f"sample rate must be in (0, 1] (got {sample_rate:g}); check --batch-size")
+
+    def stats_only(z):
+        return compose([Mechanism(n, z) for n in stat_names], delta)
+
+    z_stat = _smallest_multiplier(stats_only, stats_fraction * epsilon) if stat_names else 0.0
+    stats = [Mechanism(n, z_stat) for n in stat_names]
+
+    def total(z):
+        return compose(stats + [Mechanism("dp-sgd", z, sample_rate, steps)], delta)
+
+    z_sgd = _smallest_multiplier(total, epsilon) if steps else 0.0
+    if steps and z_sgd > MAX_NOISE_MULTIPLIER:
+        raise BudgetError(
+            f"epsilon {epsilon:g} cannot be met with {steps} DP-SGD steps at sample rate "
+            f"{sample_rate:.3g} without noise multiplier {z_sgd:.3g} > {MAX_NOISE_MULTIPLIER:g}; "
+            "raise --epsilon, lower --epochs or raise --batch-size"
+        )
+    plan = BudgetPlan(epsilon, delta, z_stat, z_sgd, sample_rate, steps, list(stat_names))
+    spent = plan.ledger().spent()
+    if spent > epsilon * (1 + 1e-9):
+        raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
+    return plan

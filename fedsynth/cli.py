@@ -1,0 +1,346 @@
+"""The ``fedsynth`` command line: a thin click shell over the package.
+
+Every command reports a user error as one line, ``fedsynth: error: ...``,
+with a non-zero exit status, and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import FedsynthError, SessionError
+
+log = logging.getLogger("fedsynth")
+
+
+def setup_logging(site: str | None = None, verbose: bool = False) -> None:
+    tag = f" [{site}]" if site else ""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s fedsynth{tag} %(levelname)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("fedsynth")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def user_errors(fn):
+    """Turn FedsynthError into one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FedsynthError as e:
+            site = kwargs.get("site_name") or os.environ.get("FEDSYNTH_SITE")
+            where = f"[{site}] " if site else ""
+            click.echo(f"fedsynth: error: {where}{e}", err=True)
+            sys.stderr.flush()
+            sys.stdout.flush()
+            if isinstance(e, SessionError):
+                # never wait for gloo's destructors on a broken session
+                os._exit(e.exit_code)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- options
+def data_options(fn):
+    """Options shared by every command that reads an expression matrix."""
+    opts = [
+        click.option("--label-column", default=None, help="Column (or h5ad obs column) holding the class label."),
+        click.option("--labels-file", type=click.Path(), default=None,
+                     help="CSV/TSV (sample_id,label) with the labels, instead of --label-column."),
+        click.option("--orientation", type=click.Choice(["auto", "samples-by-genes", "genes-by-samples"]),
+                     default="auto", show_default=True,
+                     help="Layout of a CSV/TSV. auto: samples-by-genes if --label-column is a column header; "
+                          "with --labels-file, the axis whose IDs match the labels file; h5ad is always obs=samples."),
+        click.option("--meta-columns", default="", help="Comma-separated numeric columns that are not genes (e.g. age). "
+                     "Non-numeric columns are never genes."),
+        click.option("--sample-id-column", default=None, help="Column with sample IDs (default: the first column)."),
+        click.option("--input-kind", type=click.Choice(["log", "counts"]), default="log", show_default=True,
+                     help="log: log-scale expression used as given. counts: raw integer counts, normalised to "
+                          "log1p(CPM); synthetic counts are drawn back with a Poisson count model."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def train_options(fn):
+    """Training and privacy options shared by train and simulate."""
+    opts = [
+        click.option("--epsilon", type=float, default=1.0, show_default=True,
+                     help="Total privacy budget epsilon for everything the run reveals."),
+        click.option("--delta", type=float, default=1e-5, show_default=True, help="Privacy parameter delta (< 1/N)."),
+        click.option("--no-dp", is_flag=True, help="Train WITHOUT differential privacy (baseline only: output is not private)."),
+        click.option("--max-colluders", type=int, default=0, show_default=True,
+                     help="t: sites that may pool their views; each site adds noise variance sigma^2 C^2/(k-t)."),
+        click.option("--epochs", type=int, default=10, show_default=True, help="Passes over the data (expected)."),
+        click.option("--batch-size", type=int, default=128, show_default=True,
+                     help="Expected batch size over all sites; sample rate q = batch-size / N."),
+        click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate."),
+        click.option("--clip", type=float, default=1.0, show_default=True, help="Per-sample gradient clip norm C."),
+        click.option("--latent-dim", type=int, default=4, show_default=True, help="CVAE latent dimension."),
+        click.option("--hidden-dim", type=int, default=32, show_default=True, help="CVAE hidden layer width."),
+        click.option("--stats-fraction", type=float, default=0.7, show_default=True,
+                     help="Share of epsilon for the released statistics (class counts, gene means, library sizes)."),
+        click.option("--genes", type=click.Choice(["strict", "intersect"]), default="strict", show_default=True,
+                     help="strict: all sites must have the same genes. intersect: use the genes all sites share."),
+        click.option("--seed", type=int, default=None,
+                     help="Fix sampling and initialisation (reproducibility/testing). Default: fresh OS randomness."),
+        click.option("--step-timeout", type=float, default=120.0, show_default=True,
+                     help="Deadline in seconds for every blocking step after joining (key agreement, each aggregation)."),
+        click.option("--rendezvous-timeout", type=float, default=300.0, show_default=True,
+                     help="Deadline in seconds for all sites to join the session."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _train_config(kw):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        epsilon=kw["epsilon"], delta=kw["delta"], no_dp=kw["no_dp"], max_colluders=kw["max_colluders"],
+        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], clip=kw["clip"],
+        latent_dim=kw["latent_dim"], hidden_dim=kw["hidden_dim"], stats_fraction=kw["stats_fraction"],
+        genes=kw["genes"], seed=kw["seed"],
+    )
+
+
+def load_cohort(path, kw, *, min_samples=2):
+    """Read and validate one matrix with the data options."""
+    from .io import read_expression
+    from .preprocess import validate_and_normalise
+
+    if not kw["label_column"] and not kw["labels_file"]:
+        raise click.UsageError("give --label-column or --labels-file")
+    meta = tuple(c for c in kw["meta_columns"].split(",") if c)
+    raw = read_expression(path, label_column=kw["label_column"], labels_file=kw["labels_file"],
+                          orientation=kw["orientation"], meta_columns=meta,
+                          sample_id_column=kw["sample_id_column"])
+    return validate_and_normalise(raw, input_kind=kw["input_kind"],
+                                  label_column=kw["label_column"] or "label", min_samples=min_samples), raw
+
+
+def prepare_outdir(outdir, names, overwrite):
+    """Create ``outdir``; refuse to overwrite existing outputs unless asked."""
+    from .errors import InputError
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        clash = [n for n in names if (out / n).exists()]
+        if clash:
+            raise InputError(f"{out}: already holds {', '.join(clash)}; choose another --outdir or pass --overwrite")
+    return out
+
+
+# ----------------------------------------------------------------- commands
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="fedsynth")
+def main():
+    """fedsynth: federated, differentially private synthetic RNA-seq.
+
+    Sites (hospitals) train one conditional VAE together over an authenticated
+    CrypTen session: only noisy sums over all sites are ever revealed, and the
+    released model and its samples are (epsilon, delta)-DP for every patient.
+
+    \b
+    Commands, in the order a site uses them:
+      preprocess   validate and normalise a matrix (also run inside train)
+      train        this site's part of a federated run (all sites run it)
+      synthesize   draw synthetic samples from a released model
+      simulate     run k sites as k local processes on one machine (demo, benchmarks)
+    """
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(), help="Expression matrix: CSV/TSV(.gz) or .h5ad.")
+@data_options
+@click.option("--out", "out", required=True, type=click.Path(), help="Output .h5ad (normalised, validated).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@user_errors
+def preprocess(data, out, overwrite, **kw):
+    """Validate a matrix and write it normalised (log scale) as h5ad.
+
+    Checks: readable format, no NaN/inf, unique sample and gene IDs, a label for
+    every sample, non-negative integers for counts, not every gene constant.
+    """
+    from .io import atomic_path
+
+    setup_logging()
+    cohort, _ = load_cohort(data, kw)
+    if not str(out).endswith(".h5ad"):
+        raise click.BadParameter("must end in .h5ad", param_hint="--out")
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        cohort.to_anndata().write_h5ad(tmp)
+    click.echo(f"fedsynth preprocess: {cohort.n_samples} samples x {cohort.n_genes} genes, "
+               f"{len(set(cohort.labels))} labels -> {out}")
+
+
+@main.command()
+@click.option("--rank", type=int, required=True, help="This site's rank, 0..K-1 (rank 0 hosts the rendezvous).")
+@click.option("--world-size", type=int, required=True, help="Number of sites K.")
+@click.option("--rendezvous", required=True, help="tcp://HOST:PORT where rank 0 listens.")
+@click.option("--secret-file", required=True, type=click.Path(),
+              help="File with the pre-shared session secret (>= 16 bytes, not readable by others).")
+@click.option("--data", required=True, type=click.Path(), help="This site's expression matrix.")
+@data_options
+@train_options
+@click.option("--site-name", default=None, help="Name for logs (default: site<rank>).")
+@click.option("--outdir", required=True, type=click.Path(), help="Output folder: model.pt and run.json.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs in --outdir.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@user_errors
+def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, overwrite, progress, **kw):
+    """Run this site's part of federated DP training.
+
+    Every site runs this with its own --rank and data and the same
+    --world-size, --rendezvous, secret and training options. Writes
+    OUTDIR/model.pt (weights, sampling info, DP record) and OUTDIR/run.json.
+    """
+    from .io import atomic_write_json
+    from .model import save_model
+    from .session import Session, parse_rendezvous, read_secret
+    from .train import train_site
+
+    site_name = site_name or f"site{rank}"
+    os.environ["FEDSYNTH_SITE"] = site_name
+    setup_logging(site_name)
+    t0 = time.monotonic()
+    cfg = _train_config(kw)
+    cfg.validate()
+    parse_rendezvous(rendezvous)
+    secret = read_secret(secret_file)
+    out = prepare_outdir(outdir, ["model.pt", "run.json"], overwrite)
+    cohort, _ = load_cohort(data, kw)
+    log.info("%s: %d samples x %d genes", data, cohort.n_samples, cohort.n_genes)
+    timings = {"load": time.monotonic() - t0}
+    t1 = time.monotonic()
+    with Session(rank, world_size, rendezvous, secret, site_name=site_name,
+                 rendezvous_timeout=kw["rendezvous_timeout"], step_timeout=kw["step_timeout"]) as session:
+        timings["session"] = time.monotonic() - t1
+        result = train_site(session, cohort, cfg, progress=progress)
+    timings.update(result.timings)
+    save_model(out / "model.pt", model=result.model, meta=result.meta)
+    dp = result.meta["dp"]
+    timings["total"] = time.monotonic() - t0
+    run = {
+        "command": "train",
+        "site": site_name,
+        "rank": rank,
+        "epsilon": dp["epsilon"],
+        "epsilon_spent": dp["epsilon_spent"],
+        "delta": dp["delta"],
+        "private": dp["private"],
+        "max_colluders": dp["max_colluders"],
+        "sites": dp["sites"],
+        "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "dp": dp,
+    }
+    atomic_write_json(out / "run.json", run)
+    spent = "NOT PRIVATE (--no-dp)" if not dp["private"] else f"epsilon {dp['epsilon_spent']:.3f} of {dp['epsilon']:g}, delta {dp['delta']:g}"
+    click.echo(f"fedsynth train [{site_name}]: done in {timings['total']:.1f}s; {spent}; "
+               f"{len(dp['sites'])} sites, {sum(s['n'] for s in dp['sites'])} samples -> {out / 'model.pt'}")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A model.pt written by train or simulate.")
+@click.option("--n", type=int, required=True, help="Number of synthetic samples.")
+@click.option("--class-proportions", default=None,
+              help="e.g. LumA=0.5,Basal=0.5 (default: the model's DP class proportions).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for sampling.")
+@click.option("--label-column", default="label", show_default=True, help="Name of the label column written.")
+@click.option("--outdir", required=True, type=click.Path(), help="Writes synthetic.csv and synthetic.h5ad here.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@user_errors
+def synthesize(model_path, n, class_proportions, seed, label_column, outdir, overwrite):
+    """Draw N synthetic samples from a released model (no other site needed)."""
+    setup_logging()
+    out = prepare_outdir(outdir, ["synthetic.csv", "synthetic.h5ad"], overwrite)
+    expr, labels, meta = synthesize_to(out, model_path, n, class_proportions, seed, label_column, overwrite)
+    click.echo(f"fedsynth synthesize: {len(expr)} samples x {expr.shape[1]} genes "
+               f"({', '.join(f'{c}: {(labels == c).sum()}' for c in meta['classes'])}) -> {out}")
+
+
+def synthesize_to(out, model_path, n, class_proportions, seed, label_column, overwrite):
+    """Sample and write OUT/synthetic.csv and OUT/synthetic.h5ad."""
+    from .io import write_table
+    from .synthesize import synthesize as draw
+
+    expr, labels, meta = draw(model_path, n, class_proportions=class_proportions, seed=seed)
+    dp = meta["dp"]
+    uns = {"fedsynth": {"private": bool(dp["private"]), "epsilon": float(dp["epsilon"] or -1),
+                        "delta": float(dp["delta"]), "max_colluders": int(dp["max_colluders"]),
+                        "input_kind": meta["input_kind"], "seed": int(seed)}}
+    write_table(expr, labels, out / "synthetic.csv", label_column=label_column, overwrite=overwrite)
+    write_table(expr, labels, out / "synthetic.h5ad", label_column=label_column, overwrite=overwrite, uns=uns)
+    return expr, labels, meta
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(), help="One matrix holding every site's samples.")
+@data_options
+@click.option("--sites", type=int, default=3, show_default=True,
+              help="Number of sites k (with --site-column: the k largest sites). 1 = centralised baseline.")
+@click.option("--site-column", default=None, help="Split by this column (e.g. the hospital); otherwise --split.")
+@click.option("--split", type=click.Choice(["even", "dirichlet"]), default="even", show_default=True,
+              help="Without --site-column: random even split, or label-skewed Dirichlet split.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="Dirichlet concentration for --split dirichlet (smaller: more skewed).")
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="Share of every site's samples held out for evaluation (0: no evaluation).")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the site split, holdout and sampling.")
+@click.option("--local-only", is_flag=True, help="Baseline: every site trains alone (k separate 1-site runs).")
+@click.option("--n-synthetic", type=int, default=None, help="Synthetic samples to draw (default: number of training samples).")
+@train_options
+@click.option("--outdir", required=True, type=click.Path(), help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs in --outdir.")
+@user_errors
+def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_only, n_synthetic, outdir,
+             overwrite, **kw):
+    """Run K sites as K local processes over one CrypTen session (demo, benchmarks).
+
+    Splits --data into sites, holds out --holdout of each site, and starts one
+    `fedsynth train` process per site on 127.0.0.1 with a fresh session
+    secret. Writes OUTDIR/model.pt, OUTDIR/synthetic.csv, OUTDIR/synthetic.h5ad
+    and OUTDIR/run.json (epsilon, delta, each site's n, wall seconds per
+    phase, train-on-synthetic/test-on-real scores on the held-out samples).
+    """
+    from .simulate import run_simulation
+
+    setup_logging("simulate")
+    if not kw["label_column"] and not kw["labels_file"]:
+        raise click.UsageError("give --label-column or --labels-file")
+    read_kw = {"label_column": kw.pop("label_column"), "labels_file": kw.pop("labels_file"),
+               "orientation": kw.pop("orientation"), "sample_id_column": kw.pop("sample_id_column"),
+               "meta_columns": tuple(c for c in kw.pop("meta_columns").split(",") if c)}
+    input_kind = kw.pop("input_kind")
+    run = run_simulation(data, read_kw=read_kw, input_kind=input_kind, sites=sites, site_column=site_column,
+                         split=split, alpha=alpha, holdout=holdout, split_seed=split_seed, local_only=local_only,
+                         n_synthetic=n_synthetic, outdir=outdir, overwrite=overwrite, train_kw=kw)
+    private = "NOT PRIVATE (--no-dp)" if not run["private"] else f"epsilon {run['epsilon']:g}, delta {run['delta']:g}"
+    if local_only:
+        click.echo(f"fedsynth simulate: local-only baselines for {len(run['sites'])} sites, {private} -> {outdir}")
+        return
+    score = ""
+    if run["evaluation"]:
+        lr = run["evaluation"]["tstr"]["logreg"]
+        score = f"; TSTR logreg accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f}"
+    click.echo(f"fedsynth simulate: {len(run['sites'])} site(s), {sum(s['n'] for s in run['sites'])} training "
+               f"samples, {private}{score}; {run['wall_seconds']['total']:.0f}s -> {outdir}")
+
+
+if __name__ == "__main__":
+    main()

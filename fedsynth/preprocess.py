@@ -1,0 +1,374 @@
+"""Validation, normalisation, gene harmonisation and site splitting.
+
+:func:`validate_and_normalise` turns a :class:`~fedsynth.io.RawTable` into a
+:class:`Cohort` (plain numpy arrays, log-scale expression) or raises a one-line
+:class:`~fedsynth.errors.InputError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fedsynth.errors import InputError, ParameterError
+from fedsynth.io import RawTable
+
+__all__ = [
+    "Cohort",
+    "validate_and_normalise",
+    "constant_genes",
+    "harmonise_genes",
+    "split_sites",
+]
+
+INPUT_KINDS = ("counts", "log")
+LOG_MAX = 50.0  # log-scale values above this look like raw counts
+INT_TOL = 1e-6
+
+
+@dataclass
+class Cohort:
+    """One site's validated, normalised data.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        float64, samples x genes, log-scale expression (log1p CPM for counts input).
+    labels : numpy.ndarray
+        Class label per sample (dtype object, str values).
+    sample_ids, genes : list of str
+    input_kind : str
+        ``"counts"`` or ``"log"``: what the input file held.
+    library_sizes : numpy.ndarray or None
+        Raw per-sample count totals (counts input only).
+    source : str
+        The file the data came from.
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    sample_ids: list[str]
+    genes: list[str]
+    input_kind: str
+    library_sizes: np.ndarray | None
+    source: str
+
+    @property
+    def n_samples(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.X.shape[1]
+
+    def to_anndata(self):
+        """Return an ``anndata.AnnData`` (obs: ``label``; var: genes; uns: ``input_kind``, ``source``)."""
+        import anndata
+
+        obs = pd.DataFrame({"label": pd.Categorical(self.labels.astype(str))},
+                           index=pd.Index(self.sample_ids, dtype=object))
+        return anndata.AnnData(X=self.X.copy(), obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, dtype=object)),
+                               uns={"input_kind": self.input_kind, "source": self.source})
+
+    def subset_genes(self, genes: Sequence[str]) -> "Cohort":
+        """Return a new Cohort with exactly ``genes``, in that order."""
+        pos = {g: i for i, g in enumerate(self.genes)}
+        missing = [g for g in genes if g not in pos]
+        if missing:
+            raise InputError(f"{self.source}: {len(missing)} requested genes are missing ({_examples(missing)})")
+        cols = np.array([pos[g] for g in genes], dtype=np.intp)
+        return replace(self, X=self.X[:, cols], genes=list(genes))
+
+    def subset_samples(self, mask) -> "Cohort":
+        """Return a new Cohort with the samples selected by a boolean mask or row positions."""
+        rows = np.asarray(mask)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp)
+        return replace(
+            self,
+            X=self.X[rows],
+            labels=self.labels[rows],
+            sample_ids=[self.sample_ids[i] for i in rows],
+            library_sizes=None if self.library_sizes is None else self.library_sizes[rows],
+        )
+
+
+def _examples(values, k: int = 3) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:k]) + (", ..." if len(values) > k else "")
+
+
+def _first_cell(mask: np.ndarray, rows: Sequence, cols: Sequence) -> str:
+    i, j = np.argwhere(mask)[0]
+    return f"sample {rows[i]}, gene {cols[j]}"
+
+
+def _duplicates(values: Sequence) -> list:
+    idx = pd.Index(values)
+    return list(idx[idx.duplicated()].unique())
+
+
+def validate_and_normalise(
+    raw: RawTable,
+    *,
+    input_kind: str = "log",
+    label_column: str,
+    min_samples: int = 2,
+    allowed_labels: Sequence[str] | None = None,
+) -> Cohort:
+    """Check a raw table and return a normalised :class:`Cohort`.
+
+    Parameters
+    ----------
+    raw : RawTable
+    input_kind : {"log", "counts"}
+        ``"counts"``: values must be non-negative integers (tolerance 1e-6) and
+        every sample needs a positive library size (row sum); X becomes
+        ``log1p(counts / library_size * 1e6)`` (log1p CPM). ``"log"``: values are
+        used as given; negative values are allowed, but a maximum above 50 is
+        taken to mean raw counts and is an error.
+    label_column : str
+        Name of the label column, used in the message when labels are absent.
+    min_samples : int
+        Fewer samples than this is an error.
+    allowed_labels : sequence of str, optional
+        If given, any other label is an error.
+
+    Raises
+    ------
+    InputError
+        Empty matrix, no genes, NaN/inf values, duplicate sample or gene IDs,
+        missing or unknown labels, invalid counts, log values above 50, too few
+        samples, or every gene constant. Genes constant in only some columns are
+        fine (they may vary at other sites); see :func:`constant_genes`.
+    ParameterError
+        Unknown ``input_kind``.
+    """
+    if input_kind not in INPUT_KINDS:
+        raise ParameterError(f"--input-kind must be 'counts' or 'log', not '{input_kind}'")
+    path = raw.path
+    expr = raw.expr
+    if expr.shape[0] == 0:
+        raise InputError(f"{path}: the matrix is empty (no samples)")
+    if expr.shape[1] == 0:
+        raise InputError(f"{path}: no gene columns found")
+    sample_ids = [str(s) for s in expr.index]
+    genes = [str(g) for g in expr.columns]
+    for what, ids in (("sample", sample_ids), ("gene", genes)):
+        dup = _duplicates(ids)
+        if dup:
+            raise InputError(f"{path}: {len(dup)} {what} IDs appear more than once (e.g. {_examples(dup)})")
+
+    values = expr.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(f"{path}: {int(bad.sum())} values are NaN or infinite "
+                         f"(first at {_first_cell(bad, sample_ids, genes)})")
+
+    labels = _check_labels(raw, label_column, allowed_labels)
+
+    if input_kind == "counts":
+        neg = values < 0
+        if neg.any():
+            raise InputError(f"{path}: {int(neg.sum())} negative values in counts input "
+                             f"(first at {_first_cell(neg, sample_ids, genes)})")
+        frac = np.abs(values - np.round(values)) > INT_TOL
+        if frac.any():
+            raise InputError(f"{path}: {int(frac.sum())} non-integer values in counts input "
+                             f"(first at {_first_cell(frac, sample_ids, genes)}); pass --input-kind log "
+                             "if the data are log-scale")
+        library_sizes = values.sum(axis=1)
+        empty = np.flatnonzero(library_sizes <= 0)
+        if len(empty):
+            raise InputError(f"{path}: {len(empty)} samples have zero total counts "
+                             f"(e.g. {_examples([sample_ids[i] for i in empty])})")
+        X = np.log1p(values / library_sizes[:, None] * 1e6)
+    else:
+        vmax = values.max()
+        if vmax > LOG_MAX:
+            where = _first_cell(values == vmax, sample_ids, genes)
+            raise InputError(f"{path}: maximum value {vmax:g} (at {where}) is above {LOG_MAX:g}; "
+                             "looks like raw counts; pass --input-kind counts")
+        library_sizes = None
+        X = values
+
+    if len(sample_ids) < min_samples:
+        raise InputError(f"{path}: only {len(sample_ids)} samples; at least {min_samples} are needed")
+
+    cohort = Cohort(X=X, labels=labels, sample_ids=sample_ids, genes=genes, input_kind=input_kind,
+                    library_sizes=library_sizes, source=path)
+    if cohort.n_samples > 1 and len(constant_genes(cohort)) == cohort.n_genes:
+        raise InputError(f"{path}: all {cohort.n_genes} genes are constant across the {cohort.n_samples} samples")
+    return cohort
+
+
+def _check_labels(raw: RawTable, label_column: str, allowed_labels) -> np.ndarray:
+    path = raw.path
+    if raw.labels is None:
+        raise InputError(f"{path}: no labels; give the label column ('{label_column}') or a labels file")
+    labels = raw.labels.reindex(raw.expr.index)
+    missing = labels.isna().to_numpy() | np.array([str(v).strip() == "" for v in labels], dtype=bool)
+    if missing.any():
+        ids = [str(s) for s in raw.expr.index[missing]]
+        raise InputError(f"{path}: {len(ids)} samples have no label in '{label_column}' (e.g. {_examples(ids)})")
+    out = np.array([str(v) for v in labels], dtype=object)
+    if allowed_labels is not None:
+        unknown = sorted(set(out) - {str(a) for a in allowed_labels})
+        if unknown:
+            raise InputError(f"{path}: {len(unknown)} unknown labels in '{label_column}': {_examples(unknown, 10)} "
+                             f"(allowed: {', '.join(map(str, allowed_labels))})")
+    return out
+
+
+def constant_genes(cohort: Cohort) -> list[str]:
+    """Genes with the same value in every sample of ``cohort`` (in gene order)."""
+    if cohort.n_samples == 0:
+        return list(cohort.genes)
+    const = np.all(cohort.X == cohort.X[0], axis=0)
+    return [g for g, c in zip(cohort.genes, const) if c]
+
+
+def harmonise_genes(cohorts_genes: Sequence[Sequence[str]], mode: str = "strict") -> list[str]:
+    """Choose the gene list all sites will use.
+
+    Parameters
+    ----------
+    cohorts_genes : sequence of sequences of str
+        Each site's genes.
+    mode : {"strict", "intersect"}
+        ``"strict"``: every site must have the same set of genes. ``"intersect"``:
+        use the genes all sites share.
+
+    Returns
+    -------
+    list of str
+        The genes, in the first site's order.
+    """
+    if mode not in ("strict", "intersect"):
+        raise ParameterError(f"--genes must be 'strict' or 'intersect', not '{mode}'")
+    if not cohorts_genes:
+        raise ValueError("no sites given")
+    first = list(cohorts_genes[0])
+    shared = set(first).intersection(*map(set, cohorts_genes[1:]))
+    common = [g for g in first if g in shared]
+    if mode == "strict":
+        seen = set(first)
+        order = first + [g for gs in cohorts_genes[1:] for g in gs if g not in seen and not seen.add(g)]
+        disagree = [g for g in order if g not in shared]
+        if disagree:
+            raise InputError(f"sites disagree on {len(disagree)} genes (e.g. {_examples(disagree)}); "
+                             f"pass --genes intersect to use the {len(common)} shared genes")
+    if not common:
+        raise InputError("the sites share no genes")
+    return common
+
+
+def split_sites(
+    df_expr: pd.DataFrame,
+    labels,
+    *,
+    mode: str,
+    n_sites: int | None = None,
+    site_values=None,
+    alpha: float = 0.5,
+    seed: int = 0,
+    min_per_site: int = 2,
+    max_tries: int = 1000,
+) -> list[tuple[str, np.ndarray]]:
+    """Split one table's rows into simulated federation sites.
+
+    Parameters
+    ----------
+    df_expr : pandas.DataFrame
+        Samples x genes (only its length and index are used).
+    labels : array-like
+        Class label per row.
+    mode : {"column", "even", "dirichlet"}
+        ``"column"``: one site per distinct value of ``site_values``, largest
+        first (ties by name); with ``n_sites`` keep only the ``n_sites`` largest.
+        ``"even"``: random split into ``n_sites`` near-equal parts.
+        ``"dirichlet"``: label skew: each class's samples are divided among
+        ``n_sites`` sites in Dirichlet(``alpha``) proportions (smaller alpha =
+        more skew); redrawn until every site has ``min_per_site`` samples.
+    n_sites : int, optional
+        Required for "even" and "dirichlet".
+    site_values : array-like, optional
+        Site name per row (required for "column").
+    alpha : float
+        Dirichlet concentration (> 0).
+    seed : int
+        The split is a deterministic function of the inputs and the seed.
+    min_per_site : int
+        Minimum samples per site; impossible splits raise InputError.
+    max_tries : int
+        Dirichlet redraws before giving up.
+
+    Returns
+    -------
+    list of (str, numpy.ndarray)
+        ``(site_name, sorted row positions)`` per site; names are the column
+        values, or ``site0``, ``site1``, ...
+    """
+    n = len(df_expr)
+    labels = np.asarray(labels, dtype=object)
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} samples")
+    if mode not in ("column", "even", "dirichlet"):
+        raise ParameterError(f"--split must be 'column', 'even' or 'dirichlet', not '{mode}'")
+    if n_sites is not None and (int(n_sites) != n_sites or n_sites < 1):
+        raise ParameterError(f"--n-sites must be a positive integer, not {n_sites}")
+
+    if mode == "column":
+        return _split_by_column(df_expr, site_values, n_sites, min_per_site)
+
+    if n_sites is None:
+        raise ParameterError(f"--n-sites is required for the '{mode}' split")
+    if n < n_sites * min_per_site:
+        raise InputError(f"{n} samples cannot fill {n_sites} sites with at least {min_per_site} each")
+    rng = np.random.default_rng(seed)
+    names = [f"site{i}" for i in range(n_sites)]
+    if mode == "even":
+        parts = np.array_split(rng.permutation(n), n_sites)
+        return [(name, np.sort(p)) for name, p in zip(names, parts)]
+
+    if not alpha > 0:
+        raise ParameterError(f"--alpha must be > 0, not {alpha}")
+    classes = sorted(set(labels))
+    for _ in range(max_tries):
+        parts = [[] for _ in range(n_sites)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(n_sites, alpha)))[:-1] * len(idx)).astype(int)
+            for site, chunk in enumerate(np.split(idx, cuts)):
+                parts[site].extend(chunk)
+        if min(len(p) for p in parts) >= min_per_site:
+            return [(name, np.sort(np.array(p, dtype=np.intp))) for name, p in zip(names, parts)]
+    raise InputError(f"no Dirichlet(alpha={alpha}) split of {n} samples gave every one of {n_sites} sites "
+                     f"at least {min_per_site} samples in {max_tries} draws; raise --alpha or lower --n-sites")
+
+
+def _split_by_column(df_expr, site_values, n_sites, min_per_site) -> list[tuple[str, np.ndarray]]:
+    if site_values is None:
+        raise ParameterError("the 'column' split needs a site column")
+    sites = pd.Series(np.asarray(site_values, dtype=object))
+    if len(sites) != len(df_expr):
+        raise ValueError(f"{len(sites)} site values for {len(df_expr)} samples")
+    missing = sites.isna().to_numpy()
+    if missing.any():
+        ids = [str(s) for s in df_expr.index[missing]]
+        raise InputError(f"site column: {len(ids)} samples have no site (e.g. {_examples(ids)})")
+    sites = sites.astype(str)
+    counts = sites.value_counts()
+    order = sorted(counts.index, key=lambda s: (-counts[s], s))
+    if n_sites is not None:
+        if n_sites > len(order):
+            raise ParameterError(f"--n-sites {n_sites} but the site column has only {len(order)} sites")
+        order = order[:n_sites]
+    small = [s for s in order if counts[s] < min_per_site]
+    if small:
+        raise InputError(f"site column: {len(small)} sites have fewer than {min_per_site} samples "
+                         f"(e.g. {_examples(small)}); lower --n-sites to keep only larger sites")
+    values = sites.to_numpy()
+    return [(s, np.flatnonzero(values == s)) for s in order]

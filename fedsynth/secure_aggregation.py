@@ -1,0 +1,105 @@
+"""Secure sums with distributed Gaussian noise, over CrypTen arithmetic shares.
+
+For a vector ``x_i`` held by each site ``i`` of ``k``, :meth:`SecureSum.sum`
+reveals only
+
+.. math::
+
+    S = \\sum_{i=0}^{k-1} (x_i + \\eta_i), \\qquad
+    \\eta_i \\sim \\mathcal{N}\\left(0, \\frac{\\sigma_{tot}^2}{k - t} I\\right),
+
+where ``t`` is ``max_colluders``: the ``k - t`` honest sites alone contribute
+noise of variance at least ``sigma_tot**2``, which is what the accountant
+assumes. Each site encodes ``x_i + eta_i`` in fixed point (32 fractional
+bits) and adds a pseudo-random sharing of zero (CrypTen's PRZS, from
+generators seeded by the session's pairwise keys), so its share is uniformly
+random in Z_{2^64} to anyone who lacks both of its pairwise keys. One gloo
+all-reduce of the shares reveals ``S``; nothing else leaves the site.
+
+Noise is drawn from a torch generator seeded from the operating system's
+cryptographic source (``os.urandom``), since Opacus' ``secure_mode``
+(torchcsprng) is unavailable here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import _crypten_compat
+from .errors import ParameterError
+
+# Largest |value| a 32-fractional-bit int64 can hold with headroom for k sites.
+_MAX_ABS = 2.0**29
+
+
+def csprng_generator() -> torch.Generator:
+    """A torch generator seeded from ``os.urandom`` (64 bits)."""
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+    return g
+
+
+class SecureSum:
+    """Noisy secure sums across the sites of a :class:`~fedsynth.session.Session`.
+
+    Parameters
+    ----------
+    session
+        An open session (its process group is CrypTen's).
+    max_colluders
+        ``t``: how many sites may pool their views; ``0 <= t < k``.
+    """
+
+    def __init__(self, session, *, max_colluders: int = 0):
+        k = session.world_size
+        if not 0 <= max_colluders < k:
+            raise ParameterError(
+                f"--max-colluders must be in 0..{k - 1} for {k} sites (got {max_colluders})"
+            )
+        self.session = session
+        self.world_size = k
+        self.max_colluders = max_colluders
+        self._noise = csprng_generator()
+        self.calls = 0
+        self.values_summed = 0
+
+    def local_noise_std(self, total_std: float) -> float:
+        """This site's share of the noise: ``sigma_tot / sqrt(k - t)``."""
+        return total_std / math.sqrt(self.world_size - self.max_colluders)
+
+    def sum(self, x: torch.Tensor, *, noise_std: float = 0.0, step: str) -> torch.Tensor:
+        """Reveal ``sum_i (x_i + eta_i)`` to every site (float64, shape of ``x``).
+
+        ``noise_std`` is the standard deviation of the *total* noise; pass 0
+        only for values that are public by design or in a non-private run.
+        """
+        crypten = _crypten_compat.import_crypten()
+        from crypten.encoder import FixedPointEncoder
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        local = x.detach().to(torch.float64).reshape(-1).clone()
+        if noise_std > 0:
+            local += torch.normal(
+                0.0,
+                self.local_noise_std(noise_std),
+                size=local.shape,
+                generator=self._noise,
+                dtype=torch.float64,
+            )
+        peak = float(local.abs().max()) if local.numel() else 0.0
+        if not peak < _MAX_ABS:
+            raise ValueError(f"{step}: value {peak:g} too large for fixed-point sharing")
+        encoder = FixedPointEncoder(precision_bits=_crypten_compat.PRECISION_BITS)
+        with self.session.step(step):
+            share = ArithmeticSharedTensor.PRZS(local.shape).share + encoder.encode(local)
+            shared = ArithmeticSharedTensor.from_shares(
+                share, precision=_crypten_compat.PRECISION_BITS
+            )
+            total = shared.get_plain_text()
+        del crypten
+        self.calls += 1
+        self.values_summed += local.numel()
+        return total.reshape(x.shape)

@@ -1,0 +1,438 @@
+"""The MPC session: rendezvous, authentication, key agreement and deadlines.
+
+One :class:`Session` per site process. Opening it runs, in order:
+
+1. **Rendezvous** on ``tcp://HOST:PORT``: rank 0 hosts a ``torch.distributed``
+   TCPStore there, every rank announces itself. Deadline:
+   ``rendezvous_timeout``; missing ranks are named.
+2. **Authentication and key agreement** (before any share exists): each rank
+   publishes a fresh nonce and an ephemeral X25519 public key; with the
+   transcript ``T = SHA-256(hello_0 || ... || hello_{k-1})`` each rank proves
+   knowledge of the pre-shared secret ``s`` by publishing
+   ``HMAC-SHA256(s, "auth" || T || rank)``. A rank whose proof does not verify
+   is refused by every other rank, which says so and exits non-zero. Pairwise
+   keys are ``K_ij = HKDF(X25519(sk_i, pk_j), salt=SHA-256(s), info=T, i, j)``:
+   an eavesdropper who records everything (but holds neither the secret nor
+   a private key) cannot compute them, and a man in the middle who swaps
+   public keys cannot produce valid proofs.
+3. **Process group**: gloo over the same store, with ``step_timeout`` as the
+   deadline of every collective; CrypTen adopts it and its PRZS generators
+   are seeded from the pairwise keys (never sent, unlike CrypTen's default).
+
+Every blocking step runs inside :meth:`Session.step`, which records progress
+in the store and, when something fails or times out, names the step and the
+rank(s) that went silent, crashed or aborted. A heartbeat thread lets the
+survivors tell a dead party from a slow one.
+
+What stays trusted (also in the README): the mask generator is torch's
+Philox/MT generator seeded from the derived keys, not a cryptographic PRG;
+the store and gloo traffic is neither encrypted nor integrity-protected, so
+sites on different networks must use a VPN or SSH tunnel; gloo needs
+full-mesh TCP reachability between all sites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import _crypten_compat
+from .errors import InputError, ParameterError, SessionError
+
+PROTOCOL_VERSION = 1
+DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
+DEFAULT_STEP_TIMEOUT = 120.0
+_HEARTBEAT_SECONDS = 1.0
+
+log = logging.getLogger("fedsynth")
+
+
+def parse_rendezvous(url: str) -> tuple[str, int]:
+    """Split ``tcp://HOST:PORT`` into host and port; ParameterError otherwise."""
+    m = re.fullmatch(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})", url or "")
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ParameterError(
+            f"--rendezvous: {url!r} is not tcp://HOST:PORT (e.g. tcp://127.0.0.1:29500)"
+        )
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+def read_secret(path: str | os.PathLike) -> bytes:
+    """Read the pre-shared session secret; refuse empty or world-readable files."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: secret file does not exist")
+    mode = p.stat().st_mode
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise InputError(
+            f"{p}: secret file is readable or writable by other users; run chmod 600 {p}"
+        )
+    secret = p.read_bytes().strip()
+    if not secret:
+        raise InputError(f"{p}: secret file is empty")
+    if len(secret) < 16:
+        raise InputError(f"{p}: secret is only {len(secret)} bytes; use at least 16 random bytes")
+    return secret
+
+
+def _hkdf(key: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
+
+
+def _seed(b: bytes) -> int:
+    """A 63-bit torch seed from key material."""
+    return int.from_bytes(b[:8], "big") >> 1
+
+
+def _ranks(ranks) -> str:
+    ranks = sorted(ranks)
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+class Session:
+    """An authenticated k-party session; see the module docstring.
+
+    Parameters
+    ----------
+    rank, world_size
+        This site's rank (0..k-1) and the number of sites k.
+    rendezvous
+        ``tcp://HOST:PORT``; rank 0 listens there.
+    secret
+        The pre-shared session secret (bytes, see :func:`read_secret`).
+    site_name
+        Human name used in logs and messages.
+    rendezvous_timeout, step_timeout
+        Deadlines in seconds for joining, and for every later blocking step.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        rendezvous: str,
+        secret: bytes,
+        *,
+        site_name: str | None = None,
+        rendezvous_timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT,
+        step_timeout: float = DEFAULT_STEP_TIMEOUT,
+    ):
+        if world_size < 1:
+            raise ParameterError(f"--world-size must be >= 1 (got {world_size})")
+        if not 0 <= rank < world_size:
+            raise ParameterError(f"--rank must be in 0..{world_size - 1} (got {rank})")
+        for name, value in (("--rendezvous-timeout", rendezvous_timeout), ("--step-timeout", step_timeout)):
+            if not value > 0:
+                raise ParameterError(f"{name} must be > 0 seconds (got {value})")
+        self.host, self.port = parse_rendezvous(rendezvous)
+        self.rendezvous = rendezvous
+        self.rank = rank
+        self.world_size = world_size
+        self.site_name = site_name or f"site{rank}"
+        self.rendezvous_timeout = float(rendezvous_timeout)
+        self.step_timeout = float(step_timeout)
+        self._secret = secret
+        self._store = None
+        self._beat_stop = threading.Event()
+        self._beat_thread = None
+        self._step_no = 0
+        self.current_step = "start"
+        self.pair_keys: dict[int, bytes] = {}
+        self.shared_seed: int | None = None
+        self.transcript: bytes | None = None
+        self.bytes_sent = 0
+
+    # ------------------------------------------------------------------ open
+    def open(self) -> "Session":
+        """Rendezvous, authenticate, agree keys, start the process group."""
+        self._rendezvous()
+        self._authenticate()
+        self._start_process_group()
+        return self
+
+    def _rendezvous(self) -> None:
+        import torch.distributed as dist
+
+        self.current_step = "rendezvous"
+        try:
+            base = dist.TCPStore(
+                self.host,
+                self.port,
+                self.world_size,
+                is_master=self.rank == 0,
+                timeout=timedelta(seconds=self.rendezvous_timeout),
+                wait_for_workers=False,
+            )
+        except Exception as e:  # noqa: BLE001 - torch raises several types
+            what = "listen on" if self.rank == 0 else "reach rank 0 at"
+            raise SessionError(
+                f"rendezvous: could not {what} {self.rendezvous} within "
+                f"{self.rendezvous_timeout:g}s ({_short(e)})"
+            ) from None
+        self._base_store = base
+        self._store = dist.PrefixStore("fedsynth/", base)
+        claims = self._store.add(f"claim/{self.rank}", 1)
+        if claims > 1:
+            raise SessionError(
+                f"rendezvous: rank {self.rank} was already taken by another site; "
+                "every site needs its own --rank"
+            )
+        self._start_heartbeat()
+        self._wait_for(
+            [f"claim/{r}" for r in range(self.world_size)],
+            "rendezvous",
+            self.rendezvous_timeout,
+            what="did not join",
+        )
+        log.info("rendezvous at %s complete: %d sites", self.rendezvous, self.world_size)
+
+    def _authenticate(self) -> None:
+        step = "authentication"
+        self.current_step = step
+        sk = X25519PrivateKey.generate()
+        pub = sk.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        hello = {
+            "v": PROTOCOL_VERSION,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "site": self.site_name,
+            "nonce": os.urandom(32).hex(),
+            "pub": pub.hex(),
+        }
+        hellos = self.exchange("hello", hello, step=step)
+        for h in hellos:
+            if h.get("v") != PROTOCOL_VERSION or h.get("world_size") != self.world_size:
+                raise SessionError(
+                    f"{step}: rank {h.get('rank')} runs protocol v{h.get('v')} with "
+                    f"world size {h.get('world_size')}; this site runs v{PROTOCOL_VERSION} "
+                    f"with world size {self.world_size}"
+                )
+        canon = b"".join(json.dumps(h, sort_keys=True).encode() for h in hellos)
+        self.transcript = hashlib.sha256(canon).digest()
+        proofs = self.exchange("proof", self._proof(self.rank).hex(), step=step)
+        bad = [
+            r
+            for r, p in enumerate(proofs)
+            if r != self.rank and not hmac.compare_digest(bytes.fromhex(p), self._proof(r))
+        ]
+        if bad:
+            if len(bad) == self.world_size - 1 and self.world_size > 2:
+                msg = (
+                    f"{step}: no other site accepts this site's session secret "
+                    f"({_ranks(bad)} disagree); check --secret-file"
+                )
+            else:
+                msg = (
+                    f"{step}: {_ranks(bad)} could not prove knowledge of the session "
+                    "secret; refused before any share was exchanged"
+                )
+            raise SessionError(msg)
+        salt = hashlib.sha256(self._secret).digest()
+        for h in hellos:
+            r = h["rank"]
+            if r == self.rank:
+                continue
+            shared = sk.exchange(X25519PublicKey.from_public_bytes(bytes.fromhex(h["pub"])))
+            lo, hi = min(r, self.rank), max(r, self.rank)
+            info = b"fedsynth-pair-v1" + self.transcript + bytes([lo, hi])
+            self.pair_keys[r] = _hkdf(shared, salt, info)
+        group_key = _hkdf(self._secret, self.transcript, b"fedsynth-group-v1")
+        self._group_key = group_key
+        self.shared_seed = _seed(_hkdf(group_key, b"", b"shared-seed"))
+        log.info("authenticated %d sites; pairwise keys agreed", self.world_size)
+
+    def _proof(self, rank: int) -> bytes:
+        msg = b"fedsynth-auth-v1" + self.transcript + rank.to_bytes(4, "big")
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+
+    def przs_seeds(self) -> tuple[int, int, int, int]:
+        """(prev, next, local, global) seeds for CrypTen's generators.
+
+        ``next`` of rank i equals ``prev`` of rank i+1: both derive
+        ``seed(i -> i+1)`` from their pairwise key.
+        """
+        k = self.world_size
+
+        def directed(src: int, dst: int) -> int:
+            if src == dst:  # one party: PRZS must be zero, so prev == next
+                return _seed(_hkdf(self._group_key, b"", b"przs-solo"))
+            key = self.pair_keys[dst if src == self.rank else src]
+            return _seed(_hkdf(key, b"", f"przs {src}->{dst}".encode()))
+
+        prev_seed = directed((self.rank - 1) % k, self.rank)
+        next_seed = directed(self.rank, (self.rank + 1) % k)
+        local_seed = _seed(os.urandom(8))
+        global_seed = _seed(_hkdf(self._group_key, b"", b"global"))
+        return prev_seed, next_seed, local_seed, global_seed
+
+    def _start_process_group(self) -> None:
+        import torch.distributed as dist
+
+        with self.step("process group"):
+            dist.init_process_group(
+                backend="gloo",
+                store=dist.PrefixStore("pg/", self._store),
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timedelta(seconds=self.step_timeout),
+            )
+        _crypten_compat.adopt_process_group(self.rank, self.world_size)
+        _crypten_compat.seed_generators(*self.przs_seeds())
+
+    # ------------------------------------------------------------- heartbeat
+    def _start_heartbeat(self) -> None:
+        import torch.distributed as dist
+
+        store = dist.PrefixStore("fedsynth/", self._base_store.clone())
+        key = f"beat/{self.rank}"
+
+        def beat():
+            while not self._beat_stop.wait(_HEARTBEAT_SECONDS):
+                try:
+                    store.add(key, 1)
+                except Exception:  # noqa: BLE001 - store host gone: stop beating
+                    return
+
+        store.add(key, 1)
+        self._beat_thread = threading.Thread(target=beat, name="fedsynth-heartbeat", daemon=True)
+        self._beat_thread.start()
+
+    # ----------------------------------------------------------- public data
+    def exchange(self, name: str, payload, *, step: str | None = None, timeout: float | None = None) -> list:
+        """All-gather a small JSON-serialisable public value through the store.
+
+        Only for values that are public to the parties by design (protocol
+        messages, gene names, label names); never for data or statistics.
+        """
+        step = step or name
+        self._step_no += 1
+        prefix = f"x{self._step_no}:{name}"
+        data = json.dumps(payload).encode()
+        self.bytes_sent += len(data)
+        self._store.set(f"{prefix}/{self.rank}", data)
+        keys = [f"{prefix}/{r}" for r in range(self.world_size)]
+        self._wait_for(keys, step, timeout or self.step_timeout)
+        return [json.loads(self._store.get(k)) for k in keys]
+
+    def _wait_for(self, keys: list[str], step: str, timeout: float, what: str = "did not respond") -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                missing = [k for k in keys if not self._store.check([k])]
+            except Exception as e:  # noqa: BLE001
+                raise SessionError(
+                    f"{step}: lost the rendezvous store hosted by rank 0 ({_short(e)})"
+                ) from None
+            if not missing:
+                return
+            self._raise_if_aborted(step)
+            if time.monotonic() > deadline:
+                ranks = [int(k.rsplit("/", 1)[1]) for k in missing]
+                raise SessionError(f"{step}: {_ranks(ranks)} {what} within {timeout:g}s")
+            time.sleep(0.05)
+
+    def _raise_if_aborted(self, step: str) -> None:
+        others = [r for r in range(self.world_size) if r != self.rank]
+        for r in others:
+            if self._store.check([f"abort/{r}"]):
+                reason = self._store.get(f"abort/{r}").decode()
+                raise SessionError(f"{step}: rank {r} aborted: {reason}")
+
+    # ----------------------------------------------------------------- steps
+    @contextlib.contextmanager
+    def step(self, name: str):
+        """Run one blocking step; translate any failure into a SessionError naming ranks."""
+        self.current_step = name
+        try:
+            yield
+        except SessionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
+            raise SessionError(f"{name}: {self._diagnose()} ({_short(e)})") from None
+
+    def _diagnose(self) -> str:
+        """Who is to blame for a failed collective: aborted, dead, or just late."""
+        try:
+            others = [r for r in range(self.world_size) if r != self.rank]
+            for r in others:
+                if self._store.check([f"abort/{r}"]):
+                    return f"rank {r} aborted: {self._store.get(f'abort/{r}').decode()}"
+            before = {r: self._store.add(f"beat/{r}", 0) for r in others}
+            time.sleep(2.5 * _HEARTBEAT_SECONDS)
+            after = {r: self._store.add(f"beat/{r}", 0) for r in others}
+        except Exception:  # noqa: BLE001
+            return "rank 0 (the rendezvous host) is unreachable"
+        silent = [r for r in others if after[r] == before[r]]
+        if silent:
+            return f"{_ranks(silent)} stopped responding (crashed or killed)"
+        return f"{_ranks(others)} did not complete the step within {self.step_timeout:g}s"
+
+    def abort(self, reason: str) -> None:
+        """Tell the other sites why this site is leaving (best effort)."""
+        if self._store is None:
+            return
+        with contextlib.suppress(Exception):
+            self._store.set(f"abort/{self.rank}", reason[:500])
+
+    def finish(self) -> None:
+        """Leave cleanly; rank 0 keeps the store up until every rank is done."""
+        if self._store is None:
+            return
+        self._store.set(f"done/{self.rank}", b"1")
+        if self.rank == 0:
+            with contextlib.suppress(SessionError):
+                self._wait_for(
+                    [f"done/{r}" for r in range(self.world_size)],
+                    "finish",
+                    self.step_timeout,
+                )
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        self._beat_stop.set()
+        _crypten_compat.shutdown()
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+    def __enter__(self) -> "Session":
+        try:
+            return self.open()
+        except BaseException as e:
+            self.abort(str(e))
+            self.close()
+            raise
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.finish()
+        else:
+            self.abort(str(exc))
+        self.close()
+
+
+def _short(e: BaseException) -> str:
+    """First line of an exception message, trimmed of C++ source prefixes."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text[:300]

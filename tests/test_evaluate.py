@@ -1,0 +1,255 @@
+"""Tests for fedsynth.evaluate on constructed data with known answers."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fedsynth.errors import InputError, ParameterError  # noqa: E402
+from fedsynth.evaluate import (  # noqa: E402
+    check_compatible,
+    fidelity,
+    split_holdout,
+    tstr,
+)
+
+
+def gaussian_classes(n_per_class, n_genes=10, classes=("a", "b", "c"),
+                     sep=6.0, seed=0):
+    """Well-separated spherical Gaussian classes."""
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for k, c in enumerate(classes):
+        centre = np.zeros(n_genes)
+        centre[k % n_genes] = sep
+        X.append(rng.normal(size=(n_per_class, n_genes)) + centre)
+        y += [c] * n_per_class
+    return np.vstack(X), np.array(y)
+
+
+@pytest.fixture(scope="module")
+def separated():
+    X, y = gaussian_classes(40)
+    tr, te = split_holdout(len(y), y, fraction=0.25, seed=0)
+    return X[tr], y[tr], X[te], y[te]
+
+
+# --------------------------------------------------------------------- tstr
+
+
+def test_tstr_synthetic_equal_to_real_train_matches_trtr(separated):
+    Xtr, ytr, Xte, yte = separated
+    res = tstr(Xtr, ytr, Xte, yte, X_real_train=Xtr, y_real_train=ytr)
+    assert set(res["tstr"]) == {"logreg", "rf"}
+    for m in ("logreg", "rf"):
+        t, r = res["tstr"][m], res["trtr"][m]
+        assert t == r  # same data, same seed: identical models
+        assert t["accuracy"] > 0.9
+        assert t["macro_f1"] > 0.9
+        assert t["auroc"] > 0.95
+    assert res["n_train_synthetic"] == len(ytr)
+    assert res["n_train_real"] == len(ytr)
+    assert res["n_test"] == len(yte)
+    assert res["single_class"] is False
+    assert res["single_class_real"] is False
+
+
+def test_tstr_shuffled_labels_near_chance(separated):
+    Xtr, ytr, Xte, yte = separated
+    X, y = gaussian_classes(150, seed=1)
+    y_shuf = np.random.default_rng(2).permutation(y)
+    res = tstr(X, y_shuf, Xte, yte, models=("logreg",))
+    assert res["trtr"] is None and res["n_train_real"] is None
+    t = res["tstr"]["logreg"]
+    assert abs(t["accuracy"] - 1 / 3) < 0.2
+    assert abs(t["auroc"] - 0.5) < 0.2
+
+
+def test_tstr_single_class_synthetic_does_not_crash(separated):
+    Xtr, ytr, Xte, yte = separated
+    res = tstr(Xtr[ytr == "a"], ytr[ytr == "a"], Xte, yte)
+    assert res["single_class"] is True
+    for m in ("logreg", "rf"):
+        t = res["tstr"][m]
+        assert t["accuracy"] == pytest.approx(np.mean(yte == "a"))
+        assert t["auroc"] == pytest.approx(0.5)
+    assert res["majority"]["label"] == "a"
+
+
+def test_majority_baseline_known_labels():
+    # Training side: "b" most frequent (3 of 5). Test: 2 of 5 are "b".
+    X_syn = np.arange(10, dtype=float).reshape(5, 2)
+    y_syn = np.array(["a", "b", "b", "c", "b"])
+    X_test = np.zeros((5, 2))
+    y_test = np.array(["a", "a", "b", "b", "c"])
+    res = tstr(X_syn, y_syn, X_test, y_test, models=("logreg",))
+    maj = res["majority"]
+    assert maj["label"] == "b"
+    assert maj["accuracy"] == pytest.approx(0.4)
+    # F1: a = 0, b = 2 * 0.4 * 1 / 1.4 = 4/7 (precision 2/5, recall 1),
+    # c = 0  ->  macro 4/21
+    assert maj["macro_f1"] == pytest.approx(4 / 21)
+
+
+def test_majority_tie_broken_alphabetically():
+    X = np.zeros((4, 2))
+    res = tstr(np.arange(8.0).reshape(4, 2), np.array(["z", "y", "z", "y"]),
+               X, np.array(["y", "y", "z", "z"]), models=("rf",))
+    assert res["majority"]["label"] == "y"
+    assert res["majority"]["accuracy"] == pytest.approx(0.5)
+
+
+def test_auroc_none_with_one_test_class(separated):
+    Xtr, ytr, Xte, yte = separated
+    keep = yte == "b"
+    res = tstr(Xtr, ytr, Xte[keep], yte[keep])
+    for m in ("logreg", "rf"):
+        assert res["tstr"][m]["auroc"] is None
+        assert res["tstr"][m]["accuracy"] > 0.9
+
+
+def test_auroc_class_missing_from_training(separated):
+    # Synthetic lacks class "c": its probability column is 0, AUROC still
+    # defined over the three test classes and below the full-data value.
+    Xtr, ytr, Xte, yte = separated
+    keep = ytr != "c"
+    res = tstr(Xtr[keep], ytr[keep], Xte, yte, models=("logreg",))
+    full = tstr(Xtr, ytr, Xte, yte, models=("logreg",))
+    auc = res["tstr"]["logreg"]["auroc"]
+    assert 0.5 <= auc < full["tstr"]["logreg"]["auroc"]
+    assert res["tstr"]["logreg"]["accuracy"] == pytest.approx(
+        np.mean(yte != "c"), abs=0.1)
+
+
+def test_tstr_rejects_bad_input(separated):
+    Xtr, ytr, Xte, yte = separated
+    with pytest.raises(ParameterError, match="unknown model"):
+        tstr(Xtr, ytr, Xte, yte, models=("svm",))
+    with pytest.raises(InputError, match="genes"):
+        tstr(Xtr[:, :5], ytr, Xte, yte)
+    with pytest.raises(InputError, match="labels"):
+        tstr(Xtr, ytr[:-1], Xte, yte)
+    bad = Xtr.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        tstr(bad, ytr, Xte, yte)
+    with pytest.raises(ParameterError, match="together"):
+        tstr(Xtr, ytr, Xte, yte, X_real_train=Xtr)
+
+
+# ----------------------------------------------------------------- fidelity
+
+
+def test_fidelity_identical_is_perfect():
+    X, _ = gaussian_classes(20, n_genes=8)
+    X = X + np.arange(8) * 2.0  # distinct gene means
+    f = fidelity(X, X.copy())
+    for key in ("mean_pearson", "mean_spearman", "var_pearson",
+                "var_spearman", "corr_matrix_pearson"):
+        assert f[key] == pytest.approx(1.0, abs=1e-12), key
+    assert f["wasserstein_mean"] == 0.0
+    assert f["n_genes"] == 8 and f["n_genes_corr"] == 8
+
+
+def test_fidelity_known_shift_and_constant_gene():
+    rng = np.random.default_rng(0)
+    X_real = rng.normal(size=(200, 6)) * np.arange(1, 7) + np.arange(6)
+    X_syn = X_real + 0.5  # shift every gene: W1 = 0.5, correlations intact
+    X_syn[:, 2] = 3.0  # constant in synthetic: excluded from corr matrix
+    f = fidelity(X_syn, X_real)
+    assert f["n_genes_corr"] == 5
+    assert f["corr_matrix_pearson"] == pytest.approx(1.0, abs=1e-12)
+    w_const = np.mean(np.abs(X_real[:, 2] - 3.0))  # W1 to a point mass
+    assert f["wasserstein_mean"] == pytest.approx((5 * 0.5 + w_const) / 6)
+
+
+def test_fidelity_corr_matrix_matches_direct_computation():
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(30, 12))
+    B = A + rng.normal(size=(30, 12))
+    iu = np.triu_indices(12, 1)
+    want = np.corrcoef(np.corrcoef(A.T)[iu], np.corrcoef(B.T)[iu])[0, 1]
+    assert fidelity(A, B)["corr_matrix_pearson"] == pytest.approx(want)
+
+
+def test_fidelity_undefined_correlations_are_none():
+    f = fidelity(np.ones((5, 2)), np.ones((7, 2)))
+    assert f["mean_pearson"] is None and f["var_spearman"] is None
+    assert f["corr_matrix_pearson"] is None and f["n_genes_corr"] == 0
+    assert f["wasserstein_mean"] == 0.0
+
+
+# --------------------------------------------------------- check_compatible
+
+
+def test_check_compatible_ok_and_warns_on_missing_real_label():
+    genes = ["g1", "g2", "g3"]
+    assert check_compatible(genes, list(genes), ["a", "b"], ["b", "a"],
+                            syn_name="syn.csv", real_name="real.csv") == []
+    w = check_compatible(genes, genes, ["a"], ["a", "b"],
+                         syn_name="syn.csv", real_name="real.csv")
+    assert len(w) == 1 and "'b'" in w[0] and "real.csv" in w[0]
+
+
+def test_check_compatible_gene_mismatch_message():
+    real = [f"g{i}" for i in range(10)]
+    syn = real[:7] + ["x1", "x2", "x3"]
+    with pytest.raises(InputError) as e:
+        check_compatible(syn, real, ["a"], ["a"],
+                         syn_name="syn.csv", real_name="real.csv")
+    msg = str(e.value)
+    assert "syn.csv" in msg and "real.csv" in msg
+    assert "6 genes differ" in msg
+    assert "'x1'" in msg and "'g7'" in msg
+
+
+def test_check_compatible_gene_order_message():
+    with pytest.raises(InputError) as e:
+        check_compatible(["g2", "g1"], ["g1", "g2"], ["a"], ["a"],
+                         syn_name="syn.csv", real_name="real.csv")
+    msg = str(e.value)
+    assert "syn.csv" in msg and "real.csv" in msg
+    assert "different order" in msg and "2 genes" in msg
+
+
+def test_check_compatible_extra_synthetic_label():
+    with pytest.raises(InputError) as e:
+        check_compatible(["g"], ["g"], ["a", "zz"], ["a"],
+                         syn_name="syn.csv", real_name="real.csv")
+    msg = str(e.value)
+    assert "'zz'" in msg and "syn.csv" in msg and "real.csv" in msg
+
+
+# ------------------------------------------------------------ split_holdout
+
+
+def test_split_holdout_stratified_and_deterministic():
+    y = np.array(["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    tr, te = split_holdout(100, y, fraction=0.2, seed=7)
+    tr2, te2 = split_holdout(100, y, fraction=0.2, seed=7)
+    np.testing.assert_array_equal(tr, tr2)
+    np.testing.assert_array_equal(te, te2)
+    assert len(te) == 20
+    assert sorted(np.concatenate([tr, te]).tolist()) == list(range(100))
+    assert [int(np.sum(y[te] == c)) for c in "abc"] == [10, 6, 4]
+    _, te3 = split_holdout(100, y, fraction=0.2, seed=8)
+    assert not np.array_equal(te, te3)
+
+
+def test_split_holdout_singleton_class_falls_back_to_random():
+    y = np.array(["a"] * 9 + ["b"])
+    tr, te = split_holdout(10, y, fraction=0.3, seed=0)
+    assert len(te) == 3 and len(tr) == 7
+    assert set(tr) | set(te) == set(range(10))
+    np.testing.assert_array_equal(te, split_holdout(10, y, fraction=0.3,
+                                                    seed=0)[1])
+
+
+def test_split_holdout_bad_parameters():
+    with pytest.raises(ParameterError, match="fraction"):
+        split_holdout(10, ["a"] * 10, fraction=1.0)
+    with pytest.raises(InputError):
+        split_holdout(10, ["a"] * 9)
