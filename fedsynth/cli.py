@@ -212,19 +212,23 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
     """
     from .io import atomic_write_json
     from .model import save_model
-    from .session import Session, parse_rendezvous, read_secret
+    from .session import Session, announce_failure, parse_rendezvous, read_secret
     from .train import train_site
 
     site_name = site_name or f"site{rank}"
     os.environ["FEDSYNTH_SITE"] = site_name
     setup_logging(site_name)
     t0 = time.monotonic()
-    cfg = _train_config(kw)
-    cfg.validate()
     parse_rendezvous(rendezvous)
-    secret = read_secret(secret_file)
-    out = prepare_outdir(outdir, ["model.pt", "run.json"], overwrite)
-    cohort, _ = load_cohort(data, kw)
+    try:
+        cfg = _train_config(kw)
+        cfg.validate()
+        secret = read_secret(secret_file)
+        out = prepare_outdir(outdir, ["model.pt", "run.json"], overwrite)
+        cohort, _ = load_cohort(data, kw)
+    except FedsynthError as e:
+        announce_failure(rendezvous, rank, f"{site_name}: {e}")
+        raise
     log.info("%s: %d samples x %d genes", data, cohort.n_samples, cohort.n_genes)
     timings = {"load": time.monotonic() - t0}
     t1 = time.monotonic()

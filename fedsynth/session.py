@@ -25,7 +25,7 @@ rank(s) that went silent, crashed or aborted. A heartbeat thread lets the
 survivors tell a dead party from a slow one.
 
 What stays trusted (also in the README): the mask generator is torch's
-Philox/MT generator seeded from the derived keys, not a cryptographic PRG;
+Mersenne Twister seeded from the derived keys, not a cryptographic PRG;
 the store and gloo traffic is neither encrypted nor integrity-protected, so
 sites on different networks must use a VPN or SSH tunnel; gloo needs
 full-mesh TCP reachability between all sites.
@@ -429,6 +429,28 @@ class Session:
         else:
             self.abort(str(exc))
         self.close()
+
+
+def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3.0) -> bool:
+    """Best effort, before joining: tell a waiting session why this rank won't come.
+
+    Used when a site fails locally (bad input) before it joins; the other
+    sites then stop with this reason instead of waiting for the deadline.
+    Returns whether the notice was delivered (it cannot be if rank 0 is the
+    one failing, or is not up).
+    """
+    import torch.distributed as dist
+
+    if rank == 0:
+        return False
+    try:
+        host, port = parse_rendezvous(rendezvous)
+        store = dist.TCPStore(host, port, None, is_master=False,
+                              timeout=timedelta(seconds=timeout), wait_for_workers=False)
+        dist.PrefixStore("fedsynth/", store).set(f"abort/{rank}", reason[:500])
+        return True
+    except Exception:  # noqa: BLE001 - best effort only
+        return False
 
 
 def _short(e: BaseException) -> str:

@@ -166,13 +166,18 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
         X_train, y_train = raw.expr.iloc[all_train], labels.iloc[all_train]
         n_syn = n_synthetic or len(all_train)
 
+        def scale(frame):
+            """Score on the scale the model learns: log1p CPM for counts."""
+            m = frame.to_numpy(dtype=float)
+            if input_kind == "counts":
+                m = np.log1p(m / np.maximum(m.sum(1, keepdims=True), 1.0) * 1e6)
+            return m
+
         def evaluate(expr, lab):
             if not len(held):
                 return None
-            if input_kind == "counts":
-                return None  # scored on log scale by `fedsynth evaluate` (see issue on evaluation)
-            return tstr(expr.to_numpy(), lab.to_numpy(), X_test.to_numpy(), y_test.to_numpy(),
-                        X_real_train=X_train.to_numpy(), y_real_train=y_train.to_numpy(), seed=split_seed)
+            return tstr(scale(expr), lab.to_numpy(), scale(X_test), y_test.to_numpy(),
+                        X_real_train=scale(X_train), y_real_train=y_train.to_numpy(), seed=split_seed)
 
         t1 = time.monotonic()
         if local_only:

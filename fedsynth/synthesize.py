@@ -86,7 +86,7 @@ def synthesize(model_path, n: int, *, class_proportions: str | None = None, seed
         sizes = np.exp(rng.normal(lib["mean"], lib["sd"], size=n))
         cpm = np.clip(np.expm1(x), 0.0, None)
         cpm = cpm / np.maximum(cpm.sum(1, keepdims=True), 1e-12) * 1e6
-        x = rng.poisson(cpm * sizes[:, None] / 1e6).astype(float)
+        x = rng.poisson(cpm * sizes[:, None] / 1e6)
     ids = [f"synthetic_{i + 1:05d}" for i in range(n)]
     expr = pd.DataFrame(x, index=pd.Index(ids, name="sample_id"), columns=meta["genes"])
     labels = pd.Series(np.asarray(classes, dtype=object)[y], index=expr.index, name="label")
