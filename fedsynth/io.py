@@ -466,7 +466,10 @@ def write_table(
         with atomic_path(p, overwrite=overwrite) as tmp:
             adata.write_h5ad(tmp)
         return
-    out = pd.DataFrame(expr.to_numpy(dtype=np.float64), index=sample_ids, columns=genes)
+    values = expr.to_numpy()
+    # integer matrices (counts) stay integers in text output
+    values = values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else values.astype(np.float64)
+    out = pd.DataFrame(values, index=sample_ids, columns=genes)
     if labels is not None:
         out.insert(0, label_column, [str(v) for v in labels])
     out.index.name = "sample_id"
