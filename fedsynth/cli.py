@@ -16,7 +16,9 @@ from pathlib import Path
 
 import click
 
-from .errors import FedsynthError, SessionError
+import numpy as np
+
+from .errors import FedsynthError, InputError, SessionError
 
 log = logging.getLogger("fedsynth")
 
@@ -168,25 +170,49 @@ def main():
 @main.command()
 @click.option("--data", required=True, type=click.Path(), help="Expression matrix: CSV/TSV(.gz) or .h5ad.")
 @data_options
-@click.option("--out", "out", required=True, type=click.Path(), help="Output .h5ad (normalised, validated).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--out", "out", required=True, type=click.Path(),
+              help="Validated matrix (.h5ad, .csv or .tsv): the training part when --holdout is given.")
+@click.option("--holdout", type=float, default=0.0, show_default=True,
+              help="Share of samples to hold out (stratified by label) for this site's own evaluation.")
+@click.option("--holdout-out", type=click.Path(), default=None, help="Where to write the held-out samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout split.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @user_errors
-def preprocess(data, out, overwrite, **kw):
-    """Validate a matrix and write it normalised (log scale) as h5ad.
+def preprocess(data, out, holdout, holdout_out, seed, overwrite, **kw):
+    """Validate a matrix; optionally split off a holdout; write AnnData/CSV.
 
-    Checks: readable format, no NaN/inf, unique sample and gene IDs, a label for
-    every sample, non-negative integers for counts, not every gene constant.
+    Checks: readable format, no NaN/inf, unique sample and gene IDs, a label
+    for every sample, non-negative integers for counts, not every gene
+    constant. Values are written as given (counts stay counts; train
+    normalises them), with the label in obs['label'] (h5ad) or a `label`
+    column (CSV/TSV), and uns['fedsynth'] recording the input kind.
     """
-    from .io import atomic_path
+    import pandas as pd
+
+    from .evaluate import split_holdout
+    from .io import write_table
 
     setup_logging()
-    cohort, _ = load_cohort(data, kw)
-    if not str(out).endswith(".h5ad"):
-        raise click.BadParameter("must end in .h5ad", param_hint="--out")
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        cohort.to_anndata().write_h5ad(tmp)
+    if not 0 <= holdout < 1:
+        raise click.BadParameter(f"must be in [0, 1) (got {holdout})", param_hint="--holdout")
+    if (holdout > 0) != (holdout_out is not None):
+        raise click.UsageError("--holdout and --holdout-out go together")
+    cohort, raw = load_cohort(data, kw)
+    for path in [out] + ([holdout_out] if holdout_out else []):
+        if Path(path).exists() and not overwrite:
+            raise InputError(f"{path}: file exists; refusing to overwrite it (pass --overwrite)")
+    expr = raw.expr.loc[cohort.sample_ids, cohort.genes]
+    labels = pd.Series(cohort.labels, index=expr.index)
+    parts = [(out, np.arange(cohort.n_samples))]
+    if holdout > 0:
+        train_idx, test_idx = split_holdout(cohort.n_samples, cohort.labels, fraction=holdout, seed=seed)
+        parts = [(out, train_idx), (holdout_out, test_idx)]
+    uns = {"fedsynth": {"input_kind": cohort.input_kind, "source": str(data)}}
+    for path, rows in parts:
+        write_table(expr.iloc[rows], labels.iloc[rows], path, overwrite=overwrite, uns=uns)
+    split = f" ({len(parts[0][1])} kept, {len(parts[1][1])} held out -> {holdout_out})" if holdout > 0 else ""
     click.echo(f"fedsynth preprocess: {cohort.n_samples} samples x {cohort.n_genes} genes, "
-               f"{len(set(cohort.labels))} labels -> {out}")
+               f"{len(set(cohort.labels))} labels, input kind {cohort.input_kind}{split} -> {out}")
 
 
 @main.command()
@@ -291,6 +317,42 @@ def synthesize_to(out, model_path, n, class_proportions, seed, label_column, ove
     write_table(expr, labels, out / "synthetic.csv", label_column=label_column, overwrite=overwrite)
     write_table(expr, labels, out / "synthetic.h5ad", label_column=label_column, overwrite=overwrite, uns=uns)
     return expr, labels, meta
+
+
+@main.command()
+@click.option("--synthetic", required=True, type=click.Path(), help="Synthetic matrix (synthetic.csv/.h5ad).")
+@click.option("--train", "train_path", required=True, type=click.Path(),
+              help="This site's real training data (what the model was trained on).")
+@click.option("--holdout", required=True, type=click.Path(), help="This site's real held-out data (never trained on).")
+@click.option("--model", "model_path", type=click.Path(), default=None, help="The model.pt, for its DP record.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of the real data.")
+@click.option("--synthetic-label-column", default=None, help="Label column of the synthetic data (default: --label-column).")
+@click.option("--meta-columns", default="", help="Comma-separated numeric columns that are not genes.")
+@click.option("--input-kind", type=click.Choice(["log", "counts"]), default="log", show_default=True,
+              help="Scale of all three matrices; counts are compared as log1p CPM.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the classifiers and attacks.")
+@click.option("--outdir", required=True, type=click.Path(), help="Writes metrics.json and report.html here.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@user_errors
+def evaluate(synthetic, train_path, holdout, model_path, label_column, synthetic_label_column, meta_columns,
+             input_kind, seed, outdir, overwrite):
+    """Score synthetic data on this site's own real data (which never leaves the site).
+
+    Utility (train on synthetic, test on real holdout, beside train on real),
+    fidelity, and the model's DP record; writes OUTDIR/metrics.json and a
+    self-contained OUTDIR/report.html.
+    """
+    from .evaluate import evaluate_files
+
+    setup_logging()
+    metrics = evaluate_files(synthetic, train_path, holdout, outdir=outdir, label_column=label_column,
+                             synthetic_label_column=synthetic_label_column or label_column,
+                             meta_columns=[c for c in meta_columns.split(",") if c], input_kind=input_kind,
+                             model=model_path, overwrite=overwrite, seed=seed)
+    lr = metrics["utility"]["tstr"]["logreg"]
+    real = metrics["utility"]["trtr"]["logreg"]
+    click.echo(f"fedsynth evaluate: TSTR logreg accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f} "
+               f"(real: {real['accuracy']:.3f}, {real['macro_f1']:.3f}) -> {Path(outdir) / 'report.html'}")
 
 
 @main.command()

@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fedsynth.errors import InputError, ParameterError
 
-__all__ = ["check_compatible", "fidelity", "split_holdout", "tstr"]
+__all__ = ["check_compatible", "evaluate_files", "fidelity", "split_holdout", "tstr"]
 
 MODELS = ("logreg", "rf")
 """Classifier names accepted by :func:`tstr`."""
@@ -530,3 +530,62 @@ def fidelity(X_syn, X_real):
         "wasserstein_mean": float(np.mean(wd)),
         "n_genes": int(X_syn.shape[1]),
     }
+
+
+def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", synthetic_label_column="label",
+                   meta_columns=(), input_kind="log", model=None, overwrite=False, seed=0) -> dict:
+    """Score a synthetic matrix against this site's real training and holdout data.
+
+    Reads the three matrices (CSV/TSV/h5ad), checks they share genes and
+    labels, and writes ``outdir/metrics.json`` and ``outdir/report.html``.
+    Counts are compared on the log1p-CPM scale the model learns. The real
+    data never leaves this function's machine. Returns the metrics.
+    """
+    import json
+    from pathlib import Path
+
+    from .io import atomic_write_json, atomic_write_text, read_expression
+    from .preprocess import validate_and_normalise
+
+    def load(path, col):
+        raw = read_expression(path, label_column=col, meta_columns=tuple(meta_columns))
+        return validate_and_normalise(raw, input_kind=input_kind, label_column=col)
+
+    syn = load(synthetic, synthetic_label_column)
+    tr = load(train, label_column)
+    te = load(holdout, label_column)
+    warnings = check_compatible(syn.genes, tr.genes, syn.labels, tr.labels, syn_name=str(synthetic),
+                                real_name=str(train))
+    warnings += check_compatible(syn.genes, te.genes, syn.labels, te.labels, syn_name=str(synthetic),
+                                 real_name=str(holdout))
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "report.html"):
+        if (out / name).exists() and not overwrite:
+            raise InputError(f"{out / name}: file exists; refusing to overwrite it (pass --overwrite)")
+    metrics = {
+        "utility": tstr(syn.X, syn.labels, te.X, te.labels, X_real_train=tr.X, y_real_train=tr.labels, seed=seed),
+        "fidelity": fidelity(syn.X, tr.X),
+        "n": {"synthetic": syn.n_samples, "train": tr.n_samples, "holdout": te.n_samples, "genes": syn.n_genes},
+        "warnings": warnings,
+    }
+    if model is not None:
+        from .model import load_model
+
+        _, blob = load_model(model)
+        dp = blob["dp"]
+        metrics["privacy"] = {k: dp.get(k) for k in ("private", "epsilon", "epsilon_spent", "delta",
+                                                      "max_colluders", "k", "sites")}
+    atomic_write_json(out / "metrics.json", metrics)
+    u = metrics["utility"]
+    rows = "".join(
+        f"<tr><td>{m}</td><td>{u['tstr'][m]['accuracy']:.3f}</td><td>{u['tstr'][m]['macro_f1']:.3f}</td>"
+        f"<td>{u['trtr'][m]['accuracy']:.3f}</td><td>{u['trtr'][m]['macro_f1']:.3f}</td></tr>"
+        for m in u["tstr"])
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>fedsynth evaluation</title></head><body>"
+            f"<h1>fedsynth evaluation</h1><h2>Utility</h2><table border='1'><tr><th>model</th><th>TSTR accuracy</th>"
+            f"<th>TSTR macro-F1</th><th>TRTR accuracy</th><th>TRTR macro-F1</th></tr>{rows}</table>"
+            f"<h2>Fidelity</h2><pre>{json.dumps(metrics['fidelity'], indent=2)}</pre>"
+            f"<h2>Privacy</h2><pre>{json.dumps(metrics.get('privacy'), indent=2)}</pre></body></html>")
+    atomic_write_text(out / "report.html", html)
+    return metrics

@@ -10,15 +10,16 @@ that every site runs in lock step:
 2. **Budget** (no data touched): ``q = batch_size / N``, ``T = epochs / q``;
    noise multipliers from :func:`fedsynth.accounting.plan_budget`; every site
    computes the same plan, and all refuse together if it cannot be met.
-3. **Statistics**, each one secure sum with noise ``z_stat * sensitivity``:
-   class counts (sensitivity 1), gene sums of ``clip_2(x, C_mu)``
-   (sensitivity ``C_mu``), and for counts input the log library size mean
-   and spread.
-4. **DP-SGD** on ``u = x - mu_hat``: each site Poisson-samples its records
-   at rate ``q`` (record ``j`` is in step ``s`` iff
-   ``PRF(seed_i, s, id_j) < q``), clips each per-sample gradient to ``C``
-   with Opacus, and the sites securely sum their clipped sums with total noise
-   ``N(0, z_sgd^2 C^2)``; every site applies the same update
+3. **Statistics** (:func:`release_statistics`), each one secure sum with
+   noise ``z_stat * sensitivity``: class counts, the mean centred gene
+   profile and expression level, and the class anchors (clipped per-class
+   mean deviations).
+4. **DP-SGD** on each record's residual around its class anchor
+   (:func:`residuals`): each site Poisson-samples its records at rate ``q``
+   (record ``j`` is in step ``s`` iff ``PRF(seed_i, s, id_j) < q``), Opacus
+   computes and clips each per-sample gradient to ``C``, and the sites
+   securely sum their clipped sums with total noise ``N(0, z_sgd^2 C^2)``;
+   every site applies the same update
    ``theta <- Adam(theta, (sum + noise) / (q N))``.
 
 With ``no_dp`` there is no clipping and no noise: the update is the plain

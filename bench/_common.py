@@ -1,0 +1,209 @@
+"""Shared helpers of the benchmark scripts (not part of the fedsynth package).
+
+* :func:`run_simulate` runs one ``fedsynth simulate`` through the installed
+  CLI (the exact command is recorded), caching its outputs, so an
+  interrupted benchmark resumes where it stopped;
+* :func:`federated_holdout` reproduces simulate's per-site stratified
+  holdout with fedsynth's own functions, so synthetic data from runs with a
+  different split (``--sites 1``, ``--sites 5``) can be scored on exactly
+  the test rows of the 3-site federated run;
+* :func:`summary`, :func:`fmt` and :func:`md_table` format medians and ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+OUT = BENCH / "out"
+DATA = REPO / "data" / "brca_pam50_sites.csv"
+READ_KW = {"label_column": "pam50", "meta_columns": ("age", "site")}
+DATA_ARGS = ["--label-column", "pam50", "--meta-columns", "age"]
+FEDSYNTH = Path(sys.executable).parent / "fedsynth"
+
+
+def env1() -> dict:
+    """The environment for every child: one BLAS/OpenMP thread (2 shared cores)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+
+
+def rel(p) -> str:
+    """A path relative to the repository root when possible (for printed commands)."""
+    try:
+        return str(Path(p).resolve().relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
+def shell(cmd: list) -> str:
+    """``cmd`` as one copy-pasteable shell line, run from the repository root."""
+    return " ".join(shlex.quote(rel(c) if isinstance(c, Path) else str(c)) for c in cmd)
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": mem,
+        "gpu": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: str = "") -> dict:
+    """Run ``fedsynth simulate ARGS --outdir OUTDIR``; return run.json plus bookkeeping.
+
+    A previous run in ``outdir`` with the identical command is reused unless
+    ``fresh``. The simulate log goes to ``outdir/simulate.log``.
+    """
+    outdir = Path(outdir)
+    cmd = [FEDSYNTH, "simulate", *map(str, args), "--outdir", outdir, "--overwrite"]
+    line = shell(cmd)
+    stamp = outdir / "command.txt"
+    if not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == line:
+        run = json.loads((outdir / "run.json").read_text())
+        run["_cached"] = True
+        run["_command"] = line
+        print(f"    [cached] {label}", flush=True)
+        return run
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "run.json").unlink(missing_ok=True)
+    t0 = time.monotonic()
+    with open(outdir / "simulate.log", "w") as logf:
+        proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env1(), stdout=logf,
+                              stderr=subprocess.STDOUT, text=True)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        tail = (outdir / "simulate.log").read_text().splitlines()[-15:]
+        raise RuntimeError(f"simulate failed ({proc.returncode}): {line}\n" + "\n".join(tail))
+    stamp.write_text(line + "\n")
+    run = json.loads((outdir / "run.json").read_text())
+    run["_cached"] = False
+    run["_command"] = line
+    run["_wall_outer"] = round(wall, 2)
+    return run
+
+
+# ------------------------------------------------------------ holdouts
+def read_table(path=DATA):
+    from fedsynth.io import read_expression
+
+    return read_expression(path, **READ_KW)
+
+
+def site_holdout(raw, site_names: list[str], seed: int, fraction: float = 0.2):
+    """simulate's split for ``--site-column site``: per named site, a stratified holdout.
+
+    Returns (train_rows, test_rows) as integer positions in ``raw``, built
+    exactly as :func:`fedsynth.simulate.run_simulation` builds them.
+    """
+    import numpy as np
+
+    from fedsynth.evaluate import split_holdout
+
+    labels = raw.labels.astype(str).to_numpy()
+    sites = raw.meta["site"].astype(str).to_numpy()
+    tr_all, te_all = [], []
+    for name in site_names:
+        rows = np.flatnonzero(sites == name)
+        tr, te = split_holdout(len(rows), labels[rows], fraction=fraction, seed=seed)
+        tr_all.append(rows[tr])
+        te_all.append(rows[te])
+    return np.sort(np.concatenate(tr_all)), np.concatenate(te_all)
+
+
+def score_synthetic(synthetic_csv: Path, raw, train_rows, test_rows, seed: int) -> dict:
+    """fedsynth.evaluate.tstr of a synthetic.csv on chosen real test rows (as simulate does)."""
+    from fedsynth.evaluate import tstr
+    from fedsynth.io import read_expression
+
+    syn = read_expression(synthetic_csv, label_column="pam50")
+    expr = syn.expr[list(raw.expr.columns)]
+    labels = raw.labels.astype(str)
+    return tstr(expr.to_numpy(), syn.labels.astype(str).to_numpy(),
+                raw.expr.iloc[test_rows].to_numpy(), labels.iloc[test_rows].to_numpy(),
+                X_real_train=raw.expr.iloc[train_rows].to_numpy(),
+                y_real_train=labels.iloc[train_rows].to_numpy(), seed=seed)
+
+
+def largest_sites(raw, k: int) -> list[str]:
+    """The k largest sites, largest first, ties by name (as split_sites orders them)."""
+    counts = raw.meta["site"].astype(str).value_counts()
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [name for name, _ in order[:k]]
+
+
+# ------------------------------------------------------------ formatting
+def summary(values) -> dict | None:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),
+            "values": vals}
+
+
+def fmt(s: dict | None, digits: int = 3) -> str:
+    if not s:
+        return "n/a"
+    if s["n"] == 1:
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Progress:
+    """Counts runs and prints elapsed time and a naive ETA."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = total, 0, time.monotonic()
+
+    def start(self, what: str) -> None:
+        el = time.monotonic() - self.t0
+        eta = "" if not self.done else f", ETA {el / self.done * (self.total - self.done) / 60:.1f} min"
+        print(f"[{self.done + 1}/{self.total}] {what}  (elapsed {el / 60:.1f} min{eta})", flush=True)
+
+    def finish(self, msg: str) -> None:
+        self.done += 1
+        print(f"    {msg}", flush=True)
