@@ -136,6 +136,11 @@ def agree_schema(session, cohort, genes_mode: str) -> Schema:
         raise InputError("schema agreement: the sites share no gene at all")
     genes = [g for g in base if g in shared]
     classes = sorted(set().union(*[set(v["classes"]) for v in views]))
+    for r, v in enumerate(views):
+        lacking = sorted(set(classes) - set(v["classes"]))
+        if lacking:
+            log.warning("schema agreement: rank %d (%s) has no samples of %s; the other sites' data "
+                        "alone carry those classes", r, v["site"], ", ".join(lacking))
     if len(classes) < 2:
         raise InputError(f"schema agreement: only one label ({classes[0]}) across all sites")
     return Schema(genes, classes, views[0]["input_kind"], [v["n"] for v in views], [v["site"] for v in views])
@@ -307,6 +312,8 @@ def train_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> T
     model = CVAE(CVAEConfig(len(schema.genes), len(schema.classes), cfg.latent_dim, cfg.hidden_dim))
     params = [p for p in model.parameters() if p.requires_grad]
     sampling_seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "big")
+    if cfg.seed is not None and not cfg.no_dp:
+        log.warning("--seed fixes Poisson sampling: the DP guarantee assumes nobody else knows the seed")
     u_all = torch.tensor(residuals(cohort, schema.classes, stats), dtype=torch.float32)
     y_idx = torch.tensor([schema.classes.index(str(v)) for v in cohort.labels])
     y_all = torch.nn.functional.one_hot(y_idx, len(schema.classes)).float()
