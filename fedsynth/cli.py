@@ -97,6 +97,9 @@ def train_options(fn):
                      help="Share of epsilon for the released statistics (class counts, gene means, library sizes)."),
         click.option("--genes", type=click.Choice(["strict", "intersect"]), default="strict", show_default=True,
                      help="strict: all sites must have the same genes. intersect: use the genes all sites share."),
+        click.option("--classes", default=None,
+                     help="Comma-separated label vocabulary shared by all sites (e.g. LumA,LumB,Basal,Her2,NormalLike). "
+                          "Without it, each site's own label set is revealed to the others during schema agreement."),
         click.option("--seed", type=int, default=None,
                      help="Fix sampling and initialisation (reproducibility/testing). Default: fresh OS randomness."),
         click.option("--step-timeout", type=float, default=120.0, show_default=True,
@@ -117,6 +120,7 @@ def _train_config(kw):
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], clip=kw["clip"],
         latent_dim=kw["latent_dim"], hidden_dim=kw["hidden_dim"], stats_fraction=kw["stats_fraction"],
         genes=kw["genes"], seed=kw["seed"],
+        classes=tuple(c.strip() for c in kw["classes"].split(",") if c.strip()) if kw.get("classes") else None,
     )
 
 

@@ -158,6 +158,8 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
             names.append(name)
             site_n.append(len(tr))
         log.info("%d site(s): %s", len(parts), ", ".join(f"{n} ({c} train)" for n, c in zip(names, site_n)))
+        # the simulation knows the whole label vocabulary: declare it, so no site's label set is revealed
+        train_kw = dict(train_kw, classes=train_kw.get("classes") or ",".join(sorted(set(labels))))
         train_args = _train_args(train_kw, input_kind)
         all_train = np.concatenate([p[1] for p in parts])
         held = np.concatenate(test_idx) if test_idx else np.array([], int)
@@ -243,7 +245,7 @@ def _train_args(kw: dict, input_kind: str) -> list[str]:
     """The `fedsynth train` options that carry the simulate command's settings."""
     args = ["--input-kind", input_kind]
     for key in ("epsilon", "delta", "max_colluders", "epochs", "batch_size", "lr", "clip", "latent_dim",
-                "hidden_dim", "stats_fraction", "genes", "seed", "step_timeout", "rendezvous_timeout"):
+                "hidden_dim", "stats_fraction", "genes", "classes", "seed", "step_timeout", "rendezvous_timeout"):
         if kw.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(kw[key])]
     if kw.get("no_dp"):

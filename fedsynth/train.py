@@ -67,6 +67,7 @@ class TrainConfig:
     hidden_dim: int = 32
     stats_fraction: float = 0.7
     genes: str = "strict"
+    classes: tuple[str, ...] | None = None
     seed: int | None = None
 
     def validate(self) -> None:
@@ -105,11 +106,23 @@ class TrainResult:
 
 
 # --------------------------------------------------------------- schema
-def agree_schema(session, cohort, genes_mode: str) -> Schema:
-    """Exchange the public schema and check the sites agree; ranks in order."""
+def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | None = None) -> Schema:
+    """Exchange the public schema and check the sites agree; ranks in order.
+
+    With ``classes`` (the public label vocabulary, ``--classes``) each site
+    only checks its labels are among them and the sites compare the list; a
+    site's own label set is never sent. Without it, each site's label set is
+    exchanged (revealing which classes each site has) and the union is used.
+    """
+    own = sorted(set(map(str, cohort.labels)))
+    if classes is not None:
+        unknown = sorted(set(own) - set(classes))
+        if unknown:
+            raise InputError(f"{cohort.source}: labels not in --classes: {', '.join(unknown[:5])}")
     mine = {
         "genes": list(cohort.genes),
-        "classes": sorted(set(map(str, cohort.labels))),
+        "classes": sorted(classes) if classes is not None else own,
+        "declared": classes is not None,
         "input_kind": cohort.input_kind,
         "n": int(cohort.n_samples),
         "site": session.site_name,
@@ -122,6 +135,10 @@ def agree_schema(session, cohort, genes_mode: str) -> Schema:
             + ", ".join(f"rank {r}: {v['input_kind']}" for r, v in enumerate(views))
             + ")"
         )
+    if len({v["declared"] for v in views}) > 1 or (
+        classes is not None and len({tuple(v["classes"]) for v in views}) > 1
+    ):
+        raise InputError("schema agreement: sites disagree on --classes (every site must give the same list, or none)")
     base = views[0]["genes"]
     shared = set(base).intersection(*[set(v["genes"]) for v in views[1:]])
     union = set().union(*[set(v["genes"]) for v in views])
@@ -136,11 +153,12 @@ def agree_schema(session, cohort, genes_mode: str) -> Schema:
         raise InputError("schema agreement: the sites share no gene at all")
     genes = [g for g in base if g in shared]
     classes = sorted(set().union(*[set(v["classes"]) for v in views]))
-    for r, v in enumerate(views):
-        lacking = sorted(set(classes) - set(v["classes"]))
-        if lacking:
-            log.warning("schema agreement: rank %d (%s) has no samples of %s; the other sites' data "
-                        "alone carry those classes", r, v["site"], ", ".join(lacking))
+    if not views[0]["declared"]:
+        for r, v in enumerate(views):
+            lacking = sorted(set(classes) - set(v["classes"]))
+            if lacking:
+                log.warning("schema agreement: rank %d (%s) has no samples of %s; the other sites' data "
+                            "alone carry those classes", r, v["site"], ", ".join(lacking))
     if len(classes) < 2:
         raise InputError(f"schema agreement: only one label ({classes[0]}) across all sites")
     return Schema(genes, classes, views[0]["input_kind"], [v["n"] for v in views], [v["site"] for v in views])
@@ -278,7 +296,7 @@ def train_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> T
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     timings = {}
     t0 = time.monotonic()
-    schema = agree_schema(session, cohort, cfg.genes)
+    schema = agree_schema(session, cohort, cfg.genes, cfg.classes)
     if list(cohort.genes) != schema.genes:
         cohort = cohort.subset_genes(schema.genes)
     timings["schema"] = time.monotonic() - t0
@@ -400,7 +418,7 @@ def train_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> T
         "input_kind": schema.input_kind,
         "statistics": stats,
         "dp": dp,
-        "train_config": asdict(cfg) | {"seed": cfg.seed},
+        "train_config": asdict(cfg),
         "secure_sum_calls": agg.calls,
     }
     return TrainResult(model, meta, timings)
