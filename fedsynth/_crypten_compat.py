@@ -24,7 +24,12 @@ stops being needed).
    recompute every mask and read every input. :func:`seed_generators`
    installs seeds that fedsynth derived from an authenticated key agreement
    instead; CrypTen's own seeding is never run.
-5. CrypTen installs a top-level package named ``configs``; fedsynth's own
+5. CrypTen's PRZS masks come from torch's CPU generator (Mersenne
+   Twister), which uses only 32 bits of its seed; fedsynth's secure sums
+   take their masks from :meth:`fedsynth.session.Session.przs_mask`
+   (ChaCha20 keyed by 256-bit pairwise keys) instead, and use CrypTen's
+   arithmetic shared tensor, fixed-point encoder and reveal.
+6. CrypTen installs a top-level package named ``configs``; fedsynth's own
    modules avoid that name.
 """
 

@@ -23,14 +23,22 @@ problems raise :class:`~fedsynth.errors.InputError` (bad data) or
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 
 import numpy as np
 from scipy import stats
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+from sklearn.metrics.pairwise import euclidean_distances
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -242,6 +250,11 @@ def _make_model(name, seed):
                                   n_jobs=1)
 
 
+def _proba_for(classes, proba, c, n):
+    col = {k: i for i, k in enumerate(classes)}
+    return proba[:, col[c]] if c in col else np.zeros(n)
+
+
 def _auroc(y_test, classes, proba):
     """One-vs-rest macro AUROC over the classes present in ``y_test``.
 
@@ -251,20 +264,40 @@ def _auroc(y_test, classes, proba):
     present = np.unique(y_test)
     if present.size < 2:
         return None
-    col = {c: k for k, c in enumerate(classes)}
-    aucs = []
-    for c in present:
-        score = proba[:, col[c]] if c in col else np.zeros(len(y_test))
-        aucs.append(roc_auc_score(y_test == c, score))
+    aucs = [roc_auc_score(y_test == c, _proba_for(classes, proba, c, len(y_test)))
+            for c in present]
     return float(np.mean(aucs))
 
 
+def _per_class(y_test, pred, classes, proba):
+    present = np.unique(y_test)
+    prec, rec, f1, sup = precision_recall_fscore_support(
+        y_test, pred, labels=present, zero_division=0)
+    out = {}
+    for i, c in enumerate(present):
+        score = _proba_for(classes, proba, c, len(y_test))
+        two = present.size >= 2
+        out[str(c)] = {
+            "precision": float(prec[i]), "recall": float(rec[i]),
+            "f1": float(f1[i]), "support": int(sup[i]),
+            "auroc": float(roc_auc_score(y_test == c, score)) if two else None,
+            "average_precision": (float(average_precision_score(y_test == c, score))
+                                  if two else None),
+        }
+    return out
+
+
 def _scores(y_test, pred, classes, proba):
+    per_class = _per_class(y_test, pred, classes, proba)
+    aps = [v["average_precision"] for v in per_class.values()]
     return {
         "accuracy": float(accuracy_score(y_test, pred)),
         "macro_f1": float(f1_score(y_test, pred, average="macro",
                                    zero_division=0)),
         "auroc": _auroc(y_test, classes, proba),
+        "average_precision": (None if any(a is None for a in aps)
+                              else float(np.mean(aps))),
+        "per_class": per_class,
     }
 
 
@@ -330,8 +363,10 @@ def tstr(X_syn, y_syn, X_real_test, y_real_test, *, X_real_train=None,
         ``{"tstr": {model: scores}, "trtr": {model: scores} or None,
         "majority": {"label", "accuracy", "macro_f1"}, "single_class": bool,
         "single_class_real": bool or None, "n_train_synthetic": int,
-        "n_train_real": int or None, "n_test": int}``, where ``scores`` is
-        ``{"accuracy", "macro_f1", "auroc"}``.
+        "n_train_real": int or None, "n_test": int,
+        "relative_macro_f1": {model: float or None}}``, where ``scores`` is
+        ``{"accuracy", "macro_f1", "auroc", "average_precision",
+        "per_class"}``.
 
         * ``accuracy`` -- fraction of test samples predicted correctly.
         * ``macro_f1`` -- unweighted mean F1 over the classes occurring in
@@ -341,6 +376,15 @@ def tstr(X_syn, y_syn, X_real_test, y_real_test, *, X_real_train=None,
           probabilities, averaged over the classes present in the test set;
           a class the model never saw in training has probability 0.
           ``None`` if the test set has fewer than two classes.
+        * ``average_precision`` -- one-vs-rest average precision (area under
+          the precision-recall curve), averaged over the classes present in
+          the test set; ``None`` with fewer than two test classes.
+        * ``per_class`` -- ``{class: {"precision", "recall", "f1",
+          "support", "auroc", "average_precision"}}`` for every class of the
+          test set (one-vs-rest; AUROC/AP ``None`` with one test class).
+        * ``relative_macro_f1`` -- TSTR macro-F1 divided by TRTR macro-F1
+          per model (the CAMDA challenge's "relative F1"); ``None`` without
+          TRTR or when TRTR macro-F1 is 0.
         * ``majority`` -- always predicting the most frequent synthetic
           (training-side) label, ties broken alphabetically.
         * ``single_class`` -- the synthetic data has one class only; no
@@ -400,6 +444,10 @@ def tstr(X_syn, y_syn, X_real_test, y_real_test, *, X_real_train=None,
     result["n_train_synthetic"] = int(X_syn.shape[0])
     result["n_train_real"] = n_train_real
     result["n_test"] = int(X_test.shape[0])
+    result["relative_macro_f1"] = {
+        m: (result["tstr"][m]["macro_f1"] / result["trtr"][m]["macro_f1"]
+            if result["trtr"] and result["trtr"][m]["macro_f1"] > 0 else None)
+        for m in models}
     return result
 
 
@@ -471,8 +519,130 @@ def _corr_matrix_similarity(X_syn, X_real, block_bytes=64 * 2**20):
     return min(1.0, max(-1.0, float(r))), g
 
 
-def fidelity(X_syn, X_real):
-    """How closely the synthetic matrix reproduces the real one, gene-wise.
+_MAX_KERNEL = 1000  # samples per side used by MMD and the discriminator
+_N_WORST_GENES = 10  # genes listed as worst reproduced
+
+
+def _real_scale(X_real):
+    """Mean and standard deviation of the real data (floored, so a constant
+    gene does not divide by zero)."""
+    mu = X_real.mean(axis=0)
+    sd = X_real.std(axis=0)
+    pos = sd[sd > 0]
+    return mu, np.maximum(sd, 1e-3 * float(np.median(pos)) if pos.size else 1.0)
+
+
+def _sub(X, cap, rng):
+    return X if len(X) <= cap else X[np.sort(rng.choice(len(X), cap, replace=False))]
+
+
+def mmd_rbf(X_syn, X_real, *, max_samples=_MAX_KERNEL, seed=0):
+    """Maximum mean discrepancy with a Gaussian (RBF) kernel.
+
+    Genes are z-scored by the real data. The kernel is
+    ``exp(-||x - y||^2 / (2 h^2))`` with the bandwidth ``h`` set by the median
+    heuristic: the median distance between records of the pooled sample.
+    At most ``max_samples`` records per side are used (a random subsample).
+
+    Returns
+    -------
+    dict
+        ``mmd2`` -- the biased (V-statistic) estimate of MMD^2: 0 for
+        identical samples, never negative; ``mmd2_unbiased`` -- the unbiased
+        U-statistic (about 0, possibly slightly negative, for two samples of
+        one distribution; it does not grow as samples shrink); ``bandwidth``
+        -- ``h``; ``n_synthetic``, ``n_real`` -- records used.
+    """
+    X_syn = _as_matrix(X_syn, "synthetic matrix")
+    X_real = _as_matrix(X_real, "real matrix")
+    _same_genes(X_syn, X_real, "synthetic matrix", "real matrix")
+    rng = np.random.default_rng(seed)
+    mu, sd = _real_scale(X_real)
+    A = (_sub(X_syn, max_samples, rng) - mu) / sd
+    B = (_sub(X_real, max_samples, rng) - mu) / sd
+    P = np.vstack([A, B])
+    P = _sub(P, 500, rng)
+    d = np.sqrt(euclidean_distances(P, P, squared=True)[np.triu_indices(len(P), 1)])
+    d = d[d > 0]
+    h = float(np.median(d)) if d.size else 1.0
+    g = 1.0 / (2 * h * h)
+    Kaa = np.exp(-g * euclidean_distances(A, A, squared=True))
+    Kbb = np.exp(-g * euclidean_distances(B, B, squared=True))
+    Kab = np.exp(-g * euclidean_distances(A, B, squared=True))
+    n, m = len(A), len(B)
+    biased = Kaa.mean() + Kbb.mean() - 2 * Kab.mean()
+    unbiased = None
+    if n > 1 and m > 1:
+        unbiased = float((Kaa.sum() - np.trace(Kaa)) / (n * (n - 1))
+                         + (Kbb.sum() - np.trace(Kbb)) / (m * (m - 1)) - 2 * Kab.mean())
+    return {"mmd2": max(0.0, float(biased)), "mmd2_unbiased": unbiased,
+            "bandwidth": h, "n_synthetic": n, "n_real": m}
+
+
+def _row_groups(X):
+    """Group id per row: identical rows (to 6 decimals) share an id."""
+    keys = {}
+    R = np.round(X, 6) + 0.0
+    return np.array([keys.setdefault(r.tobytes(), len(keys)) for r in R])
+
+
+def discriminator_auroc(X_syn, X_real, *, models=MODELS, n_splits=5,
+                        max_samples=_MAX_KERNEL, seed=0):
+    """How well a classifier tells real from synthetic records.
+
+    Equally many synthetic and real records (the smaller count, at most
+    ``max_samples``) are pooled, genes z-scored by the real data, and each
+    classifier's out-of-fold probability of "synthetic" is scored by AUROC
+    (stratified ``n_splits``-fold cross-validation). Identical records are
+    kept in one fold: a record and its copy on the other side could not be
+    told apart, and splitting them would push the AUROC below 0.5.
+
+    Classifiers: ``"logreg"`` (logistic regression on standardised genes)
+    and ``"rf"`` (random forest, 100 trees).
+
+    Returns
+    -------
+    dict
+        ``{model: auroc}`` for each model, ``"max"`` (the larger; 0.5 means
+        indistinguishable, 1.0 perfectly separable), ``"n_per_class"`` and
+        ``"n_splits"``. AUROCs are ``None`` with fewer than 2 records per side.
+    """
+    X_syn = _as_matrix(X_syn, "synthetic matrix")
+    X_real = _as_matrix(X_real, "real matrix")
+    _same_genes(X_syn, X_real, "synthetic matrix", "real matrix")
+    rng = np.random.default_rng(seed)
+    n = min(len(X_syn), len(X_real), max_samples)
+    out = {m: None for m in models}
+    out.update(max=None, n_per_class=int(n), n_splits=None)
+    if n < 2:
+        return out
+    mu, sd = _real_scale(X_real)
+    A = (_sub(X_syn, n, rng) - mu) / sd
+    B = (_sub(X_real, n, rng) - mu) / sd
+    X = np.vstack([A, B])
+    y = np.r_[np.ones(n, int), np.zeros(n, int)]
+    groups = _row_groups(X)
+    n_groups = int(groups.max()) + 1
+    if n_groups < 2:  # every record the same on both sides: indistinguishable
+        out.update({m: 0.5 for m in models}, max=0.5)
+        return out
+    k = int(min(n_splits, n, n_groups))
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for m in models:
+        if m == "logreg":
+            clf = Pipeline([("scale", StandardScaler()),
+                            ("clf", LogisticRegression(max_iter=1000))])
+        else:
+            clf = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+        proba = cross_val_predict(clf, X, y, cv=cv, groups=groups, method="predict_proba")[:, 1]
+        out[m] = float(roc_auc_score(y, proba))
+    out["max"] = max(out[m] for m in models)
+    out["n_splits"] = k
+    return out
+
+
+def fidelity(X_syn, X_real, *, genes=None, seed=0, mmd=True, discriminator=True):
+    """How closely the synthetic matrix reproduces the real one.
 
     Parameters
     ----------
@@ -481,6 +651,13 @@ def fidelity(X_syn, X_real):
     X_real : ndarray, shape (n_real, n_genes)
         Real expression matrix, same genes in the same order. The sample
         counts may differ.
+    genes : sequence of str, optional
+        Gene names, used to list the worst reproduced genes.
+    seed : int
+        Seed of subsamples and classifiers.
+    mmd, discriminator : bool
+        Compute :func:`mmd_rbf` and :func:`discriminator_auroc` (the slower
+        parts).
 
     Returns
     -------
@@ -497,13 +674,23 @@ def fidelity(X_syn, X_real):
           ``corr_matrix_pearson``.
         * ``wasserstein_mean`` -- mean over genes of the 1-Wasserstein
           distance between the synthetic and real values of the gene
-          (:func:`scipy.stats.wasserstein_distance`), in expression units.
+          (:func:`scipy.stats.wasserstein_distance`), in expression units;
+          ``wasserstein_std_mean``, ``wasserstein_std_max`` -- the same
+          distances divided by the gene's real standard deviation (unit-free),
+          mean and maximum over genes.
+        * ``worst_genes`` -- up to 10 genes with the largest standardised
+          Wasserstein distance: ``{"gene", "wasserstein_std", "mean_real",
+          "mean_synthetic", "sd_real", "sd_synthetic"}``.
+        * ``mmd2``, ``mmd2_unbiased``, ``mmd_bandwidth`` -- see
+          :func:`mmd_rbf` (``None`` if not computed).
+        * ``discriminator_auroc`` -- the larger of the classifiers' AUROCs,
+          ``discriminator`` -- all of :func:`discriminator_auroc`'s output
+          (``None`` if not computed).
         * ``n_genes`` -- number of genes.
 
         A correlation that is undefined (fewer than two genes -- three for
         ``corr_matrix_pearson`` -- or a constant vector) is ``None``. 1.0
-        is perfect agreement; ``wasserstein_mean`` is 0 for identical
-        distributions.
+        is perfect agreement; Wasserstein and MMD are 0 for identical data.
 
     Raises
     ------
@@ -514,13 +701,22 @@ def fidelity(X_syn, X_real):
     X_syn = _as_matrix(X_syn, "synthetic matrix")
     X_real = _as_matrix(X_real, "real matrix")
     _same_genes(X_syn, X_real, "synthetic matrix", "real matrix")
+    genes = [str(g) for g in genes] if genes is not None else [
+        f"gene{j + 1}" for j in range(X_real.shape[1])]
 
     mean_s, mean_r = X_syn.mean(axis=0), X_real.mean(axis=0)
     var_s, var_r = X_syn.var(axis=0), X_real.var(axis=0)
     corr_r, n_corr = _corr_matrix_similarity(X_syn, X_real)
-    wd = [stats.wasserstein_distance(X_syn[:, j], X_real[:, j])
-          for j in range(X_syn.shape[1])]
-    return {
+    wd = np.array([stats.wasserstein_distance(X_syn[:, j], X_real[:, j])
+                   for j in range(X_syn.shape[1])])
+    _, sd = _real_scale(X_real)
+    wstd = wd / sd
+    worst = [
+        {"gene": genes[j], "wasserstein_std": float(wstd[j]),
+         "mean_real": float(mean_r[j]), "mean_synthetic": float(mean_s[j]),
+         "sd_real": float(np.sqrt(var_r[j])), "sd_synthetic": float(np.sqrt(var_s[j]))}
+        for j in np.argsort(-wstd, kind="stable")[:_N_WORST_GENES]]
+    out = {
         "mean_pearson": _corr("pearson", mean_s, mean_r),
         "mean_spearman": _corr("spearman", mean_s, mean_r),
         "var_pearson": _corr("pearson", var_s, var_r),
@@ -528,64 +724,533 @@ def fidelity(X_syn, X_real):
         "corr_matrix_pearson": corr_r,
         "n_genes_corr": n_corr,
         "wasserstein_mean": float(np.mean(wd)),
+        "wasserstein_std_mean": float(np.mean(wstd)),
+        "wasserstein_std_max": float(np.max(wstd)),
+        "worst_genes": worst,
+        "mmd2": None, "mmd2_unbiased": None, "mmd_bandwidth": None,
+        "discriminator_auroc": None, "discriminator": None,
         "n_genes": int(X_syn.shape[1]),
     }
+    if mmd:
+        m = mmd_rbf(X_syn, X_real, seed=seed)
+        out.update(mmd2=m["mmd2"], mmd2_unbiased=m["mmd2_unbiased"], mmd_bandwidth=m["bandwidth"])
+    if discriminator:
+        d = discriminator_auroc(X_syn, X_real, seed=seed)
+        out.update(discriminator_auroc=d["max"], discriminator=d)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# biology: differential expression and co-expression
+# ---------------------------------------------------------------------------
+
+
+def welch_t(X, in_group):
+    """Welch's t-test of every gene, group vs the rest.
+
+    Returns ``(t, p)`` arrays over genes (two-sided p). A gene with zero
+    variance in both groups has t = 0 and p = 1. Needs at least two samples
+    in the group and two outside it (else ``ValueError``).
+    """
+    in_group = np.asarray(in_group, bool)
+    a, b = X[in_group], X[~in_group]
+    n1, n0 = len(a), len(b)
+    if n1 < 2 or n0 < 2:
+        raise ValueError("Welch's t-test needs >= 2 samples on each side")
+    v1, v0 = a.var(axis=0, ddof=1) / n1, b.var(axis=0, ddof=1) / n0
+    se2 = v1 + v0
+    ok = se2 > 0
+    t = np.zeros(X.shape[1])
+    t[ok] = (a.mean(axis=0) - b.mean(axis=0))[ok] / np.sqrt(se2[ok])
+    denom = v1 * v1 / (n1 - 1) + v0 * v0 / (n0 - 1)
+    df = np.full(X.shape[1], float(n1 + n0 - 2))
+    df[denom > 0] = (se2 * se2)[denom > 0] / denom[denom > 0]
+    p = np.ones(X.shape[1])
+    p[ok] = 2 * stats.t.sf(np.abs(t[ok]), df[ok])
+    return t, p
+
+
+def bh_qvalues(p):
+    """Benjamini-Hochberg adjusted p-values (q-values)."""
+    p = np.asarray(p, float)
+    n = p.size
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def default_top_k(n_genes):
+    """Top-k for DE recovery: 20, but at most a fifth of the genes (>= 1)."""
+    return int(max(1, min(20, n_genes // 5)))
+
+
+def _top(t, q, k, alpha):
+    """Indices of the k genes with the largest |t| among those with q < alpha."""
+    sig = np.flatnonzero(q < alpha)
+    return sig[np.argsort(-np.abs(t[sig]), kind="stable")][:k]
+
+
+def de_recovery(X_syn, y_syn, X_real, y_real, *, genes=None, k=None, alpha=0.05):
+    """Are each class's top differentially expressed genes recovered?
+
+    For every class of the real data, each gene is tested one-vs-rest with
+    Welch's t-test, separately in the real and in the synthetic data, and
+    q-values come from Benjamini-Hochberg. A side's *top-k* are the ``k``
+    genes with the largest ``|t|`` among its genes with ``q < alpha``. A
+    real top-k gene is *recovered* if it is also a synthetic top-k gene with
+    the same direction (sign of t).
+
+    Returns
+    -------
+    dict
+        * ``k``, ``alpha``;
+        * ``per_class`` -- ``{class: {...}}`` with ``precision_at_k``
+          (recovered / synthetic top-k: are the genes the synthetic data
+          call DE really DE?), ``recall_at_k`` (recovered / real top-k: are
+          the real DE genes found?), ``overlap_at_k`` (overlap of the plain
+          top-k by |t|, no significance filter, / k; chance level
+          ``overlap_chance`` = k / genes), ``t_spearman`` (rank correlation
+          of all genes' t statistics), ``n_de_real``, ``n_de_synthetic``
+          (genes with q < alpha), ``top_real``, ``top_synthetic``,
+          ``recovered`` (gene names). ``precision_at_k`` is ``None`` when
+          the synthetic side has no significant gene, ``recall_at_k`` when
+          the real side has none. A class with fewer than 2 samples in or out
+          of it on either side has ``skipped`` set instead.
+        * ``mean_precision_at_k``, ``mean_recall_at_k``,
+          ``mean_overlap_at_k``, ``mean_t_spearman`` -- means over classes
+          where defined (``None`` if none).
+
+        Identical data give precision and recall 1.
+    """
+    X_syn = _as_matrix(X_syn, "synthetic matrix")
+    X_real = _as_matrix(X_real, "real matrix")
+    _same_genes(X_syn, X_real, "synthetic matrix", "real matrix")
+    y_syn = _as_labels(y_syn, len(X_syn), "synthetic labels")
+    y_real = _as_labels(y_real, len(X_real), "real labels")
+    G = X_real.shape[1]
+    genes = [str(g) for g in genes] if genes is not None else [f"gene{j + 1}" for j in range(G)]
+    k = default_top_k(G) if k is None else int(min(max(1, k), G))
+    per = {}
+    for c in np.unique(y_real):
+        ir, is_ = y_real == c, y_syn == c
+        if min(ir.sum(), (~ir).sum(), is_.sum(), (~is_).sum()) < 2:
+            per[str(c)] = {"skipped": "fewer than 2 samples in or outside the class on one side"}
+            continue
+        t_r, p_r = welch_t(X_real, ir)
+        t_s, p_s = welch_t(X_syn, is_)
+        q_r, q_s = bh_qvalues(p_r), bh_qvalues(p_s)
+        R, S = _top(t_r, q_r, k, alpha), _top(t_s, q_s, k, alpha)
+        S_set = set(S.tolist())
+        rec = [j for j in R if j in S_set and np.sign(t_r[j]) == np.sign(t_s[j])]
+        plain_r = set(np.argsort(-np.abs(t_r), kind="stable")[:k].tolist())
+        plain_s = set(np.argsort(-np.abs(t_s), kind="stable")[:k].tolist())
+        per[str(c)] = {
+            "precision_at_k": len(rec) / len(S) if len(S) else None,
+            "recall_at_k": len(rec) / len(R) if len(R) else None,
+            "overlap_at_k": len(plain_r & plain_s) / k,
+            "overlap_chance": k / G,
+            "t_spearman": _corr("spearman", t_r, t_s),
+            "n_de_real": int(np.sum(q_r < alpha)),
+            "n_de_synthetic": int(np.sum(q_s < alpha)),
+            "top_real": [genes[j] for j in R],
+            "top_synthetic": [genes[j] for j in S],
+            "recovered": [genes[j] for j in rec],
+        }
+
+    def mean_of(key):
+        v = [d[key] for d in per.values() if d.get(key) is not None]
+        return float(np.mean(v)) if v else None
+
+    return {"k": k, "alpha": alpha, "per_class": per,
+            "mean_precision_at_k": mean_of("precision_at_k"),
+            "mean_recall_at_k": mean_of("recall_at_k"),
+            "mean_overlap_at_k": mean_of("overlap_at_k"),
+            "mean_t_spearman": mean_of("t_spearman")}
+
+
+def coexpression_genes(X_real, X_syn, max_genes=1000):
+    """Indices of the genes used for co-expression: non-constant on both
+    sides, the ``max_genes`` most variable in the real data."""
+    keep = np.flatnonzero((np.ptp(X_real, axis=0) > 0) & (np.ptp(X_syn, axis=0) > 0))
+    if keep.size > max_genes:
+        v = X_real[:, keep].var(axis=0)
+        keep = np.sort(keep[np.argsort(-v, kind="stable")[:max_genes]])
+    return keep
+
+
+def coexpression_recovery(X_syn, y_syn, X_real, y_real, *, max_genes=1000, n_edges=None):
+    """Is the real co-expression network recovered?
+
+    On the (at most ``max_genes`` most variable) genes that vary on both
+    sides, the real *network* is the ``n_edges`` gene pairs with the largest
+    absolute Pearson correlation in the real data (default: 5% of all
+    pairs, at least 10 and at most 1,000); the synthetic network likewise.
+
+    Returns
+    -------
+    dict
+        * ``edge_recovery`` -- share of real edges that are synthetic edges
+          of the same sign (1 for identical data; chance is about
+          ``n_edges / n_pairs``);
+        * ``within_class_corr_similarity`` -- mean over classes (with at
+          least 5 samples on each side) of the similarity of the two
+          within-class gene-gene correlation matrices (Pearson correlation of
+          their upper triangles): co-expression that is not merely driven by
+          class differences; ``per_class`` gives each class's value;
+        * ``n_edges``, ``n_pairs``, ``n_genes``.
+        Values are ``None`` with fewer than 3 usable genes.
+    """
+    X_syn = _as_matrix(X_syn, "synthetic matrix")
+    X_real = _as_matrix(X_real, "real matrix")
+    _same_genes(X_syn, X_real, "synthetic matrix", "real matrix")
+    y_syn = _as_labels(y_syn, len(X_syn), "synthetic labels")
+    y_real = _as_labels(y_real, len(X_real), "real labels")
+    keep = coexpression_genes(X_real, X_syn, max_genes)
+    g = keep.size
+    out = {"edge_recovery": None, "within_class_corr_similarity": None, "per_class": {},
+           "n_edges": 0, "n_pairs": g * (g - 1) // 2, "n_genes": int(g)}
+    if g < 3:
+        return out
+    iu = np.triu_indices(g, 1)
+    cr = np.corrcoef(X_real[:, keep].T)[iu]
+    cs = np.corrcoef(X_syn[:, keep].T)[iu]
+    cr, cs = np.nan_to_num(cr), np.nan_to_num(cs)
+    n_pairs = cr.size
+    m = n_edges or int(min(1000, max(10, round(0.05 * n_pairs))))
+    m = int(min(m, n_pairs))
+    er = np.argsort(-np.abs(cr), kind="stable")[:m]
+    es = set(np.argsort(-np.abs(cs), kind="stable")[:m].tolist())
+    rec = sum(1 for e in er if e in es and np.sign(cr[e]) == np.sign(cs[e]))
+    out.update(edge_recovery=rec / m, n_edges=m, n_pairs=int(n_pairs))
+    vals = []
+    for c in np.unique(y_real):
+        a, b = X_syn[y_syn == c][:, keep], X_real[y_real == c][:, keep]
+        if len(a) < 5 or len(b) < 5:
+            continue
+        r, _ = _corr_matrix_similarity(a, b)
+        out["per_class"][str(c)] = r
+        if r is not None:
+            vals.append(r)
+    out["within_class_corr_similarity"] = float(np.mean(vals)) if vals else None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# everything together
+# ---------------------------------------------------------------------------
+
+_DP_KEYS = ("private", "epsilon", "epsilon_spent", "delta", "max_colluders", "k", "sigma", "stat_sigma",
+            "sample_rate", "clip_norm", "steps", "epochs", "accountant", "sites")
+
+
+def _json_safe(v):
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.ndarray):
+        return _json_safe(v.tolist())
+    return v
+
+
+def dp_summary(dp):
+    """The DP record fields a report shows (``None`` without a record)."""
+    if dp is None:
+        return None
+    return _json_safe({k: dp.get(k) for k in _DP_KEYS if k in dp})
+
+
+# Verdict thresholds (documented in the report's "How to read" section).
+UTILITY_GOOD, UTILITY_FAIR = 0.9, 0.7  # TSTR / TRTR macro-F1
+DISCRIMINATOR_GOOD, DISCRIMINATOR_FAIR = 0.6, 0.8  # discriminator AUROC
+MIA_SIGNAL, MIA_LEAK = 0.55, 0.6  # worst membership-inference AUROC
+EPSILON_STRONG, EPSILON_WEAK = 1.0, 10.0
+
+
+def _f(x, d=2):
+    return "n/a" if x is None else f"{x:.{d}f}"
+
+
+def verdict(metrics, *, model="logreg"):
+    """Three traffic lights for the top of the report: useful? realistic? private?
+
+    Each is ``{"level": "good" | "fair" | "poor" | "unknown", "question",
+    "headline", "detail"}``:
+
+    * utility (``model``'s TSTR macro-F1 over its TRTR macro-F1): good at
+      >= 0.9, fair at >= 0.7 if also 0.1 above the majority-class baseline;
+    * fidelity (the discriminator AUROC, read as max(AUROC, 0.5)): good at
+      <= 0.6, fair at <= 0.8;
+    * privacy: poor if the model is not differentially private, if any
+      synthetic record copies a training record, or if the worst
+      membership-inference AUROC is >= 0.6 with its 95% interval above 0.5;
+      fair if that AUROC is >= 0.55 with its interval above 0.5, if epsilon
+      is above 10, or if there is no DP record; good otherwise.
+    """
+    out = {}
+    u = metrics["utility"]
+    t = u["tstr"].get(model) or next(iter(u["tstr"].values()))
+    r = (u["trtr"] or {}).get(model)
+    maj = u["majority"]["macro_f1"]
+    ratio = t["macro_f1"] / r["macro_f1"] if r and r["macro_f1"] > 0 else None
+    if ratio is None:
+        level = "unknown"
+    elif ratio >= UTILITY_GOOD:
+        level = "good"
+    elif ratio >= UTILITY_FAIR and t["macro_f1"] > maj + 0.1:
+        level = "fair"
+    else:
+        level = "poor"
+    out["utility"] = {
+        "level": level, "question": "Useful?",
+        "headline": (f"macro-F1 {_f(t['macro_f1'])} trained on synthetic vs {_f(r['macro_f1'] if r else None)} "
+                     f"trained on real" + (f" ({ratio:.0%})" if ratio is not None else "")),
+        "detail": (f"{model}, tested on the real holdout; always predicting the most frequent class: "
+                   f"{_f(maj)}; accuracy {_f(t['accuracy'])} vs {_f(r['accuracy'] if r else None)}"),
+    }
+
+    f = metrics["fidelity"]
+    d = f.get("discriminator_auroc")
+    ref = (metrics.get("fidelity_reference") or {}).get("discriminator_auroc")
+    if d is None:
+        level = "unknown"
+    else:
+        dd = max(d, 0.5)
+        level = "good" if dd <= DISCRIMINATOR_GOOD else "fair" if dd <= DISCRIMINATOR_FAIR else "poor"
+    out["fidelity"] = {
+        "level": level, "question": "Realistic?",
+        "headline": f"a classifier tells synthetic from real with AUROC {_f(d)} (0.5 = indistinguishable)",
+        "detail": (f"real holdout vs real training: {_f(ref)}; per-gene means r = {_f(f['mean_pearson'], 3)}, "
+                   f"variances r = {_f(f['var_pearson'], 3)}, gene-gene correlations r = "
+                   f"{_f(f['corr_matrix_pearson'], 3)}"),
+    }
+
+    p = metrics["privacy"]
+    dp = p.get("dp")
+    worst = (p.get("membership_inference") or {}).get("worst")
+    dcr = p.get("dcr") or {}
+    copies = dcr.get("exact_copies", 0)
+    auc = worst["auroc"] if worst else None
+    low = worst["auroc_ci95"][0] if worst and worst.get("auroc_ci95") else None
+    leak = copies > 0 or (auc is not None and auc >= MIA_LEAK and low is not None and low > 0.5)
+    signal = auc is not None and auc >= MIA_SIGNAL and low is not None and low > 0.5
+    if dp is None:
+        formal = "no DP record (pass the model file to see epsilon)"
+    elif not dp.get("private", True):
+        formal = "NOT differentially private (trained with --no-dp)"
+    else:
+        formal = (f"(epsilon {dp.get('epsilon'):g}, delta {dp.get('delta'):g})-DP, assuming at most "
+                  f"{dp.get('max_colluders', 0)} colluding site(s)")
+    eps = dp.get("epsilon") if dp else None
+    if leak or (dp is not None and not dp.get("private", True)):
+        level = "poor"
+    elif signal or dp is None or eps is None or eps > EPSILON_WEAK:
+        level = "fair"
+    else:
+        level = "good"
+    attack = f" ({worst['attack']})" if worst else ""
+    ci = (f", 95% CI {_f(worst['auroc_ci95'][0])}-{_f(worst['auroc_ci95'][1])}"
+          if worst and worst.get("auroc_ci95") else "")
+    out["privacy"] = {
+        "level": level, "question": "Private?",
+        "headline": f"{formal}; strongest membership attack AUROC {_f(auc)}{attack}{ci} (0.5 = guessing)",
+        "detail": (f"{copies} synthetic record(s) copy a training record; share of synthetic records nearest "
+                   f"to a training record {_f(dcr.get('closer_to_train'))} "
+                   f"(expected {_f(dcr.get('closer_to_train_expected'))} without memorisation)"),
+    }
+    return out
+
+
+def evaluate(X_syn, y_syn, X_train, y_train, X_holdout, y_holdout, *, genes=None, dp=None, seed=0,
+             top_k=None, return_artifacts=False):
+    """Every metric of the report, from arrays.
+
+    Parameters
+    ----------
+    X_syn, y_syn : synthetic matrix (samples x genes) and labels.
+    X_train, y_train : the real records the generator was trained on (at a
+        site: that site's own training records).
+    X_holdout, y_holdout : real records from the same population the
+        generator never saw (at least 4).
+    genes : sequence of str, optional
+        Gene names (for lists of genes in the report).
+    dp : dict, optional
+        The model's DP record (``model.pt``'s ``"dp"``).
+    seed : int
+        Seed of classifiers, subsamples and attacks.
+    top_k : int, optional
+        k of the DE recovery (default :func:`default_top_k`).
+    return_artifacts : bool
+        Also return the arrays the report's plots need.
+
+    Returns
+    -------
+    dict
+        ``{"verdict", "utility" (:func:`tstr`), "fidelity" (:func:`fidelity`,
+        synthetic vs real training), "fidelity_reference" (the same for the
+        real holdout vs the real training data: what two real samples look
+        like), "biology": {"de" (:func:`de_recovery`), "coexpression"
+        (:func:`coexpression_recovery`), "de_reference",
+        "coexpression_reference"}, "privacy": {"dp" (:func:`dp_summary`),
+        "dcr" (:func:`~fedsynth.privacy_attacks.distance_to_closest_record`),
+        "membership_inference"
+        (:func:`~fedsynth.privacy_attacks.membership_inference`)}, "n",
+        "seconds"}``; with ``return_artifacts`` also a dict of arrays.
+    """
+    from .privacy_attacks import distance_to_closest_record, membership_inference
+
+    X_syn = _as_matrix(X_syn, "synthetic matrix")
+    X_train = _as_matrix(X_train, "real training matrix")
+    X_holdout = _as_matrix(X_holdout, "real holdout matrix")
+    y_syn = _as_labels(y_syn, len(X_syn), "synthetic labels")
+    y_train = _as_labels(y_train, len(X_train), "real training labels")
+    y_holdout = _as_labels(y_holdout, len(X_holdout), "real holdout labels")
+    _same_genes(X_syn, X_train, "synthetic matrix", "real training matrix")
+    _same_genes(X_holdout, X_train, "real holdout matrix", "real training matrix")
+    genes = [str(g) for g in genes] if genes is not None else [f"gene{j + 1}" for j in range(X_train.shape[1])]
+    if len(genes) != X_train.shape[1]:
+        raise InputError(f"{len(genes)} gene names for {X_train.shape[1]} genes")
+    secs = {}
+
+    def timed(name, fn, *a, **kw):
+        t0 = time.perf_counter()
+        r = fn(*a, **kw)
+        secs[name] = round(time.perf_counter() - t0, 3)
+        return r
+
+    m = {}
+    m["utility"] = timed("utility", tstr, X_syn, y_syn, X_holdout, y_holdout, X_real_train=X_train,
+                         y_real_train=y_train, seed=seed)
+    m["fidelity"] = timed("fidelity", fidelity, X_syn, X_train, genes=genes, seed=seed)
+    m["fidelity_reference"] = timed("fidelity_reference", fidelity, X_holdout, X_train, genes=genes, seed=seed)
+    m["fidelity_reference"].pop("worst_genes")
+    t0 = time.perf_counter()
+    m["biology"] = {
+        "de": de_recovery(X_syn, y_syn, X_train, y_train, genes=genes, k=top_k),
+        "coexpression": coexpression_recovery(X_syn, y_syn, X_train, y_train),
+        "de_reference": de_recovery(X_holdout, y_holdout, X_train, y_train, genes=genes, k=top_k),
+        "coexpression_reference": coexpression_recovery(X_holdout, y_holdout, X_train, y_train),
+    }
+    secs["biology"] = round(time.perf_counter() - t0, 3)
+    dcr, dists = timed("dcr", distance_to_closest_record, X_syn, X_train, X_holdout, seed=seed,
+                       return_distances=True)
+    mia, scores = timed("membership_inference", membership_inference, X_syn, X_train, X_holdout, seed=seed,
+                        return_scores=True)
+    m["privacy"] = {"dp": dp_summary(dp), "dcr": dcr, "membership_inference": mia}
+    m["n"] = {"synthetic": int(len(X_syn)), "train": int(len(X_train)), "holdout": int(len(X_holdout)),
+              "genes": int(X_train.shape[1])}
+    m["seconds"] = secs
+    m = _json_safe(m)
+    m = {"verdict": verdict(m), **m}
+    if not return_artifacts:
+        return m
+    art = {"X_syn": X_syn, "y_syn": y_syn, "X_train": X_train, "y_train": y_train, "X_holdout": X_holdout,
+           "y_holdout": y_holdout, "genes": genes, "dcr_distances": dists, "mia_scores": scores}
+    return m, art
+
+
+def _load(path, label_column, meta_columns, input_kind, *, role):
+    """Read and validate one input. The synthetic file need not carry the
+    real data's metadata columns: any it has are set aside, any it lacks are
+    ignored."""
+    from .io import read_expression
+    from .preprocess import validate_and_normalise
+
+    synthetic = role == "synthetic"
+    try:
+        raw = read_expression(path, label_column=label_column,
+                              meta_columns=() if synthetic else tuple(meta_columns))
+    except InputError as e:
+        if f"'{label_column}' not found" in str(e):
+            opt = "--synthetic-label-column" if synthetic else "--label-column"
+            raise InputError(f"{e} (the {role} data's label column; set it with {opt})") from None
+        raise
+    if synthetic:
+        drop = [c for c in meta_columns if c in raw.expr.columns]
+        if drop:
+            raw.meta = raw.meta.join(raw.expr[drop])
+            raw.expr = raw.expr.drop(columns=drop)
+    return validate_and_normalise(raw, input_kind=input_kind, label_column=label_column)
 
 
 def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", synthetic_label_column="label",
-                   meta_columns=(), input_kind="log", model=None, overwrite=False, seed=0) -> dict:
+                   meta_columns=(), input_kind="log", model=None, overwrite=False, seed=0, top_k=None,
+                   title=None, report=True) -> dict:
     """Score a synthetic matrix against this site's real training and holdout data.
 
     Reads the three matrices (CSV/TSV/h5ad), checks they share genes and
-    labels, and writes ``outdir/metrics.json`` and ``outdir/report.html``.
-    Counts are compared on the log1p-CPM scale the model learns. The real
-    data never leaves this function's machine. Returns the metrics.
+    labels, runs :func:`evaluate` and writes ``outdir/metrics.json`` and
+    (unless ``report=False``) ``outdir/report.html``, one self-contained
+    file with every plot embedded. Counts are compared on the log1p-CPM
+    scale the model learns. The real data never leaves this function's
+    machine. Returns the metrics.
+
+    Parameters beyond the files: ``model`` (model.pt, for its DP record),
+    ``seed``, ``top_k`` (DE recovery; default 20, at most a fifth of the
+    genes), ``title`` (report title), ``overwrite``.
+
+    Raises
+    ------
+    InputError
+        Unreadable files; different genes or labels (the message names both
+        files); too few holdout records; existing outputs without
+        ``overwrite``.
     """
-    import json
     from pathlib import Path
 
-    from .io import atomic_write_json, atomic_write_text, read_expression
-    from .preprocess import validate_and_normalise
+    from .io import atomic_write_json, atomic_write_text
 
-    def load(path, col):
-        raw = read_expression(path, label_column=col, meta_columns=tuple(meta_columns))
-        return validate_and_normalise(raw, input_kind=input_kind, label_column=col)
-
-    syn = load(synthetic, synthetic_label_column)
-    tr = load(train, label_column)
-    te = load(holdout, label_column)
-    warnings = check_compatible(syn.genes, tr.genes, syn.labels, tr.labels, syn_name=str(synthetic),
-                                real_name=str(train))
+    meta_columns = tuple(meta_columns)
+    syn = _load(synthetic, synthetic_label_column, meta_columns, input_kind, role="synthetic")
+    tr = _load(train, label_column, meta_columns, input_kind, role="training")
+    te = _load(holdout, label_column, meta_columns, input_kind, role="holdout")
+    warnings = []
+    if syn.genes != tr.genes and sorted(syn.genes) == sorted(tr.genes) and len(set(tr.genes)) == len(tr.genes):
+        syn = syn.subset_genes(tr.genes)
+        warnings.append(f"{synthetic} lists the genes of {train} in another order; reordered to match")
+    if te.genes != tr.genes and sorted(te.genes) == sorted(tr.genes) and len(set(tr.genes)) == len(tr.genes):
+        te = te.subset_genes(tr.genes)
+        warnings.append(f"{holdout} lists the genes of {train} in another order; reordered to match")
+    warnings += check_compatible(syn.genes, tr.genes, syn.labels, tr.labels, syn_name=str(synthetic),
+                                 real_name=str(train))
     warnings += check_compatible(syn.genes, te.genes, syn.labels, te.labels, syn_name=str(synthetic),
                                  real_name=str(holdout))
+    warnings += check_compatible(te.genes, tr.genes, [], [], syn_name=str(holdout), real_name=str(train))
+    if te.n_samples < 4:
+        raise InputError(f"{holdout}: only {te.n_samples} holdout samples; at least 4 are needed")
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "report.html"):
+    names = ["metrics.json"] + (["report.html"] if report else [])
+    for name in names:
         if (out / name).exists() and not overwrite:
             raise InputError(f"{out / name}: file exists; refusing to overwrite it (pass --overwrite)")
-    metrics = {
-        "utility": tstr(syn.X, syn.labels, te.X, te.labels, X_real_train=tr.X, y_real_train=tr.labels, seed=seed),
-        "fidelity": fidelity(syn.X, tr.X),
-        "n": {"synthetic": syn.n_samples, "train": tr.n_samples, "holdout": te.n_samples, "genes": syn.n_genes},
-        "warnings": warnings,
-    }
+    out.mkdir(parents=True, exist_ok=True)
+    dp = None
     if model is not None:
         from .model import load_model
 
         _, blob = load_model(model)
-        dp = blob["dp"]
-        metrics["privacy"] = {k: dp.get(k) for k in ("private", "epsilon", "epsilon_spent", "delta",
-                                                      "max_colluders", "k", "sites")}
+        dp = blob.get("dp")
+    metrics, art = evaluate(syn.X, syn.labels, tr.X, tr.labels, te.X, te.labels, genes=tr.genes, dp=dp,
+                            seed=seed, top_k=top_k, return_artifacts=True)
+    metrics["warnings"] = warnings
+    metrics["inputs"] = {"synthetic": str(synthetic), "train": str(train), "holdout": str(holdout),
+                         "model": None if model is None else str(model), "input_kind": input_kind,
+                         "label_column": label_column, "seed": seed}
+    if report:
+        from .report import render_report
+
+        t0 = time.perf_counter()
+        html = render_report(metrics, art, title=title)
+        metrics["seconds"]["report"] = round(time.perf_counter() - t0, 3)
+        atomic_write_text(out / "report.html", html)
     atomic_write_json(out / "metrics.json", metrics)
-    u = metrics["utility"]
-    rows = "".join(
-        f"<tr><td>{m}</td><td>{u['tstr'][m]['accuracy']:.3f}</td><td>{u['tstr'][m]['macro_f1']:.3f}</td>"
-        f"<td>{u['trtr'][m]['accuracy']:.3f}</td><td>{u['trtr'][m]['macro_f1']:.3f}</td></tr>"
-        for m in u["tstr"])
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>fedsynth evaluation</title></head><body>"
-            f"<h1>fedsynth evaluation</h1><h2>Utility</h2><table border='1'><tr><th>model</th><th>TSTR accuracy</th>"
-            f"<th>TSTR macro-F1</th><th>TRTR accuracy</th><th>TRTR macro-F1</th></tr>{rows}</table>"
-            f"<h2>Fidelity</h2><pre>{json.dumps(metrics['fidelity'], indent=2)}</pre>"
-            f"<h2>Privacy</h2><pre>{json.dumps(metrics.get('privacy'), indent=2)}</pre></body></html>")
-    atomic_write_text(out / "report.html", html)
     return metrics

@@ -11,13 +11,15 @@ reveals only
 where ``t`` is ``max_colluders``: the ``k - t`` honest sites alone contribute
 noise of variance at least ``sigma_tot**2``, which is what the accountant
 assumes. Each site encodes ``x_i + eta_i`` in fixed point (32 fractional
-bits) and adds a pseudo-random sharing of zero (CrypTen's PRZS, from
-generators seeded by the session's pairwise keys), so its share is uniformly
-random in Z_{2^64} to anyone who lacks both of its pairwise keys. One gloo
-all-reduce of the shares reveals ``S``; nothing else leaves the site.
+bits) and adds a pseudo-random sharing of zero
+(:meth:`~fedsynth.session.Session.przs_mask`: ChaCha20 streams keyed by the
+session's pairwise keys), so its share is uniformly random in Z_{2^64} to
+anyone who lacks both of its pairwise keys. CrypTen's arithmetic shared
+tensor reveals the sum with one gloo all-reduce of the shares; nothing else
+leaves the site.
 
-Noise is drawn from a torch generator seeded from the operating system's
-cryptographic source (``os.urandom``), since Opacus' ``secure_mode``
+Noise is drawn straight from the operating system's cryptographic source
+(``os.urandom``, :func:`csprng_normal`), since Opacus' ``secure_mode``
 (torchcsprng) is unavailable here.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 
 from . import _crypten_compat
@@ -35,11 +38,16 @@ from .errors import ParameterError
 _MAX_ABS = 2.0**29
 
 
-def csprng_generator() -> torch.Generator:
-    """A torch generator seeded from ``os.urandom`` (64 bits)."""
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
-    return g
+def csprng_normal(n: int, std: float) -> torch.Tensor:
+    """``n`` draws of ``N(0, std^2)`` straight from ``os.urandom`` (Box-Muller).
+
+    Not a seeded torch generator: torch's CPU generator takes 32-bit seeds,
+    so it could only ever produce 2**32 noise vectors.
+    """
+    u = np.frombuffer(os.urandom(16 * n), dtype=np.uint64).reshape(2, n)
+    u1 = (u[0] >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    u2 = ((u[1] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # in (0, 1]
+    return torch.from_numpy(np.sqrt(-2.0 * np.log(u2)) * np.cos(2.0 * np.pi * u1) * std)
 
 
 class SecureSum:
@@ -62,7 +70,6 @@ class SecureSum:
         self.session = session
         self.world_size = k
         self.max_colluders = max_colluders
-        self._noise = csprng_generator()
         self.calls = 0
         self.values_summed = 0
 
@@ -82,19 +89,13 @@ class SecureSum:
 
         local = x.detach().to(torch.float64).reshape(-1).clone()
         if noise_std > 0:
-            local += torch.normal(
-                0.0,
-                self.local_noise_std(noise_std),
-                size=local.shape,
-                generator=self._noise,
-                dtype=torch.float64,
-            )
+            local += csprng_normal(local.numel(), self.local_noise_std(noise_std))
         peak = float(local.abs().max()) if local.numel() else 0.0
         if not peak < _MAX_ABS:
             raise ValueError(f"{step}: value {peak:g} too large for fixed-point sharing")
         encoder = FixedPointEncoder(precision_bits=_crypten_compat.PRECISION_BITS)
         with self.session.step(step):
-            share = ArithmeticSharedTensor.PRZS(local.shape).share + encoder.encode(local)
+            share = self.session.przs_mask(local.numel(), self.calls) + encoder.encode(local)
             shared = ArithmeticSharedTensor.from_shares(
                 share, precision=_crypten_compat.PRECISION_BITS
             )

@@ -16,17 +16,17 @@ One :class:`Session` per site process. Opening it runs, in order:
    a private key) cannot compute them, and a man in the middle who swaps
    public keys cannot produce valid proofs.
 3. **Process group**: gloo over the same store, with ``step_timeout`` as the
-   deadline of every collective; CrypTen adopts it and its PRZS generators
-   are seeded from the pairwise keys (never sent, unlike CrypTen's default).
+   deadline of every collective; CrypTen adopts it, its generators are
+   seeded from the pairwise keys (never sent, unlike CrypTen's default), and
+   the masks of every secure sum come from :meth:`Session.przs_mask`, a
+   ChaCha20 stream keyed by the 256-bit pairwise keys.
 
 Every blocking step runs inside :meth:`Session.step`, which records progress
 in the store and, when something fails or times out, names the step and the
 rank(s) that went silent, crashed or aborted. A heartbeat thread lets the
 survivors tell a dead party from a slow one.
 
-What stays trusted (also in the README): the mask generator is torch's
-Mersenne Twister seeded from the derived keys, not a cryptographic PRG;
-the store and gloo traffic is neither encrypted nor integrity-protected, so
+What stays trusted (also in the README): the store and gloo traffic is neither encrypted nor integrity-protected, so
 sites on different networks must use a VPN or SSH tunnel; gloo needs
 full-mesh TCP reachability between all sites.
 """
@@ -47,6 +47,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
@@ -283,6 +284,31 @@ class Session:
         local_seed = _seed(os.urandom(8))
         global_seed = _seed(_hkdf(self._group_key, b"", b"global"))
         return prev_seed, next_seed, local_seed, global_seed
+
+    def przs_mask(self, n: int, counter: int):
+        """A pseudo-random sharing of zero over Z_{2^64}: ``r(prev->me) - r(me->next)``.
+
+        ``r(i->j)`` is the ChaCha20 key stream (a cryptographic PRG) under a
+        per-call subkey ``HKDF(K_ij, "przs-mask i->j #counter")``; rank i's
+        ``r(i->i+1)`` is rank i+1's ``r(i->i+1)``, so the masks of all ranks
+        sum to zero. This replaces CrypTen's PRZS, whose torch Mersenne
+        Twister generators take 32-bit seeds: a neighbour holding one of a
+        site's two keys could search the other in 2**32 steps. ``counter``
+        must advance identically at every site (one per secure sum).
+        """
+        import torch
+
+        k = self.world_size
+        if k == 1:
+            return torch.zeros(n, dtype=torch.int64)
+
+        def stream(src: int, dst: int):
+            key = self.pair_keys[dst if src == self.rank else src]
+            sub = _hkdf(key, b"", f"przs-mask {src}->{dst} #{counter}".encode())
+            enc = Cipher(algorithms.ChaCha20(sub, bytes(16)), mode=None).encryptor()
+            return torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
+
+        return stream((self.rank - 1) % k, self.rank) - stream(self.rank, (self.rank + 1) % k)
 
     def _start_process_group(self) -> None:
         import torch.distributed as dist
