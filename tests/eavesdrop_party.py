@@ -7,13 +7,18 @@ Usage::
 
 MODE is ``crypten-default`` (CrypTen seeds its PRZS generators itself, via
 ``crypten.init()`` from the RENDEZVOUS/WORLD_SIZE/RANK/DISTRIBUTED_BACKEND
-environment) or ``fedsynth`` (a :class:`fedsynth.session.Session`, whose
-seeds come from the authenticated X25519 key agreement; needs SECRETFILE).
+environment, and the masks are CrypTen's stock ``ArithmeticSharedTensor.PRZS``
+drawn from those torch generators) or ``fedsynth`` (a
+:class:`fedsynth.session.Session`: pairwise keys from the authenticated X25519
+key agreement, masks from :meth:`~fedsynth.session.Session.przs_mask`, i.e.
+ChaCha20 streams under per-call HKDF subkeys of those keys; needs SECRETFILE).
 
 Either way the site then secret-shares a private input vector through
-:meth:`fedsynth.secure_aggregation.SecureSum.sum` (PRZS + fixed-point
+:meth:`fedsynth.secure_aggregation.SecureSum.sum` (mask + fixed-point
 encoding, then ``get_plain_text`` = one gloo all-reduce), so the only
-difference between the two modes is how the PRZS generators were seeded.
+difference between the two modes is where the masks come from: in
+``crypten-default`` mode the session passed to ``SecureSum`` is a stub whose
+``przs_mask`` is CrypTen's own PRZS.
 
 Two files are written:
 
@@ -24,8 +29,11 @@ Two files are written:
     (``set``/``add``/``compare_set``/``append``/``multi_set``). This is what
     a passive observer of the (unencrypted) gloo and store connections sees.
 ``OUTFILE + ".truth"`` -- ground truth the attacker never reads: the real
-    input, the seeds the PRZS generators actually held, the revealed sum and,
-    in fedsynth mode, the X25519 private key and the pairwise keys.
+    input, the seeds CrypTen's generators actually held, the revealed sum
+    and, in fedsynth mode, the X25519 private key, the pairwise keys
+    (``session.pair_keys``), the counter the secure sum used and the masks
+    ``session.przs_mask(N, c)`` for ``c = 0, 1`` (computed locally; nothing
+    extra is sent).
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ import json
 import os
 import sys
 import threading
-import types
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -182,10 +189,34 @@ def _install_tap(rank: int) -> None:
 
 
 # ------------------------------------------------------------------- modes
-def _share(session_like, x: torch.Tensor) -> torch.Tensor:
+def _share(session_like, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One secure sum; returns the revealed total and the mask counter it used."""
     from fedsynth.secure_aggregation import SecureSum
 
-    return SecureSum(session_like).sum(x, noise_std=0.0, step="eavesdrop")
+    summer = SecureSum(session_like)
+    counter = summer.calls  # SecureSum passes its call index to przs_mask
+    return summer.sum(x, noise_std=0.0, step="eavesdrop"), counter
+
+
+class _StockCrypTenSession:
+    """What ``SecureSum`` needs from a session, with CrypTen's own masks.
+
+    ``przs_mask`` is CrypTen's stock ``ArithmeticSharedTensor.PRZS``:
+    ``R(prev) - R(next)`` from the torch generators ``crypten.init()``
+    seeded (and whose seeds it sent in clear). ``counter`` is ignored:
+    CrypTen's generators simply advance.
+    """
+
+    def __init__(self, world: int):
+        self.world_size = world
+
+    def step(self, name):
+        return contextlib.nullcontext()
+
+    def przs_mask(self, n: int, counter: int) -> torch.Tensor:
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        return ArithmeticSharedTensor.PRZS(torch.Size([n])).share
 
 
 def _generator_seeds(crypten) -> dict:
@@ -206,8 +237,7 @@ def run_crypten_default(rank: int, world: int, port: int, truth: dict) -> None:
     crypten.init()
     truth["generator_seeds"] = _generator_seeds(crypten)
     x = private_input(rank)
-    stub = types.SimpleNamespace(world_size=world, step=lambda name: contextlib.nullcontext())
-    total = _share(stub, x)
+    total, _ = _share(_StockCrypTenSession(world), x)
     truth["input"] = x.tolist()
     truth["revealed_sum"] = total.tolist()
     dist.barrier()
@@ -244,12 +274,17 @@ def run_fedsynth(rank: int, world: int, port: int, secret_file: str, truth: dict
         from fedsynth import _crypten_compat
 
         crypten = _crypten_compat.import_crypten()
+        # CrypTen's generators are still seeded from the pair keys, but
+        # fedsynth's secure sums no longer draw their masks from them
         prev_seed, next_seed, _local, global_seed = session.przs_seeds()
         truth["przs_seeds"] = {"prev": prev_seed, "next": next_seed, "global": global_seed}
         truth["generator_seeds"] = _generator_seeds(crypten)
         truth["x25519_private_key"] = private_keys[0]
         truth["pair_keys"] = {str(r): k.hex() for r, k in session.pair_keys.items()}
-        total = _share(session, x)
+        # the masks of the first two secure sums (a pure local computation)
+        truth["masks"] = {str(c): session.przs_mask(N_VALUES, c).tolist() for c in (0, 1)}
+        total, counter = _share(session, x)
+        truth["przs_counter"] = counter
         truth["input"] = x.tolist()
         truth["revealed_sum"] = total.tolist()
 

@@ -1,4 +1,4 @@
-"""A passive eavesdropper against CrypTen's default PRZS seeding and fedsynth's.
+"""A passive eavesdropper against CrypTen's default PRZS and fedsynth's masks.
 
 Threat model
 ------------
@@ -19,33 +19,50 @@ sums on the wire, and the difference between what a party sends and what it
 received earlier in the ring is exactly its own share, so a full tap of the
 links is equivalent to this record. (The store keys gloo writes from C++
 during its own rendezvous, host addresses only, bypass the Python tap.)
-Separately, each party writes *ground truth* (its real input, the seeds its
-generators held, its X25519 private key) that the attacker never reads; the
+Separately, each party writes *ground truth* (its real input, its pairwise
+keys, its X25519 private key, its masks) that the attacker never reads; the
 assertions use it only to judge the attacker's output.
 
-The attack: CrypTen masks a share with PRZS, ``R(prev) - R(next)`` drawn
-from torch generators seeded with ``prev``/``next``; its default
-``crypten.init()`` sends each ``next`` seed to the successor with a plain
-``isend``. The attacker takes the seeds off the wire, rebuilds the
-generators as CrypTen does, regenerates the masks with
-``crypten.common.rng.generate_random_ring_element`` and subtracts them from
-the all-reduce share, then decodes at 32 fractional bits. With CrypTen's
-default seeding this recovers every input exactly. With fedsynth's seeding
-(HKDF of an X25519 key agreement bound to the session secret and
-transcript) no seed is on the wire, and the same attacker fails: (1) trying
-every 8-byte window of every payload it recorded (and of the hex fields in
-the store messages) as either seed, with an oracle for the first input
-value; (2) knowing the session secret too, i.e. every input of the
-derivation except an X25519 private key. (3) A control hands the same code
-the seeds the party really used (or one party's private key) and it does
-reconstruct: the attack is right, only the key material is missing.
+The attack on CrypTen's default: CrypTen masks a share with PRZS,
+``R(prev) - R(next)`` drawn from torch generators seeded with
+``prev``/``next``; its default ``crypten.init()`` sends each ``next`` seed
+to the successor with a plain ``isend``. The attacker takes the seeds off the
+wire, rebuilds the generators as CrypTen does, regenerates the masks with
+``crypten.common.rng.generate_random_ring_element``, subtracts them from the
+all-reduce share and decodes at 32 fractional bits: every input, exactly.
 
-What stays trusted (not tested here): torch's CPU generator (MT19937) is not
-a cryptographic PRG, and it keys on only 32 bits of its seed (see
-``test_mask_generator_uses_only_32_bits_of_the_seed``); traffic *integrity*
-and confidentiality of the revealed sum need a VPN or SSH tunnel between
-sites; every site holding the shared secret is trusted not to run an active
-man-in-the-middle against the others.
+The attack on fedsynth: its mask is
+:meth:`fedsynth.session.Session.przs_mask`, ``r(prev->me) - r(me->next)``
+with ``r(i->j)`` the ChaCha20 key stream under
+``HKDF(K_ij, "przs-mask i->j #counter")``, where ``K_ij`` is the 256-bit
+pairwise key (X25519 agreement, HKDF salted with the session secret, bound to
+the transcript) and ``counter`` the index of the secure sum in the session
+(0 here: the first ``SecureSum.sum``). The attacker re-implements that
+derivation from the protocol (not by calling fedsynth) and fails: (1) no key
+material is on the wire: every 32-byte window of every payload it recorded
+(and of the hex fields in the store messages) tried as either pair key, and
+every 8-byte window tried as a torch seed as before, with an oracle for the
+first input value, never reconstructs the input; (2) knowing the session
+secret too, i.e. every input of the derivation except an X25519 private
+key, it still fails. (3) Controls hand the same code the party's real pair
+keys (or one party's private key plus the secret), or plant the real keys in
+a recorded payload for the window search, and it reconstructs exactly: the
+attack code is right, only the key material is missing.
+
+Why the masks changed (``test_torch_generator_keys_on_32_bits_of_its_seed``):
+torch's CPU generator (MT19937) keeps only the low 32 bits of its seed, so
+CrypTen's PRZS masks have 32-bit keys whatever seed they are given; a
+neighbour holding one of a site's two seeds could search the other in 2**32
+tries. fedsynth's masks are not drawn from a torch generator.
+
+What stays trusted (not tested here): ChaCha20, HKDF-SHA256 and X25519 as
+implemented by ``cryptography``, and ``os.urandom``, from which the
+ephemeral keys, nonces and the DP noise (``csprng_normal``; zero in this
+experiment) are drawn; traffic *integrity* (an active attacker could tamper
+with shares or the revealed sum), which needs a VPN or SSH tunnel between
+sites, as does keeping the revealed (noisy) sum from outsiders; and the one
+shared session secret: any site holding it can authenticate as any other,
+so it is trusted not to run a man-in-the-middle between other sites.
 
 Runtime: both modes' six processes run concurrently; about 30 s on an idle
 2-core machine, about 60 s under heavy load (mostly ``import torch``).
@@ -239,48 +256,62 @@ def candidate_seeds(taps: list[dict]) -> np.ndarray:
     return np.fromiter(out, dtype=np.uint64, count=len(out))
 
 
+def _pair_search(a_prev: np.ndarray, a_next: np.ndarray, tap: dict, first_value: float) -> list[tuple[int, int]]:
+    """Index pairs (i, j) with ``share[0] - a_prev[i] + a_next[j]`` decoding to ``first_value``.
+
+    ``a_prev[i]`` / ``a_next[j]`` are the first mask word (uint64) candidate
+    i / j would give the ``prev`` / ``next`` stream. The attacker is handed an
+    oracle for ``x[0]`` (stronger than reality); it needs ``a_next[j]`` within
+    +-eps of ``a_prev[i] + d`` (mod 2**64), found for all pairs at once by
+    binary search. The caller checks surviving pairs on the whole vector.
+    """
+    share0 = np.int64(contributed_share(tap)[0]).view(np.uint64)
+    target0 = np.int64(int(first_value * SCALE)).view(np.uint64)  # encode truncates too
+    eps = np.uint64(int(TOL * SCALE) + 1)
+    order = np.argsort(a_next)
+    next_sorted = a_next[order]
+    with np.errstate(over="ignore"):
+        centre = a_prev + (target0 - share0)
+        lo, hi = centre - eps, centre + eps
+    j0 = np.searchsorted(next_sorted, lo, side="left")
+    j1 = np.searchsorted(next_sorted, hi, side="right")
+    wraps = lo > hi
+    n = len(a_next)
+    count = np.where(wraps, (n - j0) + j1, j1 - j0)
+    hits = []
+    for i in np.nonzero(count > 0)[0]:
+        idx = (list(range(j0[i], n)) + list(range(0, j1[i]))) if wraps[i] else range(j0[i], j1[i])
+        hits.extend((int(i), int(order[j])) for j in idx)
+    return hits
+
+
 class SeedTable:
-    """Candidate seeds with the first ring element each one generates."""
+    """Candidate torch seeds with the first ring element each one generates."""
 
     def __init__(self, taps: list[dict]):
+        from crypten.common.rng import generate_random_ring_element
+
         self.seeds = candidate_seeds(taps)
-        first = np.array([int(_ring(int(s), 1)[0]) for s in self.seeds], dtype=np.int64)
+        g, one = torch.Generator(device=torch.device("cpu")), torch.Size([1])
+        first = np.empty(len(self.seeds), dtype=np.int64)
+        for i, s in enumerate(self.seeds.tolist()):  # as _ring(s, 1), one generator reseeded
+            g.manual_seed(s)
+            first[i] = int(generate_random_ring_element(one, generator=g)[0])
         self.first = first.view(np.uint64)
-        order = np.argsort(self.first)
-        self.first_sorted, self.seeds_sorted = self.first[order], self.seeds[order]
 
     def __len__(self) -> int:
         return len(self.seeds)
 
 
 def window_search(table: SeedTable, tap: dict, first_value: float) -> list[tuple[int, int]]:
-    """All (prev, next) candidate pairs that reconstruct the first input value.
-
-    The attacker is handed an oracle for ``x[0]`` (stronger than reality).
-    For every pair it would need ``share[0] - R(prev)[0] + R(next)[0]`` to
-    decode to x[0]; with ``A[s] = R(s)[0]`` that is ``A[next]`` within +-eps
-    of ``A[prev] + d`` (mod 2**64), found for all pairs at once by binary
-    search. The caller checks surviving pairs on the whole vector.
-    """
-    share0 = np.int64(contributed_share(tap)[0]).view(np.uint64)
-    target0 = np.int64(int(first_value * SCALE)).view(np.uint64)  # encode truncates too
-    eps = np.uint64(int(TOL * SCALE) + 1)
-    with np.errstate(over="ignore"):
-        centre = table.first + (target0 - share0)
-        lo, hi = centre - eps, centre + eps
-    j0 = np.searchsorted(table.first_sorted, lo, side="left")
-    j1 = np.searchsorted(table.first_sorted, hi, side="right")
-    wraps = lo > hi
-    n = len(table)
-    count = np.where(wraps, (n - j0) + j1, j1 - j0)
-    hits = []
-    for i in np.nonzero(count > 0)[0]:
-        idx = (list(range(j0[i], n)) + list(range(0, j1[i]))) if wraps[i] else range(j0[i], j1[i])
-        hits.extend((int(table.seeds[i]), int(table.seeds_sorted[j])) for j in idx)
-    return hits
+    """All (prev, next) candidate torch seed pairs that reconstruct ``x[0]``
+    under CrypTen's PRZS (the same generator stream for both directions)."""
+    pairs = _pair_search(table.first, table.first, tap, first_value)
+    return [(int(table.seeds[i]), int(table.seeds[j])) for i, j in pairs]
 
 
-# -- the key agreement, re-derived from the protocol in fedsynth/session.py --
+# -- fedsynth's masks and key agreement, re-derived from the protocol --------
+# (written from the description in fedsynth/session.py, not by calling it)
 def _hkdf(key: bytes, salt: bytes, info: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -290,6 +321,62 @@ def _hkdf(key: bytes, salt: bytes, info: bytes) -> bytes:
 
 def _seed63(b: bytes) -> int:
     return int.from_bytes(b[:8], "big") >> 1
+
+
+def _keystream(pair_key: bytes, src: int, dst: int, counter: int, nbytes: int) -> bytes:
+    """ChaCha20 key stream of ``r(src->dst)`` for secure sum number ``counter``."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    sub = _hkdf(pair_key, b"", f"przs-mask {src}->{dst} #{counter}".encode())
+    enc = Cipher(algorithms.ChaCha20(sub, bytes(16)), mode=None).encryptor()
+    return enc.update(bytes(nbytes))
+
+
+def directed_stream(pair_key: bytes, src: int, dst: int, counter: int, n: int = N) -> torch.Tensor:
+    return torch.frombuffer(bytearray(_keystream(pair_key, src, dst, counter, 8 * n)), dtype=torch.int64)
+
+
+def fedsynth_mask(rank: int, key_prev: bytes, key_next: bytes, counter: int, n: int = N) -> torch.Tensor:
+    """``r(prev->rank) - r(rank->next)`` over Z_{2^64}, as Session.przs_mask."""
+    prev, nxt = (rank - 1) % WORLD, (rank + 1) % WORLD
+    return directed_stream(key_prev, prev, rank, counter, n) - directed_stream(key_next, rank, nxt, counter, n)
+
+
+def reconstruct_fedsynth(tap: dict, key_prev: bytes, key_next: bytes, counter: int = 0) -> torch.Tensor:
+    """Undo fedsynth's mask of secure sum ``counter`` given the two pair keys."""
+    share = contributed_share(tap)
+    return _decode(share - fedsynth_mask(tap["rank"], key_prev, key_next, counter))
+
+
+def candidate_keys(blobs: list[bytes]) -> list[bytes]:
+    """Every 32-byte window of every blob, deduplicated."""
+    return sorted({b[i : i + 32] for b in blobs for i in range(len(b) - 31)})
+
+
+class KeyTable:
+    """Candidate pair keys with the first mask word each gives every ring edge."""
+
+    def __init__(self, keys: list[bytes], counter: int = 0):
+        self.keys = keys
+        self.counter = counter
+        self.first = {}
+        for src in range(WORLD):
+            dst = (src + 1) % WORLD
+            self.first[(src, dst)] = np.array(
+                [int.from_bytes(_keystream(k, src, dst, counter, 8), "little") for k in keys],
+                dtype=np.uint64,
+            )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def key_window_search(table: KeyTable, tap: dict, first_value: float) -> list[tuple[bytes, bytes]]:
+    """All (K_prev, K_next) candidate pairs that reconstruct ``x[0]`` of ``tap``'s party."""
+    r = tap["rank"]
+    a_prev = table.first[((r - 1) % WORLD, r)]
+    a_next = table.first[(r, (r + 1) % WORLD)]
+    return [(table.keys[i], table.keys[j]) for i, j in _pair_search(a_prev, a_next, tap, first_value)]
 
 
 def hellos_on_wire(taps: list[dict]) -> tuple[list[dict], dict[int, bytes]]:
@@ -311,18 +398,18 @@ def transcript_of(hellos: list[dict]) -> bytes:
     return hashlib.sha256(b"".join(json.dumps(h, sort_keys=True).encode() for h in hellos)).digest()
 
 
-def derive_przs_seeds(secret: bytes, hellos: list[dict], rank: int, dh) -> tuple[int, int]:
-    """(prev, next) of ``rank`` as fedsynth derives them; ``dh(i, j)`` stands in
-    for the X25519 shared secret of sites i and j."""
-    t = transcript_of(hellos)
-    salt = hashlib.sha256(secret).digest()
+def derive_pair_key(secret: bytes, hellos: list[dict], i: int, j: int, dh) -> bytes:
+    """``K_ij`` as fedsynth derives it; ``dh(lo, hi)`` stands in for the X25519
+    shared secret of sites lo < hi."""
+    lo, hi = min(i, j), max(i, j)
+    info = b"fedsynth-pair-v1" + transcript_of(hellos) + bytes([lo, hi])
+    return _hkdf(dh(lo, hi), hashlib.sha256(secret).digest(), info)
 
-    def directed(src: int, dst: int) -> int:
-        lo, hi = min(src, dst), max(src, dst)
-        key = _hkdf(dh(lo, hi), salt, b"fedsynth-pair-v1" + t + bytes([lo, hi]))
-        return _seed63(_hkdf(key, b"", f"przs {src}->{dst}".encode()))
 
-    return directed((rank - 1) % WORLD, rank), directed(rank, (rank + 1) % WORLD)
+def derive_ring_keys(secret: bytes, hellos: list[dict], rank: int, dh) -> tuple[bytes, bytes]:
+    """(K_prev, K_next) of ``rank``: its keys with its ring predecessor and successor."""
+    prev, nxt = (rank - 1) % WORLD, (rank + 1) % WORLD
+    return derive_pair_key(secret, hellos, prev, rank, dh), derive_pair_key(secret, hellos, rank, nxt, dh)
 
 
 def _pub(hellos: list[dict], r: int):
@@ -338,6 +425,16 @@ def _truth_input(truth: dict) -> torch.Tensor:
 
 def _err(x_hat: torch.Tensor, truth: dict) -> float:
     return float((x_hat - _truth_input(truth)).abs().max())
+
+
+def _true_ring_keys(truths: list[dict], r: int) -> tuple[bytes, bytes]:
+    """Ground truth: party r's pair keys with its predecessor and successor."""
+    keys = truths[r]["pair_keys"]
+    return bytes.fromhex(keys[str((r - 1) % WORLD)]), bytes.fromhex(keys[str((r + 1) % WORLD)])
+
+
+def _true_mask(truth: dict, counter: int) -> torch.Tensor:
+    return torch.tensor(truth["masks"][str(counter)], dtype=torch.int64)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -356,6 +453,7 @@ def test_both_runs_compute_the_right_sum(runs):
             assert torch.allclose(torch.tensor(t["revealed_sum"], dtype=torch.float64), expected, atol=1e-6), mode
 
 
+# ----------------------------------------------------- CrypTen's default PRZS
 def test_crypten_default_seeding_leaks_every_input(runs):
     taps, truths = runs["crypten-default"]["taps"], runs["crypten-default"]["truths"]
     seeds = seeds_on_wire(taps)
@@ -369,7 +467,7 @@ def test_crypten_default_seeding_leaks_every_input(runs):
 
 
 def test_window_search_finds_crypten_default_seeds(runs):
-    """Positive control for the brute-force search used against fedsynth below."""
+    """Positive control for the 8-byte (torch seed) search used against fedsynth below."""
     taps, truths = runs["crypten-default"]["taps"], runs["crypten-default"]["truths"]
     table = SeedTable(taps)
     for r in range(WORLD):
@@ -379,6 +477,31 @@ def test_window_search_finds_crypten_default_seeds(runs):
         assert (held["prev"], held["next"]) in good, f"rank {r}: search missed the seeds"
 
 
+def test_torch_generator_keys_on_32_bits_of_its_seed(runs):
+    """Why fedsynth stopped using CrypTen's PRZS for its masks.
+
+    torch's CPU generator (MT19937) keeps only the low 32 bits of its seed:
+    seeds s and s & 0xffffffff give identical streams, so CrypTen's default
+    PRZS masks have 32-bit keys however long the seed is. Shown on the seeds
+    CrypTen really used (taken off the wire) and on random 63-bit seeds.
+    """
+    taps, truths = runs["crypten-default"]["taps"], runs["crypten-default"]["truths"]
+    seeds = seeds_on_wire(taps)
+    wire = [s for pair in seeds.values() for s in pair]
+    assert any(s >> 32 not in (0, -1) for s in wire)  # CrypTen's seeds do use the high bits
+    random_seeds = [int.from_bytes(os.urandom(8), "big") >> 1 for _ in range(8)]
+    for s in wire + random_seeds:
+        low = s & 0xFFFFFFFF
+        other_high = low | ((int.from_bytes(os.urandom(4), "big") >> 1) << 32)
+        stream = _ring(s, N)
+        assert torch.equal(stream, _ring(low, N)), f"seed {s:#x}"
+        assert torch.equal(stream, _ring(other_high, N)), f"seed {s:#x}"
+    for r in range(WORLD):  # so 32 bits of each seed suffice to unmask CrypTen's shares
+        low = tuple(s & 0xFFFFFFFF for s in seeds[r])
+        assert _err(reconstruct(taps[r], *low), truths[r]) < TOL
+
+
+# ----------------------------------------------------------- fedsynth's masks
 def test_fedsynth_puts_no_seed_on_the_wire(runs):
     taps = runs["fedsynth"]["taps"]
     assert seeds_on_wire(taps) == {}
@@ -392,11 +515,68 @@ def test_fedsynth_puts_no_seed_on_the_wire(runs):
     assert all(set(h) == {"v", "rank", "world_size", "site", "nonce", "pub"} for h in hellos)
 
 
-def test_fedsynth_window_search_finds_nothing(runs):
-    """(1) Every 8-byte window of every payload, as either seed: no match."""
+def test_fedsynth_masks_are_chacha20_of_the_pair_keys_not_torch(runs):
+    """fedsynth's ``Session.przs_mask``, judged on the masks the parties dumped.
+
+    The masks of the three ranks sum to 0 mod 2**64 for each counter; the
+    masks of secure sums 0 and 1 differ everywhere; the counter-0 mask is
+    the one on the party's all-reduce share; the attacker's ChaCha20
+    re-derivation from the pair keys gives them bit for bit; they are not the
+    PRZS of the torch generators CrypTen holds in the same session; and a
+    pair key that differs from the real one only above its low 32 bits (the
+    test that was an ``xfail`` while masks came from torch) does not
+    reconstruct.
+    """
+    taps, truths = runs["fedsynth"]["taps"], runs["fedsynth"]["truths"]
+    for c in (0, 1):
+        total = sum(_true_mask(t, c) for t in truths)  # int64 arithmetic wraps mod 2**64
+        assert torch.equal(total, torch.zeros(N, dtype=torch.int64)), f"counter {c}"
+    for r in range(WORLD):
+        m0, m1 = _true_mask(truths[r], 0), _true_mask(truths[r], 1)
+        assert not bool((m0 == m1).any()), f"rank {r}: counters 0 and 1 share mask words"
+        k_prev, k_next = _true_ring_keys(truths, r)
+        for c, m in ((0, m0), (1, m1)):
+            assert torch.equal(fedsynth_mask(r, k_prev, k_next, c), m), f"rank {r} counter {c}"
+        # the dumped counter-0 mask is the one on rank r's share
+        assert _err(_decode(contributed_share(taps[r]) - m0), truths[r]) < TOL
+        held = truths[r]["generator_seeds"]
+        assert not torch.equal(m0, _ring(held["prev"], N) - _ring(held["next"], N))
+        # keys that agree with the real ones in their first 32 bits (and in all
+        # but one bit): entirely different masks, no reconstruction
+        for byte in (4, 8, 31):
+            kp, kn = bytearray(k_prev), bytearray(k_next)
+            kp[byte] ^= 0x01
+            kn[byte] ^= 0x80
+            kp, kn = bytes(kp), bytes(kn)
+            assert not bool((fedsynth_mask(r, kp, k_next, 0) == m0).any())
+            assert not bool((fedsynth_mask(r, k_prev, kn, 0) == m0).any())
+            assert _err(reconstruct_fedsynth(taps[r], kp, kn, 0), truths[r]) > 1e6
+
+
+def test_fedsynth_no_pair_key_in_any_32_byte_window(runs):
+    """(1a) Every 32-byte window of every payload, as either pair key: no match."""
+    taps, truths = runs["fedsynth"]["taps"], runs["fedsynth"]["truths"]
+    table = KeyTable(candidate_keys(_payload_blobs(taps)))
+    assert len(table) > 20_000  # the search really covered the shares and messages
+    candidates = set(table.keys)
+    for r in range(WORLD):
+        assert truths[r]["przs_counter"] == 0  # the first secure sum of the session
+        assert not candidates & set(_true_ring_keys(truths, r)), f"rank {r}: a pair key is on the wire"
+        hits = key_window_search(table, taps[r], truths[r]["input"][0])
+        matches = [h for h in hits if _err(reconstruct_fedsynth(taps[r], *h), truths[r]) < TOL]
+        assert matches == [], f"rank {r}: keys from the wire reconstruct the input"
+    # and a guess built from the wire is noise, not the input
+    hellos, _ = hellos_on_wire(taps)
+    pubs = [bytes.fromhex(h["pub"]) for h in hellos]
+    assert _err(reconstruct_fedsynth(taps[0], pubs[2], pubs[1]), truths[0]) > 1e6
+
+
+def test_fedsynth_no_torch_seed_in_any_8_byte_window(runs):
+    """(1b) Every 8-byte window of every payload, as either torch seed: no match
+    (neither CrypTen's PRZS model nor the seeds its generators hold here)."""
     taps, truths = runs["fedsynth"]["taps"], runs["fedsynth"]["truths"]
     table = SeedTable(taps)
-    assert len(table) > 20_000  # the search really covered the shares and messages
+    assert len(table) > 20_000
     candidates = set(table.seeds.tolist())
     for r in range(WORLD):
         held = truths[r]["generator_seeds"]
@@ -404,14 +584,12 @@ def test_fedsynth_window_search_finds_nothing(runs):
         hits = window_search(table, taps[r], truths[r]["input"][0])
         matches = [h for h in hits if _err(reconstruct(taps[r], *h), truths[r]) < TOL]
         assert matches == [], f"rank {r}: seeds {matches} from the wire reconstruct the input"
-    # and a guess built from the wire is noise, not the input
-    x_hat = reconstruct(taps[0], 0, 0)
-    assert _err(x_hat, truths[0]) > 1e6
+    assert _err(reconstruct(taps[0], 0, 0), truths[0]) > 1e6
 
 
 def test_fedsynth_secret_holder_without_private_keys_fails(runs):
     """(2) The attacker also knows the session secret: it can check the proofs
-    and derive every secret-only value, but not the PRZS seeds."""
+    and derive every secret-only value, but not the pair keys or masks."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -425,6 +603,9 @@ def test_fedsynth_secret_holder_without_private_keys_fails(runs):
     global_seed = _seed63(_hkdf(group_key, b"", b"global"))
     assert all(tr["przs_seeds"]["global"] == global_seed for tr in truths)  # by design
 
+    def raw(pub) -> bytes:
+        return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
     mine = X25519PrivateKey.generate()
     guesses = {
         "own fresh X25519 key": lambda i, j: mine.exchange(_pub(hellos, j)),
@@ -432,16 +613,20 @@ def test_fedsynth_secret_holder_without_private_keys_fails(runs):
         "SHA-256(secret)": lambda i, j: hashlib.sha256(secret).digest(),
         "secret": lambda i, j: secret,
         "transcript": lambda i, j: t,
-        "pub_i || pub_j": lambda i, j: _pub(hellos, i).public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        ) + _pub(hellos, j).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
+        "pub_i || pub_j": lambda i, j: raw(_pub(hellos, i)) + raw(_pub(hellos, j)),
     }
-    for name, dh in guesses.items():
-        for r in range(WORLD):
-            prev_seed, next_seed = derive_przs_seeds(secret, hellos, r, dh)
-            real = truths[r]["przs_seeds"]
-            assert (prev_seed, next_seed) != (real["prev"], real["next"]), name
-            assert _err(reconstruct(taps[r], prev_seed, next_seed), truths[r]) > 1e6, name
+    direct = {  # or skip the agreement and use a secret-only value as the pair key
+        "group key as K": group_key,
+        "SHA-256(secret) as K": hashlib.sha256(secret).digest(),
+        "transcript as K": t,
+    }
+    for r in range(WORLD):
+        real = _true_ring_keys(truths, r)
+        tries = {name: derive_ring_keys(secret, hellos, r, dh) for name, dh in guesses.items()}
+        tries.update({name: (k, k) for name, k in direct.items()})
+        for name, keys in tries.items():
+            assert keys[0] not in real and keys[1] not in real, name
+            assert _err(reconstruct_fedsynth(taps[r], *keys), truths[r]) > 1e6, name
 
 
 def test_fedsynth_control_with_the_real_key_material(runs):
@@ -451,31 +636,34 @@ def test_fedsynth_control_with_the_real_key_material(runs):
     taps, truths, secret = runs["fedsynth"]["taps"], runs["fedsynth"]["truths"], runs["secret"]
     hellos, _ = hellos_on_wire(taps)
     for r in range(WORLD):
-        real = truths[r]["przs_seeds"]
-        held = truths[r]["generator_seeds"]
-        # the generators hold exactly the session's derived seeds, and the ring closes
-        assert (held["prev"], held["next"]) == (real["prev"], real["next"])
-        assert real["next"] == truths[(r + 1) % WORLD]["przs_seeds"]["prev"]
-        # (a) the seeds themselves
-        assert _err(reconstruct(taps[r], real["prev"], real["next"]), truths[r]) < TOL
+        nxt = (r + 1) % WORLD
+        # both ends of an edge hold the same key
+        assert truths[r]["pair_keys"][str(nxt)] == truths[nxt]["pair_keys"][str(r)]
+        real = _true_ring_keys(truths, r)
+        counter = truths[r]["przs_counter"]
+        assert counter == 0
+        # (a) the pair keys themselves, at the right counter (and not another)
+        assert _err(reconstruct_fedsynth(taps[r], *real, counter), truths[r]) < TOL
+        assert _err(reconstruct_fedsynth(taps[r], *real, counter + 1), truths[r]) > 1e6
         # (b) secret + transcript + this party's X25519 private key
         sk = X25519PrivateKey.from_private_bytes(bytes.fromhex(truths[r]["x25519_private_key"]))
         dh = lambda i, j, sk=sk, r=r: sk.exchange(_pub(hellos, j if i == r else i))  # noqa: E731
-        derived = derive_przs_seeds(secret, hellos, r, dh)
-        assert derived == (real["prev"], real["next"]), "attacker's derivation != session.py's"
-        assert _err(reconstruct(taps[r], *derived), truths[r]) < TOL
+        derived = derive_ring_keys(secret, hellos, r, dh)
+        assert derived == real, "attacker's derivation != session.py's"
+        assert _err(reconstruct_fedsynth(taps[r], *derived, counter), truths[r]) < TOL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known weakness: torch's CPU generator (MT19937) seeds from the low 32 bits "
-    "only, so each 63-bit derived PRZS seed carries 32 bits of key; a colluding "
-    "neighbour (who knows one seed) brute-forces the other in 2**32 tries. "
-    "Fix: draw PRZS masks from ChaCha20 keyed by the 256-bit pairwise keys.",
-)
-def test_mask_generator_uses_only_32_bits_of_the_seed(runs):
-    """A seed that differs from the real one above bit 32 must not reconstruct."""
+def test_key_window_search_finds_planted_pair_keys(runs):
+    """(3) Positive control for the 32-byte search: plant the real pair keys in
+    a recorded payload (rank 0's share) and the same search finds them."""
     taps, truths = runs["fedsynth"]["taps"], runs["fedsynth"]["truths"]
-    real = truths[0]["przs_seeds"]
-    wrong = (real["prev"] ^ (1 << 40), real["next"] ^ (1 << 50))
-    assert _err(reconstruct(taps[0], *wrong), truths[0]) > 1e6
+    blob = bytearray(contributed_share(taps[0]).numpy().tobytes())
+    edges = [bytes.fromhex(truths[r]["pair_keys"][str((r + 1) % WORLD)]) for r in range(WORLD)]
+    for i, key in enumerate(edges):
+        at = 1001 + 2011 * i  # unaligned offsets
+        blob[at : at + 32] = key
+    table = KeyTable(candidate_keys([bytes(blob)]))
+    for r in range(WORLD):
+        hits = key_window_search(table, taps[r], truths[r]["input"][0])
+        good = [h for h in hits if _err(reconstruct_fedsynth(taps[r], *h), truths[r]) < TOL]
+        assert good == [_true_ring_keys(truths, r)], f"rank {r}: search missed the planted keys"
