@@ -77,7 +77,19 @@ def machine() -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "load_avg_at_start": os.getloadavg(),
+        **git_state(),
     }
+
+
+def git_state() -> dict:
+    """The commit benchmarked, and whether fedsynth/ had uncommitted edits (others edit concurrently)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"git_commit": git("rev-parse", "--short", "HEAD"),
+            "fedsynth_dirty": bool(git("status", "--porcelain", "--", "fedsynth"))}
 
 
 def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: str = "") -> dict:
@@ -94,6 +106,7 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
         run = json.loads((outdir / "run.json").read_text())
         run["_cached"] = True
         run["_command"] = line
+        run["_git"] = json.loads((outdir / "git.json").read_text()) if (outdir / "git.json").is_file() else None
         print(f"    [cached] {label}", flush=True)
         return run
     outdir.mkdir(parents=True, exist_ok=True)
@@ -107,10 +120,12 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
         tail = (outdir / "simulate.log").read_text().splitlines()[-15:]
         raise RuntimeError(f"simulate failed ({proc.returncode}): {line}\n" + "\n".join(tail))
     stamp.write_text(line + "\n")
+    (outdir / "git.json").write_text(json.dumps(git_state()) + "\n")
     run = json.loads((outdir / "run.json").read_text())
     run["_cached"] = False
     run["_command"] = line
     run["_wall_outer"] = round(wall, 2)
+    run["_git"] = git_state()
     return run
 
 
@@ -207,3 +222,19 @@ class Progress:
     def finish(self, msg: str) -> None:
         self.done += 1
         print(f"    {msg}", flush=True)
+
+
+def wait_for_quiet(threshold: float = 1.5, max_wait: float = 0.0) -> None:
+    """Wait (up to ``max_wait`` s) until the 1-minute load average is below ``threshold``.
+
+    The machine's 2 cores are shared with other people's test runs; timings
+    taken under load are recorded with the load average, but are better
+    taken when it is quiet.
+    """
+    if max_wait <= 0:
+        return
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= threshold and time.monotonic() - t0 < max_wait:
+        print(f"  waiting for a quieter machine: load average {os.getloadavg()[0]:.1f} "
+              f"(threshold {threshold}) ...", flush=True)
+        time.sleep(20)

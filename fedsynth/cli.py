@@ -93,7 +93,7 @@ def train_options(fn):
         click.option("--clip", type=float, default=1.0, show_default=True, help="Per-sample gradient clip norm C."),
         click.option("--latent-dim", type=int, default=4, show_default=True, help="CVAE latent dimension."),
         click.option("--hidden-dim", type=int, default=32, show_default=True, help="CVAE hidden layer width."),
-        click.option("--stats-fraction", type=float, default=0.7, show_default=True,
+        click.option("--stats-fraction", type=float, default=0.85, show_default=True,
                      help="Share of epsilon for the released statistics (class counts, gene means, library sizes)."),
         click.option("--genes", type=click.Choice(["strict", "intersect"]), default="strict", show_default=True,
                      help="strict: all sites must have the same genes. intersect: use the genes all sites share."),

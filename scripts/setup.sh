@@ -25,3 +25,4 @@ echo "setup: installing pinned dependencies into .venv (torch is ~4 GB on first 
 .venv/bin/python -c "import fedsynth._crypten_compat as c; c.import_crypten()"
 echo "$want" > "$stamp"
 echo "setup: .venv ready" >&2
+"$root/scripts/install_nextflow.sh" || echo "setup: Nextflow was not installed (see above); the pipeline tests will retry" >&2

@@ -253,3 +253,241 @@ def test_split_holdout_bad_parameters():
         split_holdout(10, ["a"] * 10, fraction=1.0)
     with pytest.raises(InputError):
         split_holdout(10, ["a"] * 9)
+
+
+# ------------------------------------------------ utility: AP and per class
+
+
+def test_tstr_average_precision_per_class_and_relative_f1(separated):
+    from sklearn.metrics import f1_score
+
+    Xtr, ytr, Xte, yte = separated
+    res = tstr(Xtr, ytr, Xte, yte, X_real_train=Xtr, y_real_train=ytr, models=("logreg",))
+    t = res["tstr"]["logreg"]
+    assert t["average_precision"] > 0.95
+    assert set(t["per_class"]) == {"a", "b", "c"}
+    for c, v in t["per_class"].items():
+        assert v["support"] == int(np.sum(yte == c))
+        assert v["auroc"] > 0.95 and v["average_precision"] > 0.9
+    assert np.mean([v["f1"] for v in t["per_class"].values()]) == pytest.approx(t["macro_f1"])
+    assert res["relative_macro_f1"]["logreg"] == pytest.approx(1.0)
+    # shuffled synthetic labels: per-class F1 agrees with scikit-learn
+    y_shuf = np.random.default_rng(0).permutation(ytr)
+    r2 = tstr(Xtr, y_shuf, Xte, yte, X_real_train=Xtr, y_real_train=ytr, models=("logreg",))
+    assert r2["relative_macro_f1"]["logreg"] < 0.8
+    assert r2["tstr"]["logreg"]["macro_f1"] == pytest.approx(
+        f1_score(yte, _predict_logreg(Xtr, y_shuf, Xte), average="macro", zero_division=0))
+
+
+def _predict_logreg(X, y, X_test):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()),
+                     ("clf", LogisticRegression(max_iter=2000))]).fit(X, y).predict(X_test)
+
+
+# -------------------------------------------- fidelity: MMD, discriminator
+
+
+def test_mmd_identical_is_zero_and_grows_with_shift():
+    from fedsynth.evaluate import mmd_rbf
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 10))
+    assert mmd_rbf(X, X.copy())["mmd2"] == pytest.approx(0.0, abs=1e-10)
+    same = mmd_rbf(rng.normal(size=(200, 10)), X)
+    assert abs(same["mmd2_unbiased"]) < 0.01
+    small = mmd_rbf(X + 0.5, X)["mmd2"]
+    large = mmd_rbf(X + 2.0, X)["mmd2"]
+    assert same["mmd2"] < small < large
+
+
+def test_discriminator_identical_is_half_and_separable_is_one():
+    from fedsynth.evaluate import discriminator_auroc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 8))
+    same = discriminator_auroc(X, X.copy())
+    # a record and its copy are kept in one fold: ties, exactly 0.5
+    assert same["logreg"] == pytest.approx(0.5) and same["extra_trees"] == pytest.approx(0.5)
+    fresh = discriminator_auroc(rng.normal(size=(150, 8)), X)
+    assert abs(fresh["max"] - 0.5) < 0.15
+    far = discriminator_auroc(X + 4.0, X)
+    assert far["max"] > 0.99 and far["n_per_class"] == 150 and far["n_splits"] == 5
+
+
+def test_fidelity_identical_has_zero_distances_and_half_discriminator():
+    X, _ = gaussian_classes(30, n_genes=8)
+    f = fidelity(X, X.copy(), genes=[f"g{i}" for i in range(8)])
+    assert f["mmd2"] == pytest.approx(0.0, abs=1e-10)
+    assert f["discriminator_auroc"] == pytest.approx(0.5)
+    assert f["wasserstein_std_mean"] == 0.0 and f["wasserstein_std_max"] == 0.0
+    assert len(f["worst_genes"]) == 8 and f["worst_genes"][0]["gene"].startswith("g")
+
+
+def test_fidelity_worst_gene_is_the_broken_one():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 6))
+    Y = X.copy()
+    Y[:, 4] += 3.0
+    f = fidelity(Y, X, genes=list("ABCDEF"), discriminator=False, mmd=False)
+    assert f["worst_genes"][0]["gene"] == "E"
+    assert f["worst_genes"][0]["wasserstein_std"] == pytest.approx(3.0 / X[:, 4].std())
+    assert f["mmd2"] is None and f["discriminator"] is None
+
+
+# -------------------------------------------------------------- biology
+
+
+def test_welch_t_matches_scipy():
+    from scipy import stats
+
+    from fedsynth.evaluate import welch_t
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(40, 5)) * np.arange(1, 6)
+    g = np.arange(40) < 13
+    X[g, 0] += 2
+    t, p = welch_t(X, g)
+    ref = stats.ttest_ind(X[g], X[~g], equal_var=False)
+    np.testing.assert_allclose(t, ref.statistic)
+    np.testing.assert_allclose(p, ref.pvalue)
+
+
+def test_bh_qvalues_known():
+    from fedsynth.evaluate import bh_qvalues
+
+    q = bh_qvalues([0.01, 0.04, 0.03, 0.2])
+    np.testing.assert_allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
+
+
+def _de_data(shifts, n=100, genes=20, seed=0):
+    """Classes 'a' and 'b'; gene j is shifted by shifts[j] in class 'a'."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(2 * n, genes))
+    y = np.array(["a"] * n + ["b"] * n)
+    for j, s in shifts.items():
+        X[:n, j] += s
+    return X, y
+
+
+def test_de_recovery_identical_is_perfect():
+    from fedsynth.evaluate import de_recovery
+
+    X, y = _de_data({0: 5, 1: 4.5, 2: 4, 3: 3.5})
+    d = de_recovery(X, y, X, y, k=4)
+    for c in ("a", "b"):
+        pc = d["per_class"][c]
+        assert pc["precision_at_k"] == 1.0 and pc["recall_at_k"] == 1.0
+        assert pc["overlap_at_k"] == 1.0 and pc["t_spearman"] == pytest.approx(1.0)
+        assert sorted(pc["recovered"]) == ["gene1", "gene2", "gene3", "gene4"]
+    assert d["mean_recall_at_k"] == 1.0
+
+
+def test_de_recovery_known_precision_and_recall():
+    from fedsynth.evaluate import de_recovery
+
+    genes = [f"G{j}" for j in range(20)]
+    X_real, y_real = _de_data({0: 5, 1: 4.5, 2: 4, 3: 3.5}, seed=0)
+    # synthetic: genes 0 and 1 right, gene 5 wrongly DE, genes 2 and 3 lost
+    X_syn, y_syn = _de_data({0: 5, 1: 4.5, 5: 4}, seed=1)
+    pc = de_recovery(X_syn, y_syn, X_real, y_real, genes=genes, k=4)["per_class"]["a"]
+    assert pc["top_real"] == ["G0", "G1", "G2", "G3"]
+    assert sorted(pc["top_synthetic"]) == ["G0", "G1", "G5"]
+    assert pc["precision_at_k"] == pytest.approx(2 / 3)
+    assert pc["recall_at_k"] == pytest.approx(2 / 4)
+    # the same genes with the wrong direction are not recovered
+    X_flip, _ = _de_data({0: -5, 1: 4.5, 5: 4}, seed=1)
+    pc = de_recovery(X_flip, y_syn, X_real, y_real, genes=genes, k=4)["per_class"]["a"]
+    assert pc["recovered"] == ["G1"]
+
+
+def test_de_recovery_skips_tiny_class_and_defaults_k():
+    from fedsynth.evaluate import de_recovery, default_top_k
+
+    X, y = _de_data({0: 3})
+    y = y.astype(object)
+    y[0] = "lonely"
+    d = de_recovery(X, y, X, y)
+    assert "skipped" in d["per_class"]["lonely"]
+    assert d["k"] == default_top_k(20) == 4
+    assert default_top_k(978) == 20 and default_top_k(3) == 1
+
+
+def test_coexpression_identical_and_independent():
+    from fedsynth.evaluate import coexpression_recovery
+
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(300, 3))
+    X = np.repeat(Z, 4, axis=1) + 0.3 * rng.normal(size=(300, 12))  # 3 modules of 4 genes
+    y = np.array(["a", "b"] * 150)
+    same = coexpression_recovery(X, y, X, y)
+    assert same["edge_recovery"] == 1.0
+    assert same["within_class_corr_similarity"] == pytest.approx(1.0)
+    assert same["n_genes"] == 12 and same["n_edges"] == 10
+    indep = rng.normal(size=(300, 12))  # no modules
+    other = coexpression_recovery(indep, y, X, y)
+    assert other["edge_recovery"] < 0.4
+    assert other["within_class_corr_similarity"] < 0.3
+
+
+# ----------------------------------------------------- evaluate and verdict
+
+
+def _population(n, seed, genes=12):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["LumA", "Basal", "Her2"], n)
+    centre = {"LumA": 0.0, "Basal": 2.5, "Her2": -2.5}
+    X = rng.normal(size=(n, genes)) + np.array([centre[c] for c in y])[:, None] * (np.arange(genes) < 4)
+    return X + 6.0, y
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return _population(240, 1), _population(120, 2)
+
+
+def test_evaluate_fresh_sample_is_useful_realistic_and_private(cohort):
+    from fedsynth.evaluate import evaluate
+
+    (Xt, yt), (Xh, yh) = cohort
+    Xs, ys = _population(240, 3)
+    dp = {"private": True, "epsilon": 1.0, "delta": 1e-5, "max_colluders": 0, "k": 3}
+    m = evaluate(Xs, ys, Xt, yt, Xh, yh, dp=dp)
+    v = m["verdict"]
+    assert v["utility"]["level"] == "good"
+    assert v["fidelity"]["level"] == "good"
+    assert v["privacy"]["level"] == "good", v["privacy"]
+    assert m["privacy"]["dp"]["epsilon"] == 1.0
+    assert m["privacy"]["membership_inference"]["worst"]["auroc"] < 0.6
+    assert set(m["seconds"]) >= {"utility", "fidelity", "biology", "dcr", "membership_inference"}
+    assert m["n"] == {"synthetic": 240, "train": 240, "holdout": 120, "genes": 12}
+
+
+def test_evaluate_copy_of_training_data_is_flagged(cohort):
+    from fedsynth.evaluate import evaluate
+
+    (Xt, yt), (Xh, yh) = cohort
+    m = evaluate(Xt.copy(), yt.copy(), Xt, yt, Xh, yh,
+                 dp={"private": False, "epsilon": None, "delta": 1e-5})
+    assert m["verdict"]["privacy"]["level"] == "poor"
+    assert "NOT differentially private" in m["verdict"]["privacy"]["headline"]
+    assert m["privacy"]["dcr"]["exact_copies"] == len(Xt)
+    assert m["privacy"]["membership_inference"]["worst"]["auroc"] == 1.0
+    # copies are perfectly "useful" and indistinguishable: the verdict must
+    # not let that hide the leak
+    assert m["verdict"]["utility"]["level"] == "good"
+
+
+def test_verdict_poor_utility_and_realism(cohort):
+    from fedsynth.evaluate import evaluate
+
+    (Xt, yt), (Xh, yh) = cohort
+    rng = np.random.default_rng(9)
+    Xs = rng.normal(size=Xt.shape) * 3 + 20  # far away, labels meaningless
+    m = evaluate(Xs, rng.permutation(yt), Xt, yt, Xh, yh)
+    assert m["verdict"]["utility"]["level"] == "poor"
+    assert m["verdict"]["fidelity"]["level"] == "poor"
+    assert m["verdict"]["privacy"]["level"] == "fair"  # nothing leaks, but no DP record
