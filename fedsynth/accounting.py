@@ -34,8 +34,8 @@ from .errors import BudgetError, ParameterError
 
 #: Renyi orders: Opacus' defaults reach down to 1.1 only; large noise
 #: multipliers (one-shot statistics) need orders closer to 1.
-ALPHAS = [1 + x / 100 for x in range(1, 10)] + [1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [
-    80, 128, 256, 512, 1024]
+ALPHAS = ([1.0005, 1.001, 1.002, 1.005] + [1 + x / 100 for x in range(1, 10)] + [1 + x / 10 for x in range(1, 100)]
+          + list(range(12, 64)) + [80, 128, 256, 512, 1024, 2048, 4096])
 
 #: Above this noise multiplier DP-SGD learns nothing useful; refuse instead.
 MAX_NOISE_MULTIPLIER = 50.0
