@@ -37,8 +37,10 @@ from .errors import BudgetError, ParameterError
 ALPHAS = ([1.0005, 1.001, 1.002, 1.005] + [1 + x / 100 for x in range(1, 10)] + [1 + x / 10 for x in range(1, 100)]
           + list(range(12, 64)) + [80, 128, 256, 512, 1024, 2048, 4096])
 
-#: Above this noise multiplier DP-SGD learns nothing useful; refuse instead.
-MAX_NOISE_MULTIPLIER = 50.0
+#: Above this noise multiplier the budget is treated as unreachable; refuse.
+MAX_NOISE_MULTIPLIER = 500.0
+#: Above this, DP-SGD learns little (the anchors still carry the classes); warn.
+WARN_NOISE_MULTIPLIER = 50.0
 
 
 @dataclass

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .accounting import BudgetPlan, PrivacyLedger, plan_budget, validate_budget
+from .accounting import WARN_NOISE_MULTIPLIER, BudgetPlan, PrivacyLedger, plan_budget, validate_budget
 from .errors import InputError, ParameterError
 from .model import CVAE, CVAEConfig
 from .secure_aggregation import SecureSum
@@ -318,6 +318,10 @@ def train_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> T
         plan = plan_budget(cfg.epsilon, cfg.delta, stat_names=names, sample_rate=rate,
                            steps=steps, stats_fraction=cfg.stats_fraction)
         ledger = plan.ledger()
+        if plan.sgd_multiplier > WARN_NOISE_MULTIPLIER:
+            log.warning("DP-SGD noise multiplier %.3g is very large for %d records: the CVAE will learn "
+                        "little beyond the class anchors; more data, a larger --epsilon or fewer --epochs help",
+                        plan.sgd_multiplier, n_total)
         log.info("budget: epsilon %.3g, delta %.2g -> statistics z=%.3g, DP-SGD z=%.3g, q=%.3g, %d steps",
                  cfg.epsilon, cfg.delta, plan.stat_multiplier, plan.sgd_multiplier, rate, steps)
 
