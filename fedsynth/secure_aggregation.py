@@ -95,7 +95,7 @@ class SecureSum:
             raise ValueError(f"{step}: value {peak:g} too large for fixed-point sharing")
         encoder = FixedPointEncoder(precision_bits=_crypten_compat.PRECISION_BITS)
         with self.session.step(step):
-            share = self.session.przs_mask(local.numel(), self.calls) + encoder.encode(local)
+            share = self.session.przs_mask(local.numel(), self.session.next_mask_counter()) + encoder.encode(local)
             shared = ArithmeticSharedTensor.from_shares(
                 share, precision=_crypten_compat.PRECISION_BITS
             )

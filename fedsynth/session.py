@@ -159,6 +159,7 @@ class Session:
         self.shared_seed: int | None = None
         self.transcript: bytes | None = None
         self.bytes_sent = 0
+        self._mask_calls = 0
 
     # ------------------------------------------------------------------ open
     def open(self) -> "Session":
@@ -284,6 +285,11 @@ class Session:
         local_seed = _seed(os.urandom(8))
         global_seed = _seed(_hkdf(self._group_key, b"", b"global"))
         return prev_seed, next_seed, local_seed, global_seed
+
+    def next_mask_counter(self) -> int:
+        """A fresh mask counter for each secure sum of this session (never reused)."""
+        self._mask_calls += 1
+        return self._mask_calls - 1
 
     def przs_mask(self, n: int, counter: int):
         """A pseudo-random sharing of zero over Z_{2^64}: ``r(prev->me) - r(me->next)``.
@@ -419,6 +425,33 @@ class Session:
         with contextlib.suppress(Exception):
             self._store.set(f"abort/{self.rank}", reason[:500])
 
+    def linger(self) -> None:
+        """After a failure, rank 0 keeps hosting the store until every other rank has
+        finished, aborted or gone silent (bounded by ``step_timeout`` + a few heartbeats),
+        so the others can still read why the session ended and who is to blame."""
+        if self._store is None or self.rank != 0:
+            return
+        deadline = time.monotonic() + self.step_timeout + 5 * _HEARTBEAT_SECONDS
+        seen: dict[int, tuple[int, float]] = {}
+        while time.monotonic() < deadline:
+            pending = []
+            for r in range(1, self.world_size):
+                try:
+                    if self._store.check([f"abort/{r}"]) or self._store.check([f"done/{r}"]):
+                        continue
+                    beat = self._store.add(f"beat/{r}", 0)
+                except Exception:  # noqa: BLE001
+                    return
+                last, since = seen.get(r, (None, time.monotonic()))
+                if beat != last:
+                    seen[r] = (beat, time.monotonic())
+                elif time.monotonic() - since > 3 * _HEARTBEAT_SECONDS:
+                    continue  # silent: crashed, killed or never joined
+                pending.append(r)
+            if not pending:
+                return
+            time.sleep(0.1)
+
     def finish(self) -> None:
         """Leave cleanly; rank 0 keeps the store up until every rank is done."""
         if self._store is None:
@@ -446,6 +479,7 @@ class Session:
             return self.open()
         except BaseException as e:
             self.abort(str(e))
+            self.linger()
             self.close()
             raise
 
@@ -454,6 +488,7 @@ class Session:
             self.finish()
         else:
             self.abort(str(exc))
+            self.linger()
         self.close()
 
 
@@ -471,6 +506,12 @@ def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3
         return False
     try:
         host, port = parse_rendezvous(rendezvous)
+        # nobody listening: give up quietly (TCPStore would retry until the timeout
+        # and log C++ connection errors with stack traces on stderr)
+        import socket
+
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
         store = dist.TCPStore(host, port, None, is_master=False,
                               timeout=timedelta(seconds=timeout), wait_for_workers=False)
         dist.PrefixStore("fedsynth/", store).set(f"abort/{rank}", reason[:500])
