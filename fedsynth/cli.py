@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import click
-
 import numpy as np
+
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # see __main__.py; set before torch loads
 
 from .errors import FedsynthError, InputError, SessionError
 

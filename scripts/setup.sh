@@ -12,8 +12,9 @@ PYTHON="${PYTHON:-python3}"
 stamp=".venv/.fedsynth-setup"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  exit 0
+  python_ready=1
 fi
+if [[ -z "${python_ready:-}" ]]; then
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv with $($PYTHON --version)" >&2
   "$PYTHON" -m venv .venv
@@ -25,4 +26,8 @@ echo "setup: installing pinned dependencies into .venv (torch is ~4 GB on first 
 .venv/bin/python -c "import fedsynth._crypten_compat as c; c.import_crypten()"
 echo "$want" > "$stamp"
 echo "setup: .venv ready" >&2
-"$root/scripts/install_nextflow.sh" || echo "setup: Nextflow was not installed (see above); the pipeline tests will retry" >&2
+fi
+# Nextflow at .venv/bin/nextflow (jars from Maven Central; instant when present)
+if [[ -x "$root/scripts/install_nextflow.sh" ]]; then
+  "$root/scripts/install_nextflow.sh" || echo "setup: Nextflow was not installed (see above); the pipeline tests will retry" >&2
+fi
