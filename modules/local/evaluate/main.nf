@@ -1,0 +1,41 @@
+process EVALUATE {
+    // Score the synthetic cohort against THIS site's own real data: utility
+    // (train on synthetic, test on the real holdout), fidelity, privacy
+    // attacks and the model's DP record. The real data never leaves the site.
+    tag "${meta.id}"
+    label 'process_low'
+
+    input:
+    tuple val(meta), path(synthetic), path(train), path(holdout), path(model)
+
+    output:
+    tuple val(meta), path("metrics.json"), emit: metrics
+    tuple val(meta), path("report.html") , emit: html
+    path "versions.yml"                  , emit: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    export OMP_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus}
+    # the shared cohort may hold classes this site has not (a rare subtype):
+    # score only the classes of this site's own training and holdout data
+    fedsynth-restrict-labels ${synthetic} ${train} ${holdout} synthetic.site.h5ad
+    fedsynth evaluate \\
+        --synthetic synthetic.site.h5ad \\
+        --train ${train} \\
+        --holdout ${holdout} \\
+        --model ${model} \\
+        --label-column label \\
+        --outdir . \\
+        ${args}
+
+    fedsynth-versions "${task.process}" > versions.yml
+    """
+
+    stub:
+    """
+    echo '{"stub": true}' > metrics.json
+    touch report.html
+    fedsynth-versions "${task.process}" > versions.yml
+    """
+}

@@ -1,0 +1,74 @@
+"""Bad parameters stop `nextflow run main.nf` before any process starts, with
+ONE clear message (no Java stack trace) and a non-zero exit status; --help
+prints the parameters from nextflow_schema.json.
+
+Mirrored for nf-test users by tests/nf-test/params.nf.test."""
+
+from __future__ import annotations
+
+import pytest
+
+from nfhelpers import JAVA_TRACE, REPO, write_secret
+
+GOOD = {
+    "--label_column": "pam50",
+    "--meta_columns": "age",
+    "--site_rank": "1",
+    "--n_sites": "3",
+    "--rendezvous": "tcp://127.0.0.1:29500",
+}
+
+#: case -> (changes to GOOD (None: drop the option), what the message must say)
+CASES = {
+    "missing_input": ({"--input": None}, "--input is required"),
+    "one_site": ({"--n_sites": "1"}, "--n_sites must be an integer of at least 2"),
+    "rank_out_of_range": ({"--site_rank": "3"}, "--site_rank 3 is out of range: with --n_sites 3 the ranks are 0..2"),
+    "rendezvous_not_tcp": ({"--rendezvous": "127.0.0.1:29500"}, "--rendezvous must be tcp://HOST:PORT"),
+    "epsilon_zero": ({"--epsilon": "0"}, "--epsilon must be a number greater than 0 (got 0)"),
+    "epsilon_negative": ({"--epsilon": "-0.5"}, "--epsilon must be a number greater than 0 (got -0.5)"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(run_nf, tmp_path_factory):
+    """Every case as its own `nextflow run`, three at a time (JVM start dominates)."""
+    base = tmp_path_factory.mktemp("params")
+    site = base / "site.csv"
+    site.write_text((REPO / "data" / "brca_pam50_sites.csv").read_text())
+    key = write_secret(base / "session.key")
+    results, pending = {}, list(CASES.items())
+    while pending:
+        batch, pending = pending[:3], pending[3:]
+        started = []
+        for name, (change, _) in batch:
+            opts = {"--input": str(site), **GOOD, "--secret_file": str(key), **change}
+            args = [a for k, v in opts.items() if v is not None for a in (k, v)]
+            started.append((name, run_nf(args + ["--outdir", str(base / name / "results")], base / name,
+                                         background=True)))
+        for name, proc in started:
+            results[name] = proc.wait(300)
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_parameter_stops_with_one_clear_message(bad_runs, case):
+    run = bad_runs[case]
+    expected = CASES[case][1]
+    assert run.returncode != 0, run.explain()
+    assert run.output.count(expected) == 1, run.explain()
+    assert "fedsynth: invalid parameters" in run.output, run.explain()
+    assert not JAVA_TRACE.search(run.output), run.explain()
+    assert run.processes("Submitted") == [], "no process may start: " + run.explain()
+    assert not (run.cwd / "work").exists() or not any((run.cwd / "work").iterdir()), run.explain()
+    # one problem, one line
+    problems = [line for line in run.output.splitlines() if line.startswith("  * ")]
+    assert len(problems) == 1, run.explain()
+
+
+def test_help_lists_every_parameter(run_nf, tmp_path):
+    run = run_nf(["--help"], tmp_path, timeout=300)
+    assert run.returncode == 0, run.explain()
+    for name in ("--input", "--label_column", "--site_rank", "--n_sites", "--rendezvous", "--secret_file",
+                 "--epsilon", "--mode"):
+        assert name in run.output, run.explain()
+    assert run.processes("Submitted") == []

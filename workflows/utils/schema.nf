@@ -1,0 +1,179 @@
+/*
+ * Offline parameter validation and --help from nextflow_schema.json.
+ *
+ * The nf-schema plugin cannot be downloaded where fedsynth runs (no plugin
+ * registry), so this is a small JSON-schema checker in plain Groovy for the
+ * keywords nextflow_schema.json uses: $defs/allOf groups, required, type
+ * (string, integer, number, boolean), enum, pattern, minimum, maximum,
+ * exclusiveMinimum, exclusiveMaximum, format file-path/directory-path with
+ * exists, and nf-schema's errorMessage. Then the rules a schema cannot say
+ * (mode-dependent requirements, rank < n_sites, port range).
+ *
+ * Every problem found is reported in ONE error (no stack trace): the run
+ * stops before any process starts.
+ */
+
+def schemaGroups(String schemaPath) {
+    def schema = new groovy.json.JsonSlurper().parse(new File(schemaPath))
+    def groups = []
+    def defs = schema['$defs'] ?: schema['definitions'] ?: [:]
+    for (ref in (schema.allOf ?: [])) {
+        def key = ref['$ref'].tokenize('/')[-1]
+        if (defs[key]) groups << defs[key]
+    }
+    if (schema.properties) groups << [title: 'Other options', properties: schema.properties, required: schema.required ?: []]
+    return groups
+}
+
+def schemaProperties(String schemaPath) {
+    def props = [:]
+    schemaGroups(schemaPath).each { g -> g.properties.each { name, spec -> props[name] = spec } }
+    return props
+}
+
+def isBlank(value) {
+    return value == null || (value instanceof CharSequence && value.toString().trim().isEmpty())
+}
+
+// One parameter against its schema entry; returns a problem or null.
+def checkParam(String name, value, Map spec) {
+    def opt = "--${name}"
+    def types = spec.type instanceof List ? spec.type : [spec.type]
+    def custom = spec.errorMessage ? " (${spec.errorMessage})" : ''
+    def num = null
+    if (value instanceof Boolean && !('boolean' in types)) {
+        return "${opt} needs a value"
+    }
+    if ('integer' in types && !('string' in types)) {
+        if (value instanceof Integer || value instanceof Long || value instanceof BigInteger) {
+            num = value as BigDecimal
+        } else if (value instanceof CharSequence && value.toString().trim() ==~ /-?\d+/) {
+            num = value.toString().trim() as BigDecimal
+        } else {
+            return "${opt} must be an integer (got '${value}')${custom}"
+        }
+    } else if ('number' in types && !('string' in types)) {
+        if (value instanceof Number) {
+            num = value as BigDecimal
+        } else {
+            try { num = new BigDecimal(value.toString().trim()) }
+            catch (Exception e) { return "${opt} must be a number (got '${value}')${custom}" }
+        }
+    } else if ('boolean' in types) {
+        if (!(value instanceof Boolean) && !(value.toString().toLowerCase() in ['true', 'false'])) {
+            return "${opt} must be true or false (got '${value}')"
+        }
+        return null
+    }
+    if (num != null) {
+        if (spec.containsKey('minimum') && num < (spec.minimum as BigDecimal))
+            return spec.errorMessage ? "${spec.errorMessage} (got ${value})" : "${opt} must be at least ${spec.minimum} (got ${value})"
+        if (spec.containsKey('exclusiveMinimum') && num <= (spec.exclusiveMinimum as BigDecimal))
+            return spec.errorMessage ? "${spec.errorMessage} (got ${value})" : "${opt} must be greater than ${spec.exclusiveMinimum} (got ${value})"
+        if (spec.containsKey('maximum') && num > (spec.maximum as BigDecimal))
+            return spec.errorMessage ? "${spec.errorMessage} (got ${value})" : "${opt} must be at most ${spec.maximum} (got ${value})"
+        if (spec.containsKey('exclusiveMaximum') && num >= (spec.exclusiveMaximum as BigDecimal))
+            return spec.errorMessage ? "${spec.errorMessage} (got ${value})" : "${opt} must be less than ${spec.exclusiveMaximum} (got ${value})"
+        return null
+    }
+    def s = value.toString()
+    if (spec.enum && !(s in spec.enum))
+        return "${opt} must be one of ${spec.enum.join(', ')} (got '${s}')"
+    if (spec.pattern && !(s =~ spec.pattern))
+        return spec.errorMessage ? "${spec.errorMessage} (got '${s}')" : "${opt} '${s}' does not match ${spec.pattern}"
+    if (spec.exists && spec.format in ['file-path', 'directory-path', 'path'] && !s.contains('://')) {
+        def f = new File(s)
+        if (!f.exists())
+            return spec.errorMessage ? "${spec.errorMessage}: ${s} does not exist" : "${opt} ${s} does not exist"
+        if (spec.format == 'file-path' && f.isDirectory())
+            return "${opt} ${s} is a directory, not a file"
+        if (spec.format == 'directory-path' && !f.isDirectory())
+            return "${opt} ${s} is not a directory"
+    }
+    return null
+}
+
+def validateParameters(String schemaPath) {
+    def groups = schemaGroups(schemaPath)
+    def problems = []
+    def bad = [] as Set     // parameters with a problem already
+    def known = [] as Set
+    def explain = [:]
+    for (g in groups) {
+        def required = (g.required ?: []) as Set
+        g.properties.each { name, spec ->
+            known << name
+            explain[name] = spec.description
+            def value = params[name]
+            if (isBlank(value)) {
+                if (name in required) problems << "--${name} is required: ${spec.description}"
+                return
+            }
+            def p = checkParam(name, value, spec)
+            if (p) { problems << p; bad << name }
+        }
+    }
+
+    // Rules across parameters (a JSON schema cannot compare two values).
+    def intOrNull = { v -> (v instanceof Number || v.toString() ==~ /-?\d+/) ? (v as Long) : null }
+    def nSites = isBlank(params.n_sites) || 'n_sites' in bad ? null : intOrNull(params.n_sites)
+    def rank = isBlank(params.site_rank) || 'site_rank' in bad ? null : intOrNull(params.site_rank)
+    if (params.mode == 'site') {
+        def need = [n_sites: 'the number of sites in the federation',
+                    site_rank: "this site's rank, 0..n_sites-1",
+                    rendezvous: 'tcp://HOST:PORT where rank 0 listens',
+                    secret_file: 'the pre-shared session secret (mode 600)']
+        need.each { name, what ->
+            if (isBlank(params[name])) problems << "--${name} is required in site mode: ${what}"
+        }
+        if (rank != null && nSites != null && rank >= nSites)
+            problems << "--site_rank ${rank} is out of range: with --n_sites ${nSites} the ranks are 0..${nSites - 1}"
+    } else if (params.mode == 'local') {
+        if (isBlank(params.n_sites)) problems << "--n_sites is required in local mode: how many sites (the largest groups of --site_column) to run"
+        if (!isBlank(params.site_rank)) log.warn "fedsynth: --site_rank is ignored in --mode local (every site runs here)"
+        if (!isBlank(params.secret_file)) log.warn "fedsynth: --secret_file is ignored in --mode local (a fresh secret is generated)"
+    }
+    if (!isBlank(params.rendezvous) && !('rendezvous' in bad) && params.rendezvous.toString() =~ /:(\d+)$/) {
+        def port = (params.rendezvous.toString() =~ /:(\d+)$/)[0][1] as Integer
+        if (port < 1 || port > 65535) problems << "--rendezvous port ${port} is not in 1..65535"
+    }
+    def t = isBlank(params.max_colluders) || 'max_colluders' in bad ? null : intOrNull(params.max_colluders)
+    if (t != null && nSites != null && t >= nSites)
+        problems << "--max_colluders ${t} must be less than --n_sites ${nSites}: the honest sites' noise must carry the guarantee"
+
+    // nextflow turns --site-rank into site-rank and siteRank: catch such typos
+    def unknown = params.keySet().findAll { k -> !(k in known) && !(k.contains('-')) }.findAll { k ->
+        !known.contains(k.replaceAll(/([A-Z])/, '_$1').toLowerCase())
+    }
+    def dashed = params.keySet().findAll { k -> k.contains('-') }
+    dashed.each { k ->
+        def snake = k.replace('-', '_')
+        if (snake in known && isBlank(params[snake])) problems << "--${k} is not a parameter: did you mean --${snake}?"
+        else if (!(snake in known)) unknown << k
+    }
+    if (unknown) log.warn "fedsynth: unrecognised parameter(s) ignored: ${unknown.collect { '--' + it }.join(', ')}"
+
+    if (problems) {
+        def msg = "fedsynth: invalid parameters (see nextflow_schema.json or --help):\n" +
+            problems.collect { "  * ${it}" }.join('\n')
+        error(msg)
+    }
+}
+
+def paramsHelp(String schemaPath, String command) {
+    def lines = []
+    lines << "Usage:\n  ${command}\n"
+    for (g in schemaGroups(schemaPath)) {
+        lines << "${g.title ?: 'Options'}${g.description ? ': ' + g.description : ''}"
+        def required = (g.required ?: []) as Set
+        g.properties.each { name, spec ->
+            if (spec.hidden) return
+            def dflt = spec.containsKey('default') ? " [default: ${spec.default}]" : ''
+            def choices = spec.enum ? " (${spec.enum.join('|')})" : ''
+            def req = name in required ? ' [required]' : ''
+            lines << String.format('  --%-20s %s', name, "${spec.description}${choices}${dflt}${req}")
+        }
+        lines << ''
+    }
+    return lines.join('\n')
+}
