@@ -1,0 +1,110 @@
+"""Privacy accounting: calibration against Opacus, budget use, refusals."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedsynth.accounting import (
+    MAX_NOISE_MULTIPLIER,
+    Mechanism,
+    compose,
+    plan_budget,
+    validate_budget,
+)
+from fedsynth.errors import BudgetError, ParameterError
+
+warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+
+REGIMES = [
+    # epsilon, delta, sample rate, steps
+    (1.0, 1e-5, 0.01, 1000),
+    (3.0, 1e-5, 0.1, 200),
+    (0.5, 1e-5, 0.02, 100),
+]
+
+STATS = ["class counts", "gene means", "class means", "log library size mean", "log library size spread"]
+
+
+@pytest.mark.parametrize("epsilon,delta,q,steps", REGIMES)
+def test_sgd_only_plan_matches_opacus_calibration(epsilon, delta, q, steps):
+    plan = plan_budget(epsilon, delta, stat_names=[], sample_rate=q, steps=steps)
+    ref = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+                               accountant="rdp")
+    assert plan.stat_multiplier == 0.0
+    assert plan.sgd_multiplier == pytest.approx(ref, rel=0.02), (plan.sgd_multiplier, ref)
+    assert plan.sample_rate == q and plan.steps == steps
+
+
+@pytest.mark.parametrize("epsilon,delta,q,steps", REGIMES[:2])
+@pytest.mark.parametrize("n_stats", [0, 5])
+def test_plan_spends_almost_exactly_the_budget(epsilon, delta, q, steps, n_stats):
+    plan = plan_budget(epsilon, delta, stat_names=STATS[:n_stats], sample_rate=q, steps=steps)
+    ledger = plan.ledger()
+    spent = ledger.spent()
+    assert spent <= epsilon
+    assert spent > 0.98 * epsilon, f"plan wastes budget: {spent:.4f} of {epsilon}"
+    assert len(ledger.mechanisms) == n_stats + 1
+    d = ledger.to_dict()
+    assert d["epsilon_spent"] == pytest.approx(spent) and d["delta"] == delta
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.7])
+def test_stats_fraction_is_respected(fraction):
+    epsilon, delta = 2.0, 1e-5
+    plan = plan_budget(epsilon, delta, stat_names=STATS[:3], sample_rate=0.05, steps=300,
+                       stats_fraction=fraction)
+    stats_only = compose([Mechanism(n, plan.stat_multiplier) for n in STATS[:3]], delta)
+    assert stats_only <= fraction * epsilon
+    assert stats_only > 0.95 * fraction * epsilon  # calibrated to the fraction, not far below
+    assert plan.ledger().spent() <= epsilon
+    # a larger stats share means less noise on the statistics
+    other = plan_budget(epsilon, delta, stat_names=STATS[:3], sample_rate=0.05, steps=300,
+                        stats_fraction=min(0.9, fraction + 0.2))
+    assert other.stat_multiplier < plan.stat_multiplier
+
+
+def test_composition_is_monotone_in_what_is_revealed():
+    base = [Mechanism("dp-sgd", 1.0, 0.01, 1000)]
+    more = base + [Mechanism("class counts", 5.0)]
+    assert 0 < compose(base, 1e-5) < compose(more, 1e-5)
+    assert compose([], 1e-5) == 0.0
+
+
+def test_tiny_epsilon_needs_too_much_noise_and_is_refused():
+    with pytest.raises(BudgetError, match="noise multiplier") as e:
+        plan_budget(0.01, 1e-5, stat_names=[], sample_rate=0.1, steps=100)
+    assert f"> {MAX_NOISE_MULTIPLIER:g}" in str(e.value)
+    # just feasible settings are accepted
+    plan_budget(1.0, 1e-5, stat_names=[], sample_rate=0.1, steps=20)
+
+
+def test_delta_not_below_one_over_n_is_refused():
+    with pytest.raises(BudgetError, match="1/n"):
+        validate_budget(1.0, 0.01, n_total=100)
+    with pytest.raises(BudgetError, match="1/n"):
+        validate_budget(1.0, 0.02, n_total=100)
+    validate_budget(1.0, 0.0099, n_total=100)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, math.nan])
+def test_nonpositive_epsilon_is_refused(epsilon):
+    with pytest.raises(ParameterError, match="--epsilon"):
+        plan_budget(epsilon, 1e-5, stat_names=[], sample_rate=0.1, steps=10)
+    with pytest.raises(ParameterError, match="--epsilon"):
+        validate_budget(epsilon, 1e-5)
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5])
+def test_bad_delta_is_refused(delta):
+    with pytest.raises(ParameterError, match="--delta"):
+        validate_budget(1.0, delta)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])
+def test_bad_stats_fraction_is_refused(fraction):
+    with pytest.raises(ParameterError, match="stats-fraction"):
+        plan_budget(1.0, 1e-5, stat_names=STATS[:1], sample_rate=0.1, steps=10, stats_fraction=fraction)
