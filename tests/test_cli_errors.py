@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PARTY_ENV, PY, REPO, free_port, write_secret
+from testkit import PARTY_ENV, PY, REPO, free_port, write_secret
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARTY_ENV, PY, REPO, describe, free_port, start_process, wait_all
+from testkit import PARTY_ENV, PY, REPO, describe, free_port, start_process, wait_all
 
 pytestmark = pytest.mark.timeout(300)
 
