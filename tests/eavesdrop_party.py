@@ -193,9 +193,17 @@ def _share(session_like, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """One secure sum; returns the revealed total and the mask counter it used."""
     from fedsynth.secure_aggregation import SecureSum
 
-    summer = SecureSum(session_like)
-    counter = summer.calls  # SecureSum passes its call index to przs_mask
-    return summer.sum(x, noise_std=0.0, step="eavesdrop"), counter
+    used: list[int] = []
+    draw = session_like.next_mask_counter
+
+    def recording_counter() -> int:
+        used.append(draw())
+        return used[-1]
+
+    session_like.next_mask_counter = recording_counter
+    total = SecureSum(session_like).sum(x, noise_std=0.0, step="eavesdrop")
+    assert len(used) == 1, f"one secure sum drew {len(used)} mask counters"
+    return total, used[0]
 
 
 class _StockCrypTenSession:
@@ -209,6 +217,11 @@ class _StockCrypTenSession:
 
     def __init__(self, world: int):
         self.world_size = world
+        self._counter = 0
+
+    def next_mask_counter(self) -> int:
+        self._counter += 1
+        return self._counter - 1
 
     def step(self, name):
         return contextlib.nullcontext()
