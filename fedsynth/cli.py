@@ -354,6 +354,8 @@ def evaluate(synthetic, train_path, holdout, model_path, label_column, synthetic
                              synthetic_label_column=synthetic_label_column or label_column,
                              meta_columns=[c for c in meta_columns.split(",") if c], input_kind=input_kind,
                              model=model_path, overwrite=overwrite, seed=seed)
+    for warning in metrics["warnings"]:
+        click.echo(f"fedsynth evaluate: warning: {warning}", err=True)
     lr = metrics["utility"]["tstr"]["logreg"]
     real = metrics["utility"]["trtr"]["logreg"]
     click.echo(f"fedsynth evaluate: TSTR logreg accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f} "

@@ -1235,6 +1235,11 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     scale the model learns. The real data never leaves this function's
     machine. Returns the metrics.
 
+    Synthetic samples of a class that this site's real data (training and
+    holdout) lacks are left out of the scores, with a warning in
+    ``metrics["warnings"]``: a shared cohort may carry a rare subtype that
+    only other hospitals hold.
+
     Parameters beyond the files: ``model`` (model.pt, for its DP record),
     ``seed``, ``top_k`` (DE recovery; default 20, at most a fifth of the
     genes), ``title`` (report title), ``overwrite``.
@@ -1242,8 +1247,8 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     Raises
     ------
     InputError
-        Unreadable files; different genes or labels (the message names both
-        files); too few holdout records; existing outputs without
+        Unreadable files; different genes (the message names both files);
+        no synthetic sample of a class the real data has; too few holdout records; existing outputs without
         ``overwrite``.
     """
     from pathlib import Path
@@ -1263,8 +1268,20 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
         warnings.append(f"{holdout} lists the genes of {train} in another order; reordered to match")
     check_compatible(syn.genes, tr.genes, [], [], syn_name=str(synthetic), real_name=str(train))
     check_compatible(te.genes, tr.genes, [], [], syn_name=str(holdout), real_name=str(train))
-    # labels: the synthetic ones must occur in the real data (a rare class may
-    # be missing from a small holdout, which is fine)
+    # labels: a shared cohort may hold classes this site has not (a rare
+    # subtype elsewhere); score only the site's own classes and say so
+    real_classes = set(tr.labels.tolist()) | set(te.labels.tolist())
+    foreign = ~np.isin(syn.labels, sorted(real_classes))
+    if foreign.all():
+        raise InputError(f"{synthetic}: none of its {syn.n_samples} samples has a class of the real data "
+                         f"({train}, {holdout}: {_examples(sorted(real_classes))})")
+    if foreign.any():
+        dropped = Counter(syn.labels[foreign].tolist())
+        syn = syn.subset_samples(~foreign)
+        warnings.append(f"{synthetic}: scored {syn.n_samples} of {syn.n_samples + int(foreign.sum())} samples; "
+                        "dropped " + ", ".join(f"{n} of {c}" for c, n in sorted(dropped.items()))
+                        + " (class absent from this site's training and holdout data)")
+    # (a rare class may be missing from a small holdout, which is fine)
     warnings += check_compatible(syn.genes, tr.genes, syn.labels, np.r_[tr.labels, te.labels],
                                  syn_name=str(synthetic), real_name=f"the real data ({train}, {holdout})")
     gone = sorted(set(tr.labels.tolist()) - set(te.labels.tolist()))

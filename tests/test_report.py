@@ -203,14 +203,28 @@ def test_gene_mismatch_names_both_files(files, tmp_path):
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_label_mismatch_names_both_files(files, tmp_path):
+def test_synthetic_classes_the_site_lacks_are_left_out(files, report, tmp_path):
+    """A shared cohort may carry a class only other hospitals have: scored without it, with a warning."""
     d, _ = files
-    bad = _frame(50, 5, label="label", age=False, classes=("LumA", "Basal", "Unicorn"))
+    syn = pd.read_csv(d / "synthetic.csv")
+    extra = _frame(30, 5, label="label", age=False, classes=("Unicorn",))
+    pd.concat([syn, extra]).to_csv(tmp_path / "syn_extra.csv", index=False)
+    m = _eval(d, tmp_path / "syn_extra.csv", tmp_path)
+    assert m["n"]["synthetic"] == len(syn)
+    assert any("dropped 30 of Unicorn" in w and "syn_extra.csv" in w for w in m["warnings"]), m["warnings"]
+    ref = json.loads((d / "out" / "metrics.json").read_text())
+    assert m["utility"] == ref["utility"]
+
+
+def test_synthetic_without_any_real_class_names_both_files(files, tmp_path):
+    d, _ = files
+    bad = _frame(50, 5, label="label", age=False, classes=("Unicorn", "Griffin"))
     bad.to_csv(tmp_path / "syn_labels.csv", index=False)
     with pytest.raises(InputError) as e:
         _eval(d, tmp_path / "syn_labels.csv", tmp_path)
     msg = str(e.value)
-    assert "syn_labels.csv" in msg and "train.csv" in msg and "holdout.csv" in msg and "'Unicorn'" in msg
+    assert "syn_labels.csv" in msg and "train.csv" in msg and "holdout.csv" in msg and "'LumA'" in msg
+    assert not (tmp_path / "o" / "metrics.json").exists()
 
 
 def test_holdout_gene_mismatch_names_both_files(files, tmp_path):
@@ -229,7 +243,7 @@ def test_missing_synthetic_label_column_hints_at_option(files, tmp_path):
                        label_column="pam50", meta_columns=["age"], synthetic_label_column="pam50")
 
 
-def test_gene_order_is_fixed_with_a_warning(files, tmp_path):
+def test_gene_order_is_fixed_with_a_warning(files, report, tmp_path):
     d, _ = files
     syn = pd.read_csv(d / "synthetic.csv")
     syn[["sample_id", "label"] + GENES[::-1]].to_csv(tmp_path / "reversed.csv", index=False)

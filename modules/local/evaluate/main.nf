@@ -17,11 +17,10 @@ process EVALUATE {
     def args = task.ext.args ?: ''
     """
     export OMP_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus}
-    # the shared cohort may hold classes this site has not (a rare subtype):
-    # score only the classes of this site's own training and holdout data
-    fedsynth-restrict-labels ${synthetic} ${train} ${holdout} synthetic.site.h5ad
+    # a class of the shared cohort that this site lacks is left out of the
+    # scores (fedsynth evaluate says so in metrics.json's warnings)
     fedsynth evaluate \\
-        --synthetic synthetic.site.h5ad \\
+        --synthetic ${synthetic} \\
         --train ${train} \\
         --holdout ${holdout} \\
         --model ${model} \\
