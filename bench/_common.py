@@ -89,7 +89,26 @@ def git_state() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     return {"git_commit": git("rev-parse", "--short", "HEAD"),
-            "fedsynth_dirty": bool(git("status", "--porcelain", "--", "fedsynth"))}
+            "fedsynth_dirty": bool(git("status", "--porcelain", "--", "fedsynth")),
+            "code_hash": code_hash()}
+
+
+#: The modules whose code decides a simulate run's model and scores (not the report/attack modules).
+ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluate.py", "io.py", "model.py", "preprocess.py",
+                   "secure_aggregation.py", "session.py", "simulate.py", "synthesize.py", "train.py",
+                   "_crypten_compat.py")
+
+
+def code_hash() -> str:
+    """SHA-256 (12 hex) over fedsynth's algorithm modules as they are on disk now."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ALGORITHM_FILES:
+        f = REPO / "fedsynth" / name
+        h.update(name.encode())
+        h.update(f.read_bytes() if f.is_file() else b"-")
+    return h.hexdigest()[:12]
 
 
 def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: str = "") -> dict:
@@ -102,7 +121,9 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
     cmd = [FEDSYNTH, "simulate", *map(str, args), "--outdir", outdir, "--overwrite"]
     line = shell(cmd)
     stamp = outdir / "command.txt"
-    if not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == line:
+    # a cached run is reused only if the command and fedsynth's algorithm code are unchanged
+    key = f"{line}\n# fedsynth code {code_hash()}"
+    if not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key:
         run = json.loads((outdir / "run.json").read_text())
         run["_cached"] = True
         run["_command"] = line
@@ -111,6 +132,7 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
         return run
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "run.json").unlink(missing_ok=True)
+    code_before = code_hash()
     t0 = time.monotonic()
     with open(outdir / "simulate.log", "w") as logf:
         proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env1(), stdout=logf,
@@ -119,7 +141,10 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
     if proc.returncode != 0:
         tail = (outdir / "simulate.log").read_text().splitlines()[-15:]
         raise RuntimeError(f"simulate failed ({proc.returncode}): {line}\n" + "\n".join(tail))
-    stamp.write_text(line + "\n")
+    if code_hash() != code_before:
+        print("    NOTE: fedsynth's code changed while this run was going; it will be re-run next time")
+        key = f"{line}\n# fedsynth code changed during the run"
+    stamp.write_text(key + "\n")
     (outdir / "git.json").write_text(json.dumps(git_state()) + "\n")
     run = json.loads((outdir / "run.json").read_text())
     run["_cached"] = False
@@ -238,3 +263,13 @@ def wait_for_quiet(threshold: float = 1.5, max_wait: float = 0.0) -> None:
         print(f"  waiting for a quieter machine: load average {os.getloadavg()[0]:.1f} "
               f"(threshold {threshold}) ...", flush=True)
         time.sleep(20)
+
+
+def code_consistency(gits: list) -> str:
+    """One line saying whether all runs used the same fedsynth code."""
+    hashes = sorted({(g or {}).get("code_hash") or "?" for g in gits})
+    commits = sorted({(g or {}).get("git_commit") or "?" for g in gits})
+    if len(hashes) == 1:
+        return f"all {len(gits)} runs on the same fedsynth code (hash {hashes[0]}; commit(s) {', '.join(commits)})"
+    return (f"WARNING: runs used {len(hashes)} different versions of fedsynth's code ({', '.join(hashes)}); "
+            "re-run without --fresh to redo the stale ones")

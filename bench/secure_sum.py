@@ -154,6 +154,51 @@ def worker(a) -> None:
          "crypten_comm": comm_stats, "secure_sum_calls": agg.calls}))
 
 
+# ------------------------------------------------------- component profile
+def profile_components(sizes: list[int], reps: int = 3) -> dict:
+    """Single-process cost of each local step of SecureSum.sum (no communication), ms median.
+
+    Uses an unopened Session with random pairwise keys for ``przs_mask``
+    (the same code path as in a session; the keys just are not agreed).
+    """
+    import torch
+
+    from fedsynth import _crypten_compat
+    from fedsynth.secure_aggregation import csprng_normal
+    from fedsynth.session import Session
+
+    _crypten_compat.import_crypten()
+    from crypten.encoder import FixedPointEncoder
+
+    torch.set_num_threads(1)
+    s = Session(0, 3, "tcp://127.0.0.1:1", os.urandom(32))
+    s.pair_keys = {1: os.urandom(32), 2: os.urandom(32)}
+    enc = FixedPointEncoder(precision_bits=_crypten_compat.PRECISION_BITS)
+
+    def med(f):
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts) * 1e3
+
+    out = {}
+    for n in sizes:
+        x = torch.randn(n, dtype=torch.float64)
+        e = enc.encode(x)
+        out[str(n)] = {
+            "copy + range check": med(lambda: float(x.detach().to(torch.float64).reshape(-1).clone().abs().max())),
+            "noise share (csprng_normal)": med(lambda: csprng_normal(n, 1.0)),
+            "fixed-point encode": med(lambda: enc.encode(x)),
+            "PRZS mask (2 ChaCha20 streams)": med(lambda: s.przs_mask(n, 0)),
+            "decode": med(lambda: enc.decode(e)),
+        }
+        print(f"  component profile n={n:,}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in out[str(n)].items()),
+              flush=True)
+    return out
+
+
 # ----------------------------------------------------------------- driver
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -219,6 +264,9 @@ def main() -> None:
         f.unlink()
     work.rmdir()
 
+    print("single-process profile of SecureSum.sum's local steps ...", flush=True)
+    components = profile_components(sizes, reps=3)
+
     # set-up: a session is ready when its slowest rank is
     setup_rows = []
     for i in range(a.setup_reps):
@@ -261,7 +309,12 @@ def main() -> None:
           f"{stable}\n\n(first set-up: the parties were released within "
           f"{setup_rows[0]['start_lag'] * 1e3:.0f} ms of each other; worker import of torch+CrypTen+fedsynth, "
           f"not counted: {statistics.median(r['import_s'] for r in res):.1f} s)\n")
-    out = {"machine": info, "parties": a.parties, "sizes": sizes, "reps": {str(n): len(res[0]["results"][str(n)]["times"]["plain"]) for n in sizes}, "setup_reps": a.setup_reps,
+    comp_names = list(next(iter(components.values())))
+    ctable = c.md_table(["local step (1 process, no communication)"] + [f"{n:,} values, ms" for n in sizes],
+                        [[k] + [f"{components[str(n)][k]:.1f}" for n in sizes] for k in comp_names])
+    md += (f"\nWhere a secure sum's time goes (median of 3, one process; in the 3-party runs above the 3 "
+           f"parties share 2 cores):\n\n{ctable}\n")
+    out = {"machine": info, "parties": a.parties, "components_ms": components, "sizes": sizes, "reps": {str(n): len(res[0]["results"][str(n)]["times"]["plain"]) for n in sizes}, "setup_reps": a.setup_reps,
            "dp_sgd_gradient_values": grad_n,
            "load_avg_at_end": os.getloadavg(), "setup_ms_slowest_rank": setup_rows, "setup": setup,
            "sums_seconds_slowest_rank": sums, "workers": res,

@@ -242,7 +242,9 @@ def main() -> None:
           f"Wall s (training) is simulate's wall_seconds.training: from starting the site processes to the last "
           f"exit, so mostly 1-3 Python processes importing torch/Opacus/CrypTen on 2 shared cores; the last column "
           f"is the slowest site's own phases (site_wall_seconds). 1-min load average at start "
-          f"{info['load_avg_at_start'][0]:.1f} (other engineers' test runs shared the 2 cores).\n")
+          f"{info['load_avg_at_start'][0]:.1f} (other engineers' test runs shared the 2 cores).\n\n"
+          + c.code_consistency([r[k].get("git") for r in per_seed
+                                for k in ("federated", "centralised", "centralised_matched", "local")]) + ".\n")
     out = {"machine": info, "load_avg_at_end": __import__("os").getloadavg(), "epsilon": a.epsilon,
            "seeds": seeds, "sites": top3, "rows": rows, "per_seed": per_seed, "reference": REFERENCE,
            "commands": cmds}
