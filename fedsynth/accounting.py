@@ -26,6 +26,7 @@ A plan that cannot meet the target (or needs absurd noise) raises
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -191,3 +192,106 @@ def plan_budget(
     if spent > epsilon * (1 + 1e-9):
         raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
     return plan
+
+
+def plan_one_shot(epsilon: float, delta: float, weights: dict[str, float]) -> PrivacyLedger:
+    """Calibrate one-shot Gaussian releases that share ``epsilon`` by ``weights``.
+
+    For generators built from a few noisy sums (no DP-SGD). Release ``j``
+    gets noise multiplier ``z_j = z_0 / sqrt(w_j)``: a Gaussian mechanism's
+    Renyi divergence at order ``alpha`` is ``alpha / (2 z_j^2)``, so
+    release ``j`` uses the share ``w_j / sum_i w_i`` of the composed RDP
+    curve. ``z_0`` is the smallest multiplier whose composition (in the one
+    Opacus RDP accountant, :func:`compose`) stays within ``epsilon`` at
+    ``delta``.
+
+    Parameters
+    ----------
+    weights
+        Release name -> positive weight (its share of the budget).
+
+    Returns
+    -------
+    PrivacyLedger
+        One :class:`Mechanism` per release, ``(z_j, q=1, T=1)``; the run
+        must release exactly these.
+
+    Raises
+    ------
+    BudgetError
+        If any ``z_j`` would exceed :data:`MAX_NOISE_MULTIPLIER`.
+    """
+    validate_budget(epsilon, delta)
+    if not weights or any(not w > 0 for w in weights.values()):
+        raise ParameterError(f"budget split weights must be > 0 (got {weights})")
+
+    def mechs(z0):
+        return [Mechanism(name, z0 / w**0.5) for name, w in weights.items()]
+
+    z0 = _smallest_multiplier(lambda z: compose(mechs(z), delta), epsilon, lo=1e-3,
+                              hi=MAX_NOISE_MULTIPLIER * min(weights.values()) ** 0.5 * 1.01)
+    worst = max(z0 / w**0.5 for w in weights.values()) if math.isfinite(z0) else math.inf
+    if worst > MAX_NOISE_MULTIPLIER:
+        raise BudgetError(
+            f"epsilon {epsilon:g} cannot be met for {len(weights)} releases without a noise multiplier "
+            f"above {MAX_NOISE_MULTIPLIER:g}; raise --epsilon"
+        )
+    led = PrivacyLedger(epsilon, delta, mechs(z0))
+    spent = led.spent()
+    if spent > epsilon * (1 + 1e-9):
+        raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
+    return led
+
+
+def plan_release_split(epsilon: float, delta: float, weights: dict[str, float]) -> dict[str, float]:
+    """Noise multipliers for one-shot releases sharing ``epsilon`` in given proportions.
+
+    A one-shot Gaussian release with noise multiplier ``z`` (noise
+    ``z * Delta``) has Renyi-DP ``eps(alpha) = alpha / (2 z^2)``, i.e. zCDP
+    ``rho = 1 / (2 z^2)``. Release ``i`` gets the share ``w_i / sum_j w_j`` of
+    the total ``rho``:
+
+    .. math::
+
+        z_i = \\frac{c}{\\sqrt{w_i}}, \\qquad
+        \\sum_i \\frac{1}{2 z_i^2} = \\frac{\\sum_i w_i}{2 c^2},
+
+    and ``c`` is the smallest scale whose composition (in the one Opacus RDP
+    accountant, :func:`compose`) stays within ``epsilon`` at ``delta``. Called
+    before any data is touched; raises :class:`BudgetError` when the noise
+    needed exceeds :data:`MAX_NOISE_MULTIPLIER`.
+
+    Parameters
+    ----------
+    weights
+        Release name -> positive weight (its share of the privacy loss).
+
+    Returns
+    -------
+    dict
+        Release name -> noise multiplier ``z_i`` (relative to its sensitivity).
+    """
+    validate_budget(epsilon, delta)
+    if not weights:
+        return {}
+    for name, w in weights.items():
+        if not (w > 0 and math.isfinite(w)):
+            raise ParameterError(f"budget share of {name!r} must be > 0 (got {w})")
+    names = list(weights)
+
+    def cost(c):
+        return compose([Mechanism(n, c / math.sqrt(weights[n])) for n in names], delta)
+
+    hi = MAX_NOISE_MULTIPLIER * math.sqrt(min(weights.values())) * 1.01
+    c = _smallest_multiplier(cost, epsilon, lo=1e-3, hi=hi)
+    z = {n: c / math.sqrt(weights[n]) for n in names}
+    worst = max(z.values())
+    if not math.isfinite(worst) or worst > MAX_NOISE_MULTIPLIER:
+        raise BudgetError(
+            f"epsilon {epsilon:g} cannot be met for {len(names)} releases without a noise multiplier "
+            f"above {MAX_NOISE_MULTIPLIER:g}; raise --epsilon"
+        )
+    spent = compose([Mechanism(n, z[n]) for n in names], delta)
+    if spent > epsilon * (1 + 1e-9):
+        raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
+    return z
