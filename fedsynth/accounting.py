@@ -194,55 +194,6 @@ def plan_budget(
     return plan
 
 
-def plan_one_shot(epsilon: float, delta: float, weights: dict[str, float]) -> PrivacyLedger:
-    """Calibrate one-shot Gaussian releases that share ``epsilon`` by ``weights``.
-
-    For generators built from a few noisy sums (no DP-SGD). Release ``j``
-    gets noise multiplier ``z_j = z_0 / sqrt(w_j)``: a Gaussian mechanism's
-    Renyi divergence at order ``alpha`` is ``alpha / (2 z_j^2)``, so
-    release ``j`` uses the share ``w_j / sum_i w_i`` of the composed RDP
-    curve. ``z_0`` is the smallest multiplier whose composition (in the one
-    Opacus RDP accountant, :func:`compose`) stays within ``epsilon`` at
-    ``delta``.
-
-    Parameters
-    ----------
-    weights
-        Release name -> positive weight (its share of the budget).
-
-    Returns
-    -------
-    PrivacyLedger
-        One :class:`Mechanism` per release, ``(z_j, q=1, T=1)``; the run
-        must release exactly these.
-
-    Raises
-    ------
-    BudgetError
-        If any ``z_j`` would exceed :data:`MAX_NOISE_MULTIPLIER`.
-    """
-    validate_budget(epsilon, delta)
-    if not weights or any(not w > 0 for w in weights.values()):
-        raise ParameterError(f"budget split weights must be > 0 (got {weights})")
-
-    def mechs(z0):
-        return [Mechanism(name, z0 / w**0.5) for name, w in weights.items()]
-
-    z0 = _smallest_multiplier(lambda z: compose(mechs(z), delta), epsilon, lo=1e-3,
-                              hi=MAX_NOISE_MULTIPLIER * min(weights.values()) ** 0.5 * 1.01)
-    worst = max(z0 / w**0.5 for w in weights.values()) if math.isfinite(z0) else math.inf
-    if worst > MAX_NOISE_MULTIPLIER:
-        raise BudgetError(
-            f"epsilon {epsilon:g} cannot be met for {len(weights)} releases without a noise multiplier "
-            f"above {MAX_NOISE_MULTIPLIER:g}; raise --epsilon"
-        )
-    led = PrivacyLedger(epsilon, delta, mechs(z0))
-    spent = led.spent()
-    if spent > epsilon * (1 + 1e-9):
-        raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
-    return led
-
-
 def plan_release_split(epsilon: float, delta: float, weights: dict[str, float]) -> dict[str, float]:
     """Noise multipliers for one-shot releases sharing ``epsilon`` in given proportions.
 
