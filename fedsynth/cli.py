@@ -80,7 +80,14 @@ def data_options(fn):
 
 def train_options(fn):
     """Training and privacy options shared by train and simulate."""
+    from .generators import HELP as GENERATOR_HELP
+
     opts = [
+        click.option("--generator", default="cvae", show_default=True, metavar="cvae|gaussian|pgm",
+                     help=GENERATOR_HELP + " Every generator spends the same --epsilon in one accountant."),
+        click.option("--components", type=int, default=4, show_default=True,
+                     help="gaussian: principal components r of the within-class covariance "
+                          "(low rank + diagonal; 0: diagonal only)."),
         click.option("--epsilon", type=float, default=1.0, show_default=True,
                      help="Total privacy budget epsilon for everything the run reveals."),
         click.option("--delta", type=float, default=1e-5, show_default=True, help="Privacy parameter delta (< 1/N)."),
@@ -120,7 +127,7 @@ def _train_config(kw):
         epsilon=kw["epsilon"], delta=kw["delta"], no_dp=kw["no_dp"], max_colluders=kw["max_colluders"],
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], clip=kw["clip"],
         latent_dim=kw["latent_dim"], hidden_dim=kw["hidden_dim"], stats_fraction=kw["stats_fraction"],
-        genes=kw["genes"], seed=kw["seed"],
+        genes=kw["genes"], seed=kw["seed"], generator=kw["generator"], components=kw["components"],
         classes=tuple(c.strip() for c in kw["classes"].split(",") if c.strip()) if kw.get("classes") else None,
     )
 
@@ -159,8 +166,9 @@ def prepare_outdir(outdir, names, overwrite):
 def main():
     """fedsynth: federated, differentially private synthetic RNA-seq.
 
-    Sites (hospitals) train one conditional VAE together over an authenticated
-    CrypTen session: only noisy sums over all sites are ever revealed, and the
+    Sites (hospitals) fit one generator together (--generator: a conditional
+    VAE, a class-conditional Gaussian, ...) over an authenticated CrypTen
+    session: only noisy sums over all sites are ever revealed, and the
     released model and its samples are (epsilon, delta)-DP for every patient.
 
     \b
@@ -244,7 +252,7 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
     from .io import atomic_write_json
     from .model import save_model
     from .session import Session, announce_failure, parse_rendezvous, read_secret
-    from .train import train_site
+    from .generators import train as train_site
 
     site_name = site_name or f"site{rank}"
     os.environ["FEDSYNTH_SITE"] = site_name
@@ -273,6 +281,10 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
     timings["total"] = time.monotonic() - t0
     run = {
         "command": "train",
+        "generator": result.meta.get("generator", "cvae"),
+        "generator_params": result.meta.get("generator_params"),
+        "budget_split": [{"name": m["name"], "noise_multiplier": m["noise_multiplier"]}
+                         for m in result.meta["dp"].get("mechanisms", [])],
         "site": site_name,
         "rank": rank,
         "epsilon": dp["epsilon"],
@@ -394,6 +406,9 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
     from .simulate import run_simulation
 
     setup_logging("simulate")
+    from .generators import module as generator_module
+
+    generator_module(kw["generator"])  # unknown or not installed: one line, before any process starts
     if not kw["label_column"] and not kw["labels_file"]:
         raise click.UsageError("give --label-column or --labels-file")
     read_kw = {"label_column": kw.pop("label_column"), "labels_file": kw.pop("labels_file"),

@@ -84,12 +84,17 @@ class CVAE(nn.Module):
         return mean + sd * torch.randn(mean.shape, generator=generator)
 
 
-def save_model(path, *, model: CVAE, meta: dict) -> None:
-    """Write the model file atomically (weights + sampling info + DP record)."""
+def save_model(path, *, model, meta: dict) -> None:
+    """Write the model file atomically (weights + sampling info + DP record).
+
+    ``model`` is any generator's model (``.cfg`` dataclass, ``.state_dict()``
+    of tensors); ``meta["generator"]`` names the generator (default cvae).
+    """
     from .io import atomic_path
 
     blob = {
         "format": MODEL_FORMAT,
+        "generator": meta.get("generator", "cvae"),
         "config": asdict(model.cfg),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         **meta,
@@ -98,8 +103,12 @@ def save_model(path, *, model: CVAE, meta: dict) -> None:
         torch.save(blob, tmp)
 
 
-def load_model(path) -> tuple[CVAE, dict]:
-    """Read a model file; InputError if it is not a fedsynth model."""
+def load_model(path) -> tuple[object, dict]:
+    """Read a model file; InputError if it is not a fedsynth model.
+
+    Returns the generator's model (a :class:`CVAE` for ``cvae``; see
+    :mod:`fedsynth.generators`) and the file's content.
+    """
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -108,7 +117,6 @@ def load_model(path) -> tuple[CVAE, dict]:
         raise InputError(f"{path}: not a readable fedsynth model ({str(e).splitlines()[0][:120]})") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise InputError(f"{path}: not a fedsynth model file (expected format {MODEL_FORMAT})")
-    model = CVAE(CVAEConfig(**blob["config"]))
-    model.load_state_dict(blob["state_dict"])
-    model.eval()
-    return model, blob
+    from .generators import load
+
+    return load(blob, path), blob

@@ -193,7 +193,8 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
                 expr, lab, _ = synthesize(od / "model.pt", n_syn, seed=split_seed)
                 local[name] = {"n": site_n[i], "evaluation": evaluate(expr, lab)}
             timings["training"] = time.monotonic() - t1
-            run = {"command": "simulate", "mode": "local-only", "epsilon": train_kw["epsilon"],
+            run = {"command": "simulate", "mode": "local-only", "generator": train_kw.get("generator", "cvae"),
+                   "epsilon": train_kw["epsilon"],
                    "delta": train_kw["delta"], "private": not train_kw["no_dp"],
                    "sites": [{"name": n, "n": c} for n, c in zip(names, site_n)], "local": local,
                    "wall_seconds": {k: round(v, 3) for k, v in timings.items()}}
@@ -221,6 +222,10 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
         run = {
             "command": "simulate",
             "mode": "centralised" if len(parts) == 1 else "federated",
+            "generator": site_runs[0].get("generator", "cvae"),
+            "generator_params": site_runs[0].get("generator_params"),
+            "budget_split": [{"name": m["name"], "noise_multiplier": m["noise_multiplier"]}
+                             for m in dp.get("mechanisms", [])],
             "epsilon": dp["epsilon"],
             "epsilon_spent": dp["epsilon_spent"],
             "delta": dp["delta"],
@@ -244,7 +249,7 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
 def _train_args(kw: dict, input_kind: str) -> list[str]:
     """The `fedsynth train` options that carry the simulate command's settings."""
     args = ["--input-kind", input_kind]
-    for key in ("epsilon", "delta", "max_colluders", "epochs", "batch_size", "lr", "clip", "latent_dim",
+    for key in ("generator", "components", "epsilon", "delta", "max_colluders", "epochs", "batch_size", "lr", "clip", "latent_dim",
                 "hidden_dim", "stats_fraction", "genes", "classes", "seed", "step_timeout", "rendezvous_timeout"):
         if kw.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(kw[key])]

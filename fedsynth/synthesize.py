@@ -5,9 +5,11 @@ For ``n`` samples with class proportions ``pi`` (the model's DP estimate,
 or the user's):
 
 * labels ``y ~ Categorical(pi)`` (exact counts by largest remainder),
-* log-expression ``x = l + a_y + f(z, y) + exp(v(y)/2) * e``, ``z, e ~ N(0, I)``:
+* log-expression from the model's generator (:mod:`fedsynth.generators`);
+  for the CVAE ``x = l + a_y + f(z, y) + exp(v(y)/2) * e``, ``z, e ~ N(0, I)``:
   the DP mean level ``l``, the DP class anchor ``a_y`` and the CVAE's
-  residual (see :mod:`fedsynth.train`);
+  residual (see :mod:`fedsynth.train`); for the Gaussian
+  ``x = A (mu_y + W z + Psi^{1/2} e)`` (see :mod:`fedsynth.gaussian`);
 * for a model trained on counts, library sizes ``L ~ LogNormal(m, s)`` from
   the DP library-size statistics and counts ``~ Poisson(L * expm1(x) / 1e6)``,
   the inverse of the log1p-CPM normalisation.
@@ -20,6 +22,7 @@ import pandas as pd
 import torch
 
 from .errors import ParameterError
+from .generators import sample
 from .model import load_model
 
 
@@ -76,10 +79,7 @@ def synthesize(model_path, n: int, *, class_proportions: str | None = None, seed
     gen = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=gen).numpy()
     y = y[perm]
-    onehot = torch.nn.functional.one_hot(torch.tensor(y), len(classes)).float()
-    u = model.sample(onehot, gen).double().numpy()
-    st = meta["statistics"]
-    x = np.asarray(st["class_anchors"])[y] + u + st["mean_level"]
+    x = sample(model, meta, y, gen, int(seed))
     if meta["input_kind"] == "counts":
         rng = np.random.default_rng(int(seed))
         lib = meta["statistics"]["log_library_size"]

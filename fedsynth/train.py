@@ -69,8 +69,17 @@ class TrainConfig:
     genes: str = "strict"
     classes: tuple[str, ...] | None = None
     seed: int | None = None
+    #: which generator to fit (:mod:`fedsynth.generators`): cvae, gaussian or pgm
+    generator: str = "cvae"
+    #: gaussian: number of principal components of the within-class covariance
+    components: int = 4
 
     def validate(self) -> None:
+        from .generators import check_name
+
+        check_name(self.generator)
+        if self.components < 0:
+            raise ParameterError(f"--components must be >= 0 (got {self.components})")
         if not self.no_dp:
             validate_budget(self.epsilon, self.delta)
         for name in ("epochs", "batch_size", "latent_dim", "hidden_dim"):
