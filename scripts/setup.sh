@@ -10,7 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 PYTHON="${PYTHON:-python3}"
 stamp=".venv/.fedsynth-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+# the checkout's path is part of the stamp: the editable install points here
+want="$({ cat pyproject.toml scripts/setup.sh; echo "$root"; } | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   python_ready=1
 fi
