@@ -88,6 +88,18 @@ def train_options(fn):
         click.option("--components", type=int, default=4, show_default=True,
                      help="gaussian: principal components r of the within-class covariance "
                           "(low rank + diagonal; 0: diagonal only)."),
+        click.option("--pgm-bins", type=int, default=4, show_default=True,
+                     help="pgm: bins per gene (DP quantile bins, 2..16)."),
+        click.option("--pgm-fine-bins", type=int, default=32, show_default=True,
+                     help="pgm: cells of the public-range histogram the DP bin edges come from."),
+        click.option("--pgm-range", default=None, metavar="LO,HI",
+                     help="pgm: public value range of the genes (default: 0,20 for log input, 0,14 for counts)."),
+        click.option("--pgm-iters", type=int, default=1000, show_default=True,
+                     help="pgm: mirror-descent iterations of the Private-PGM fit."),
+        click.option("--pgm-tree", type=click.Choice(["mst", "none"]), default="mst", show_default=True,
+                     help="pgm: also release gene-pair marginals on a spanning tree (mst), or only label x gene."),
+        click.option("--pgm-split", default="0.15,0.6,0.25", show_default=True, metavar="EDGES,MARGINALS,PAIRS",
+                     help="pgm: relative shares of epsilon for the bin edges, label x gene and gene-pair releases."),
         click.option("--epsilon", type=float, default=1.0, show_default=True,
                      help="Total privacy budget epsilon for everything the run reveals."),
         click.option("--delta", type=float, default=1e-5, show_default=True, help="Privacy parameter delta (< 1/N)."),
@@ -128,8 +140,16 @@ def _train_config(kw):
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], clip=kw["clip"],
         latent_dim=kw["latent_dim"], hidden_dim=kw["hidden_dim"], stats_fraction=kw["stats_fraction"],
         genes=kw["genes"], seed=kw["seed"], generator=kw["generator"], components=kw["components"],
+        **_pgm_config(kw),
         classes=tuple(c.strip() for c in kw["classes"].split(",") if c.strip()) if kw.get("classes") else None,
     )
+
+
+def _pgm_config(kw) -> dict:
+    from .pgm import parse_range, parse_split
+
+    return {"pgm_bins": kw["pgm_bins"], "pgm_fine_bins": kw["pgm_fine_bins"], "pgm_range": parse_range(kw["pgm_range"]),
+            "pgm_iters": kw["pgm_iters"], "pgm_tree": kw["pgm_tree"] != "none", "pgm_split": parse_split(kw["pgm_split"])}
 
 
 def load_cohort(path, kw, *, min_samples=2):
@@ -409,6 +429,11 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
     from .generators import module as generator_module
 
     generator_module(kw["generator"])  # unknown or not installed: one line, before any process starts
+    _train_config(kw).validate()
+    if kw["generator"] == "pgm":  # bad --pgm-* values: one line, before any process starts
+        from .pgm import config_from
+
+        config_from(_train_config(kw)).validate()
     if not kw["label_column"] and not kw["labels_file"]:
         raise click.UsageError("give --label-column or --labels-file")
     read_kw = {"label_column": kw.pop("label_column"), "labels_file": kw.pop("labels_file"),

@@ -73,6 +73,15 @@ class TrainConfig:
     generator: str = "cvae"
     #: gaussian: number of principal components of the within-class covariance
     components: int = 4
+    #: pgm: bins per gene, fine histogram cells, public value range (None: by input kind),
+    #: mirror-descent iterations, gene-pair tree, budget shares (edges, label x gene, pairs);
+    #: see :class:`fedsynth.pgm.PGMConfig`
+    pgm_bins: int = 4
+    pgm_fine_bins: int = 32
+    pgm_range: tuple[float, float] | None = None
+    pgm_iters: int = 1000
+    pgm_tree: bool = True
+    pgm_split: tuple[float, float, float] = (0.15, 0.6, 0.25)
 
     def validate(self) -> None:
         from .generators import check_name
@@ -92,6 +101,10 @@ class TrainConfig:
             raise ParameterError(f"--max-colluders must be >= 0 (got {self.max_colluders})")
         if self.genes not in ("strict", "intersect"):
             raise ParameterError(f"--genes must be strict or intersect (got {self.genes})")
+        if self.generator == "pgm":
+            from .pgm import config_from
+
+            config_from(self).validate()
 
 
 @dataclass

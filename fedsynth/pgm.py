@@ -1,0 +1,671 @@
+"""Private-PGM over secure sums (``--generator pgm``).
+
+Every statistic this generator releases is a contingency table, i.e. a sum
+of one-hot records, so each site computes its own table and the sites add
+them with :class:`~fedsynth.secure_aggregation.SecureSum` plus Gaussian
+noise; the tables are fitted with Private-PGM (the ``mbi`` package) and the
+fitted graphical model is sampled. With ``G`` genes, ``C`` classes and
+``b`` bins per gene, a run makes three releases:
+
+1. **Bin edges.** Each gene ``g`` is histogrammed over a public range
+   ``[lo, hi]`` in ``m`` equal cells (values outside are clipped into the end
+   cells): ``H[g, j] = #{records with x_g in cell j}``. A record adds one to
+   each of the ``G`` histograms, so the L2 sensitivity is ``sqrt(G)`` and the
+   release is ``H + N(0, (z_1 sqrt(G))^2 I)``. The noisy CDF at the cell
+   boundary ``t_j = lo + j (hi - lo) / m`` is the minimum-variance mix of the
+   prefix sum (variance ``j s^2``) and ``n`` minus the suffix sum (variance
+   ``(m - j) s^2``),
+
+   .. math::
+
+       \\hat F_j = \\frac{m - j}{m} \\sum_{i<j} \\tilde H_i
+                 + \\frac{j}{m} \\Big(n - \\sum_{i \\ge j} \\tilde H_i\\Big),
+
+   made monotone by isotonic regression and clipped to ``[0, n]``. Its
+   quantiles at the levels ``k / (2b)`` give the ``b - 1`` edges (even
+   ``k``) and each bin's median (odd ``k``), by linear interpolation.
+2. **Label x gene marginals.** For every gene the ``C x b`` table
+   ``M_g[c, k] = #{y = c, bin_g(x) = k}``; again one record adds one to each
+   of ``G`` tables: sensitivity ``sqrt(G)``, noise ``z_2 sqrt(G)``.
+3. **Gene pairs on a tree.** A spanning tree ``T`` over the genes is chosen
+   from release 2 alone (post-processing, no budget): genes whose noisy
+   class-conditional mean bins ``mu_g(c) = sum_k k M_g[c, k] / sum_k M_g[c, k]``
+   move together across classes (largest ``|cos|`` of the class-weighted,
+   centred vectors) are joined, as a maximum spanning tree, as MST does with
+   its own measured pairs. Then for each of the ``G - 1`` edges the ``b x b``
+   table of the two genes' bins is released: sensitivity ``sqrt(G - 1)``,
+   noise ``z_3 sqrt(G - 1)``.
+
+The multipliers ``z_i`` come from
+:func:`fedsynth.accounting.plan_release_split` before any data is touched
+(shares of the privacy loss ``rho_i = 1 / (2 z_i^2)`` in the proportions of
+``--pgm-split``) and are composed in the one RDP accountant. For counts
+input, the log library size mean and spread are released as for the CVAE.
+
+**Fit.** Private-PGM's mirror descent finds the graphical model ``p`` over
+``(y, bin_1, ..., bin_G)`` minimising
+``sum_r ||M_r(p) - \\tilde M_r||^2 / sigma_r^2`` over the marginal polytope
+(total ``N``, public). Its cliques are ``{y, g}`` and ``{g_i, g_j}`` for the
+tree edges, so the model is a "cone" over ``T``: given ``y`` and the parent
+``g_p`` of ``g_c``, ``g_c`` is independent of every gene outside its subtree.
+
+**Sampling** (:func:`sample`) is therefore exact ancestral sampling from the
+fitted clique marginals ``P(y, g_p, g_c)``: ``y ~ P(y)`` (or the user's
+proportions), the root gene from ``P(g_r | y)``, then each gene from
+``P(g_c | y, g_p)`` in breadth-first order, with a seeded numpy generator
+(``mbi``'s own ``synthetic_data`` draws from numpy's global state and cannot
+fix the labels). A bin maps back to an expression value uniformly within its
+DP edges; the end bins are bounded symmetrically around their DP median,
+``[2 m_0 - e_1, e_1]`` and ``[e_{b-1}, 2 m_{b-1} - e_{b-1}]``, within ``[lo, hi]``.
+
+Everything here after the releases is post-processing: it costs no privacy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ParameterError
+
+log = logging.getLogger("fedsynth")
+
+#: Public value range per input kind (log-scale expression, clipped into it).
+#: ``log``: log2-type expression (TPM/FPKM/RSEM, microarray) lies in [0, 20];
+#: ``counts``: log1p(CPM) lies in [0, log1p(1e6)] < 14.
+PUBLIC_RANGE = {"log": (0.0, 20.0), "counts": (0.0, 14.0)}
+
+#: Share of the privacy loss for the counts-only library-size releases.
+LIBSIZE_SHARE = 0.05
+
+RELEASES = ("bin edges", "label x gene marginals", "gene pair marginals")
+
+
+@dataclass
+class PGMConfig:
+    """Parameters of the ``pgm`` generator (``--pgm-*`` options).
+
+    Attributes
+    ----------
+    bins
+        ``b``: bins per gene (2..16).
+    fine_bins
+        ``m``: cells of the public-range histogram the edges come from.
+    value_range
+        ``(lo, hi)``; ``None`` uses :data:`PUBLIC_RANGE` of the input kind.
+    iters
+        Mirror-descent iterations of the Private-PGM fit.
+    tree
+        Release the gene-pair marginals on a spanning tree (else only label x gene).
+    split
+        Relative shares of the privacy loss for the three releases
+        (edges, label x gene, pairs).
+    """
+
+    bins: int = 4
+    fine_bins: int = 32
+    value_range: tuple[float, float] | None = None
+    iters: int = 1000
+    tree: bool = True
+    split: tuple[float, float, float] = (0.15, 0.6, 0.25)
+
+    def validate(self) -> None:
+        if not 2 <= self.bins <= 16:
+            raise ParameterError(f"--pgm-bins must be in 2..16 (got {self.bins})")
+        if not 2 * self.bins <= self.fine_bins <= 4096:
+            raise ParameterError(f"--pgm-fine-bins must be in {2 * self.bins}..4096 for {self.bins} bins "
+                                 f"(got {self.fine_bins})")
+        if self.iters < 1:
+            raise ParameterError(f"--pgm-iters must be >= 1 (got {self.iters})")
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ParameterError(f"--pgm-range must be LO,HI with finite LO < HI (got {lo:g},{hi:g})")
+        if len(self.split) != 3 or not all(math.isfinite(s) and s >= 0 for s in self.split):
+            raise ParameterError(f"--pgm-split must be three shares >= 0 (got {','.join(map(str, self.split))})")
+        if self.split[0] <= 0 or self.split[1] <= 0 or (self.tree and self.split[2] <= 0):
+            raise ParameterError("--pgm-split: the edges and label x gene shares (and the pairs share, "
+                                 f"unless --pgm-tree none) must be > 0 (got {','.join(map(str, self.split))})")
+
+    def range_for(self, input_kind: str) -> tuple[float, float]:
+        return tuple(self.value_range) if self.value_range is not None else PUBLIC_RANGE[input_kind]
+
+
+def parse_range(text: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` -> ``(lo, hi)``; one-line error naming ``--pgm-range``."""
+    if text in (None, ""):
+        return None
+    parts = str(text).split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ParameterError(f"--pgm-range must be LO,HI (two numbers; got {text!r})") from None
+    return lo, hi
+
+
+def parse_split(text) -> tuple[float, float, float]:
+    """``"0.15,0.6,0.25"`` -> shares; one-line error naming ``--pgm-split``."""
+    if isinstance(text, (tuple, list)):
+        parts = list(text)
+    else:
+        parts = str(text).split(",")
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ParameterError(f"--pgm-split must be EDGES,MARGINALS,PAIRS (three numbers; got {text!r})") from None
+    if len(vals) != 3:
+        raise ParameterError(f"--pgm-split must be EDGES,MARGINALS,PAIRS (three numbers; got {text!r})")
+    return vals
+
+
+# ------------------------------------------------------------ local tables
+def fine_histograms(X: np.ndarray, lo: float, hi: float, m: int) -> np.ndarray:
+    """``H[g, j]``: records whose gene ``g`` falls in cell ``j`` of ``m`` over ``[lo, hi]`` (clipped)."""
+    n, g = X.shape
+    cell = np.clip(np.floor((X - lo) / (hi - lo) * m), 0, m - 1).astype(np.int64)
+    flat = (np.arange(g)[None, :] * m + cell).ravel()
+    return np.bincount(flat, minlength=g * m).reshape(g, m).astype(np.float64)
+
+
+def discretise(X: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin codes ``0..b-1`` per gene: ``bin_g(x) = #{edges_g <= x_g}``."""
+    codes = np.empty(X.shape, dtype=np.int64)
+    for g in range(X.shape[1]):
+        codes[:, g] = np.searchsorted(edges[g], X[:, g], side="right")
+    return codes
+
+
+def label_gene_tables(codes: np.ndarray, y: np.ndarray, n_classes: int, b: int) -> np.ndarray:
+    """``M[g, c, k] = #{records with y = c and bin_g = k}``, shape ``(G, C, b)``."""
+    n, g = codes.shape
+    flat = (np.arange(g)[None, :] * (n_classes * b) + y[:, None] * b + codes).ravel()
+    return np.bincount(flat, minlength=g * n_classes * b).reshape(g, n_classes, b).astype(np.float64)
+
+
+def pair_tables(codes: np.ndarray, pairs: list[tuple[int, int]], b: int) -> np.ndarray:
+    """``P[e, k, l] = #{records with bin_i = k, bin_j = l}`` for each pair ``e = (i, j)``."""
+    out = np.zeros((len(pairs), b, b))
+    for e, (i, j) in enumerate(pairs):
+        out[e] = np.bincount(codes[:, i] * b + codes[:, j], minlength=b * b).reshape(b, b)
+    return out
+
+
+# ------------------------------------------------------ post-processing
+def noisy_cdf(hist: np.ndarray, n: float) -> np.ndarray:
+    """Monotone CDF counts at the ``m + 1`` cell boundaries from noisy histograms ``(G, m)``.
+
+    Mixes the prefix sum and ``n`` minus the suffix sum with inverse-variance
+    weights ``(m - j) / m`` and ``j / m``, then isotonic regression, clipped to
+    ``[0, n]`` with ``F_0 = 0`` and ``F_m = n``.
+    """
+    from sklearn.isotonic import isotonic_regression
+
+    g, m = hist.shape
+    prefix = np.concatenate([np.zeros((g, 1)), np.cumsum(hist, axis=1)], axis=1)  # sum_{i<j}
+    suffix = prefix[:, -1:] - prefix  # sum_{i>=j}
+    j = np.arange(m + 1)[None, :]
+    mixed = (m - j) / m * prefix + j / m * (n - suffix)
+    out = np.empty_like(mixed)
+    for r in range(g):
+        out[r] = isotonic_regression(mixed[r], y_min=0.0, y_max=float(n))
+    out[:, 0], out[:, -1] = 0.0, float(n)
+    return out
+
+
+def quantiles(cdf: np.ndarray, n: float, lo: float, hi: float, levels: np.ndarray) -> np.ndarray:
+    """Values at which each gene's CDF reaches ``levels * n`` (linear within a cell)."""
+    g, m1 = cdf.shape
+    grid = np.linspace(lo, hi, m1)
+    ramp = np.arange(m1) * 1e-9 * max(n, 1.0)  # strictly increasing for np.interp on flat stretches
+    return np.stack([np.interp(levels * n, cdf[r] + ramp, grid) for r in range(g)])
+
+
+def bin_geometry(hist: np.ndarray, n: float, lo: float, hi: float, b: int) -> dict:
+    """Edges ``(G, b-1)``, medians ``(G, b)`` and value bounds ``(G, b+1)`` from noisy histograms."""
+    levels = np.arange(1, 2 * b) / (2 * b)
+    q = quantiles(noisy_cdf(hist, n), n, lo, hi, levels)
+    edges, medians = q[:, 1::2], q[:, 0::2]
+    lower = np.clip(2 * medians[:, :1] - edges[:, :1], lo, hi)
+    upper = np.clip(2 * medians[:, -1:] - edges[:, -1:], lo, hi)
+    bounds = np.concatenate([np.minimum(lower, edges[:, :1]), edges, np.maximum(upper, edges[:, -1:])], axis=1)
+    return {"edges": edges, "medians": medians, "bounds": bounds}
+
+
+def choose_tree(tables: np.ndarray) -> list[tuple[int, int]]:
+    """Maximum spanning tree of genes by ``|cos|`` of their noisy class profiles (post-processing).
+
+    ``mu_g(c)``: gene ``g``'s mean bin in class ``c`` under the noisy table
+    clipped at 0; centred with the class weights ``w_c`` (noisy class sizes),
+    ``v_g = sqrt(w) (mu_g - sum_c w_c mu_g(c))``; similarity
+    ``|v_g . v_h| / (|v_g| |v_h|)``. Returns the tree edges ``(parent, child)``
+    in breadth-first order from the gene with the largest class signal.
+    """
+    from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+
+    g, c, b = tables.shape
+    if g < 2:
+        return []
+    t = np.clip(tables, 0.0, None)
+    w = np.clip(tables.sum(axis=(0, 2)) / g, 1e-9, None)
+    w = w / w.sum()
+    mass = t.sum(axis=2)
+    mu = (t * np.arange(b)[None, None, :]).sum(axis=2) / np.maximum(mass, 1e-9)
+    mu = np.where(mass > 0, mu, (b - 1) / 2)
+    v = np.sqrt(w)[None, :] * (mu - (mu * w[None, :]).sum(axis=1, keepdims=True))
+    norm = np.linalg.norm(v, axis=1)
+    unit = v / np.maximum(norm, 1e-12)[:, None]
+    sim = np.abs(unit @ unit.T)
+    dist = 2.0 - np.clip(sim, 0.0, 1.0)  # in [1, 2]: every pair is an edge (csgraph drops zeros)
+    np.fill_diagonal(dist, 0.0)
+    mst = minimum_spanning_tree(dist)
+    sym = mst + mst.T
+    root = int(np.argmax(norm))
+    order, pred = breadth_first_order(sym, root, directed=False, return_predecessors=True)
+    return [(int(pred[ch]), int(ch)) for ch in order[1:]]
+
+
+# ------------------------------------------------------------------- fit
+def _import_mbi():
+    """Import jax/mbi single-threaded, in float64, without a compilation cache."""
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import warnings
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_compilation_cache", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mbi
+    return mbi
+
+
+def gene_attr(g: int) -> str:
+    return f"g{g}"
+
+
+def fit(label_tables: np.ndarray, sigma_marg: float, pairs: list[tuple[int, int]], pair_tabs: np.ndarray | None,
+        sigma_pair: float, n_total: float, iters: int) -> dict:
+    """Fit Private-PGM (``mbi``'s mirror descent) to the noisy tables.
+
+    Minimises ``sum_r ||M_r(p) - tilde M_r||^2 / sigma_r^2`` over graphical
+    models ``p(y, g_1..g_G) propto exp(sum_g phi_g(y, g) + sum_e psi_e(g_i, g_j))``
+    with total ``n_total`` (public).
+
+    Parameters
+    ----------
+    label_tables
+        ``(G, C, b)`` noisy label x gene tables, noise std ``sigma_marg``.
+    pairs, pair_tabs
+        Tree edges ``(parent, child)`` and their ``(G-1, b, b)`` noisy tables,
+        noise std ``sigma_pair``.
+
+    Returns
+    -------
+    dict
+        The fitted log-potentials ``phi`` ``(G, C, b)`` and ``psi``
+        ``(G-1, b, b)``, and the fitted label x gene marginals
+        ``label_gene`` ``(G, C, b)`` (counts summing to ``n_total``).
+    """
+    mbi = _import_mbi()
+    from mbi.estimation import MirrorDescent
+
+    g, c, b = label_tables.shape
+    attrs = ["label"] + [gene_attr(i) for i in range(g)]
+    domain = mbi.Domain(attrs, [c] + [b] * g)
+    meas = [mbi.LinearMeasurement(np.asarray(label_tables[i], dtype=np.float64).ravel(), ("label", gene_attr(i)),
+                                  stddev=float(sigma_marg)) for i in range(g)]
+    for e, (i, j) in enumerate(pairs):
+        meas.append(mbi.LinearMeasurement(np.asarray(pair_tabs[e], dtype=np.float64).ravel(),
+                                          (gene_attr(i), gene_attr(j)), stddev=float(sigma_pair)))
+    model = MirrorDescent().estimate(domain, meas, known_total=float(n_total), iters=int(iters))
+
+    def values(vector, clique):
+        f = vector[clique] if clique in vector.cliques else None
+        if f is None:
+            return np.zeros(domain.project(clique).shape)
+        return np.asarray(f.transpose(clique).values if tuple(f.domain.attributes) != clique else f.values,
+                          dtype=np.float64)
+
+    phi = np.stack([values(model.potentials, ("label", gene_attr(i))) for i in range(g)])
+    psi = np.stack([values(model.potentials, (gene_attr(i), gene_attr(j))) for i, j in pairs]) if pairs \
+        else np.zeros((0, b, b))
+    label_gene = np.stack([values(model.marginals, ("label", gene_attr(i))) for i in range(g)])
+    return {"phi": phi, "psi": psi, "label_gene": label_gene}
+
+
+# -------------------------------------------------------------- sampling
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    top = a.max(axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.exp(a - top).sum(axis=axis))
+
+
+def _softmax(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def conditionals(phi: np.ndarray, psi: np.ndarray, tree: np.ndarray) -> dict:
+    """Exact conditionals of the fitted model by one upward pass of message passing.
+
+    With ``ch(c)`` the children of gene ``c`` in the tree, the message from
+    ``c`` to its parent ``p`` is
+    ``mu_c(y, g_p) = log sum_{g_c} exp(phi_c(y, g_c) + psi_e(g_p, g_c) + sum_{k in ch(c)} mu_k(y, g_c))``,
+    and
+
+    * ``P(g_c | y, g_p) propto exp(phi_c(y, g_c) + psi_e(g_p, g_c) + sum_k mu_k(y, g_c))``,
+    * for each root ``r`` (the tree's root, or every gene without a tree)
+      ``beta_r(y, g) = phi_r(y, g) + sum_k mu_k(y, g)``,
+      ``P(g_r | y) propto exp(beta_r(y, g_r))`` and
+      ``P(y) propto exp(sum_r log sum_g exp beta_r(y, g))``.
+
+    Returns ``label`` ``(C,)``, ``root`` ``(G, C, b)`` (rows of non-roots unused)
+    and ``child`` ``(G-1, C, b, b)`` indexed ``[e, y, g_p, g_c]``.
+    """
+    pairs = [tuple(map(int, p)) for p in np.asarray(tree).reshape(-1, 2)]
+    g, c, b = phi.shape
+    msg = np.zeros_like(phi)
+    child = np.zeros((len(pairs), c, b, b))
+    for e in reversed(range(len(pairs))):  # children before parents (reverse breadth-first order)
+        par, ch = pairs[e]
+        joint = (phi[ch] + msg[ch])[:, None, :] + psi[e][None, :, :]  # (y, g_p, g_c)
+        child[e] = _softmax(joint, axis=2)
+        msg[par] += _logsumexp(joint, axis=2)
+    children = {ch for _, ch in pairs}
+    beta = phi + msg
+    log_py = sum(_logsumexp(beta[r], axis=1) for r in range(g) if r not in children)
+    return {"label": _softmax(log_py), "root": _softmax(beta, axis=2), "child": child}
+
+
+def _draw(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of ``probs`` (normalised rows)."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs))[:, None] * cdf[:, -1:]
+    return np.minimum((u >= cdf).sum(axis=1), probs.shape[1] - 1)
+
+
+def sample_codes(state: dict, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bin codes ``(n, G)`` for labels ``y``: ancestral sampling of the fitted model."""
+    cond = conditionals(state["phi"], state["psi"], state["tree"])
+    g = state["phi"].shape[0]
+    pairs = [tuple(map(int, p)) for p in np.asarray(state["tree"]).reshape(-1, 2)]
+    codes = np.empty((len(y), g), dtype=np.int64)
+    children = {ch for _, ch in pairs}
+    for i in range(g):
+        if i not in children:
+            codes[:, i] = _draw(rng, cond["root"][i][y])
+    for e, (par, ch) in enumerate(pairs):  # breadth-first: the parent is drawn before the child
+        codes[:, ch] = _draw(rng, cond["child"][e][y, codes[:, par]])
+    return codes
+
+
+def decode(codes: np.ndarray, bounds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Expression values: uniform within each drawn bin's DP bounds."""
+    g = codes.shape[1]
+    cols = np.arange(g)[None, :]
+    low, high = bounds[cols, codes], bounds[cols, codes + 1]
+    return low + rng.random(codes.shape) * (high - low)
+
+
+# --------------------------------------------------------------- release
+@dataclass
+class PGMRelease:
+    """What the ``pgm`` protocol reveals and fits (identical at every site)."""
+
+    state: dict[str, np.ndarray]
+    info: dict = field(default_factory=dict)
+
+
+def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[str, float]:
+    """Noise multiplier per release (before any data is touched)."""
+    from .accounting import plan_release_split
+
+    weights = {RELEASES[0]: cfg.split[0], RELEASES[1]: cfg.split[1]}
+    if cfg.tree:
+        weights[RELEASES[2]] = cfg.split[2]
+    if input_kind == "counts":
+        total = sum(weights.values())
+        weights["log library size mean"] = LIBSIZE_SHARE * total
+        weights["log library size spread"] = LIBSIZE_SHARE * total
+    return plan_release_split(epsilon, delta, weights)
+
+
+def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, cfg: PGMConfig,
+                    input_kind: str, z: dict[str, float] | None, *, library_sizes=None) -> PGMRelease:
+    """This site's part of the ``pgm`` protocol: three secure noisy releases, then the fit.
+
+    ``z`` maps release names to noise multipliers (``None``: no DP, nothing
+    noised). Every site calls this in lock step and ends with the same state.
+    """
+    from .train import LOG_LIBSIZE_BOUND, LOG_LIBSIZE_SPREAD_BOUND
+
+    g = X.shape[1]
+    b, m = cfg.bins, cfg.fine_bins
+    lo, hi = cfg.range_for(input_kind)
+    timings = {}
+
+    def noisy_sum(values: np.ndarray, name: str, sensitivity: float) -> np.ndarray:
+        std = z[name] * sensitivity if z else 0.0
+        out = agg.sum(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)), noise_std=std,
+                      step=f"pgm: {name}").numpy()
+        return out, std
+
+    t = time.monotonic()
+    hist, sd_hist = noisy_sum(fine_histograms(X, lo, hi, m), RELEASES[0], math.sqrt(g))
+    geo = bin_geometry(hist, n_total, lo, hi, b)
+    timings["edges"] = time.monotonic() - t
+
+    t = time.monotonic()
+    codes = discretise(X, geo["edges"])
+    marg, sd_marg = noisy_sum(label_gene_tables(codes, y, n_classes, b), RELEASES[1], math.sqrt(g))
+    timings["marginals"] = time.monotonic() - t
+
+    t = time.monotonic()
+    pairs: list[tuple[int, int]] = choose_tree(marg) if cfg.tree else []
+    ptabs, sd_pair = None, 0.0
+    if pairs:
+        ptabs, sd_pair = noisy_sum(pair_tables(codes, pairs, b), RELEASES[2], math.sqrt(len(pairs)))
+    timings["pairs"] = time.monotonic() - t
+
+    libsize = None
+    if input_kind == "counts":
+        ll = np.clip(np.log(library_sizes), 0.0, LOG_LIBSIZE_BOUND)
+        s, _ = noisy_sum(np.array([ll.sum()]), "log library size mean", LOG_LIBSIZE_BOUND)
+        mean = float(s[0]) / n_total
+        sq = np.clip((ll - mean) ** 2, 0.0, LOG_LIBSIZE_SPREAD_BOUND)
+        v, _ = noisy_sum(np.array([sq.sum()]), "log library size spread", LOG_LIBSIZE_SPREAD_BOUND)
+        libsize = {"mean": mean, "sd": math.sqrt(min(max(float(v[0]) / n_total, 0.01), LOG_LIBSIZE_SPREAD_BOUND))}
+
+    t = time.monotonic()
+    fitted = fit(marg, sd_marg or 1.0, pairs, ptabs, sd_pair or 1.0, n_total, cfg.iters)
+    timings["fit"] = time.monotonic() - t
+    state = {
+        "phi": fitted["phi"],
+        "psi": fitted["psi"],
+        "label_gene": fitted["label_gene"],
+        "tree": np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
+        "bounds": geo["bounds"],
+        "edges": geo["edges"],
+        "medians": geo["medians"],
+        # the released (noisy) tables themselves: DP already, kept for audit and tests
+        "released_histograms": hist,
+        "released_label_gene": marg,
+        "released_pairs": ptabs if ptabs is not None else np.zeros((0, b, b)),
+    }
+    info = {"bins": b, "fine_bins": m, "range": [lo, hi], "iters": cfg.iters, "tree": cfg.tree,
+            "split": list(cfg.split), "noise_std": {RELEASES[0]: sd_hist, RELEASES[1]: sd_marg,
+                                                     RELEASES[2]: sd_pair},
+            "timings": timings, "log_library_size": libsize}
+    return PGMRelease(state, info)
+
+
+# ------------------------------------------------------------ generator
+NAME = "pgm"
+
+
+@dataclass
+class PGMModelConfig:
+    """Shape of a fitted model (the model file's ``config``)."""
+
+    n_genes: int
+    n_classes: int
+    bins: int
+    generator: str = NAME
+
+
+#: Tensors of a fitted model, in the model file's ``state_dict``.
+STATE_KEYS = ("phi", "psi", "tree", "bounds", "edges", "medians", "label_gene",
+              "released_histograms", "released_label_gene", "released_pairs")
+
+
+class PGMModel:
+    """A fitted Private-PGM model: potentials, tree and the DP bin geometry.
+
+    Attributes (all numpy arrays; ``G`` genes, ``C`` classes, ``b`` bins)
+    ----------------------------------------------------------------------
+    phi : (G, C, b)
+        Log-potentials of the label x gene cliques.
+    psi : (G-1, b, b)
+        Log-potentials of the gene pairs ``tree[e] = (parent, child)``.
+    tree : (G-1, 2) int
+        The spanning tree in breadth-first order (empty without a tree).
+    bounds : (G, b+1)
+        Value range of each bin (DP edges; end bins around their DP median).
+    edges, medians
+        DP bin edges ``(G, b-1)`` and bin medians ``(G, b)``.
+    label_gene : (G, C, b)
+        The fitted label x gene marginals (counts).
+    released_*
+        The released noisy tables (already DP; for audit and tests).
+    """
+
+    def __init__(self, cfg: PGMModelConfig, state: dict):
+        self.cfg = cfg
+        self.state = {k: np.asarray(state[k]) for k in STATE_KEYS}
+
+    def state_dict(self) -> dict:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.state.items()}
+
+    @classmethod
+    def from_blob(cls, blob: dict) -> "PGMModel":
+        return cls(PGMModelConfig(**blob["config"]), {k: blob["state_dict"][k].numpy() for k in STATE_KEYS})
+
+    def class_proportions(self) -> np.ndarray:
+        """``P(y)`` of the fitted model."""
+        return conditionals(self.state["phi"], self.state["psi"], self.state["tree"])["label"]
+
+    def sample(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Log-expression for labels ``y``: ancestral bin sampling, then uniform within the bins."""
+        return decode(sample_codes(self.state, np.asarray(y, dtype=np.int64), rng), self.state["bounds"], rng)
+
+
+def config_from(cfg) -> PGMConfig:
+    """The :class:`PGMConfig` of a :class:`~fedsynth.train.TrainConfig` (its ``pgm_*`` fields)."""
+    return PGMConfig(bins=cfg.pgm_bins, fine_bins=cfg.pgm_fine_bins, value_range=cfg.pgm_range,
+                     iters=cfg.pgm_iters, tree=cfg.pgm_tree, split=tuple(cfg.pgm_split))
+
+
+def train(session, cohort, cfg, *, progress: bool = True):
+    """This site's part of a ``--generator pgm`` run; returns a :class:`~fedsynth.train.TrainResult`.
+
+    Schema agreement as for the CVAE, then the budget plan (no data
+    touched; :class:`~fedsynth.errors.BudgetError` refuses the run at every
+    site alike), the three releases over
+    :class:`~fedsynth.secure_aggregation.SecureSum` and the Private-PGM fit
+    (:func:`release_and_fit`).
+    """
+    from dataclasses import asdict
+
+    from .accounting import Mechanism, PrivacyLedger, validate_budget
+    from .secure_aggregation import SecureSum
+    from .train import TrainResult, agree_schema
+
+    del progress
+    cfg.validate()
+    pcfg = config_from(cfg)
+    pcfg.validate()
+    timings = {}
+    t0 = time.monotonic()
+    schema = agree_schema(session, cohort, cfg.genes, cfg.classes)
+    if list(cohort.genes) != schema.genes:
+        cohort = cohort.subset_genes(schema.genes)
+    timings["schema"] = time.monotonic() - t0
+
+    k, n_total = session.world_size, schema.n_total
+    if cfg.max_colluders >= k:
+        raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
+    if cfg.no_dp:
+        z, ledger = None, PrivacyLedger(math.inf, cfg.delta)
+        log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
+    else:
+        validate_budget(cfg.epsilon, cfg.delta, n_total)
+        z = plan(pcfg, cfg.epsilon, cfg.delta, schema.input_kind)
+        ledger = PrivacyLedger(cfg.epsilon, cfg.delta, [Mechanism(name, v) for name, v in z.items()])
+        log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
+                 ", ".join(f"{n} z={v:.3g}" for n, v in z.items()))
+
+    agg = SecureSum(session, max_colluders=cfg.max_colluders)
+    y = np.array([schema.classes.index(str(v)) for v in cohort.labels], dtype=np.int64)
+    rel = release_and_fit(agg, cohort.X, y, len(schema.classes), n_total, pcfg, schema.input_kind, z,
+                          library_sizes=cohort.library_sizes)
+    timings.update(rel.info.pop("timings"))
+    model = PGMModel(PGMModelConfig(len(schema.genes), len(schema.classes), pcfg.bins), rel.state)
+
+    spent = ledger.spent() if not cfg.no_dp else math.inf
+    if not cfg.no_dp and spent > cfg.epsilon * (1 + 1e-9):
+        raise RuntimeError(f"accountant reports epsilon {spent} above the target {cfg.epsilon}")
+    dp = {
+        "private": not cfg.no_dp,
+        "epsilon": None if cfg.no_dp else cfg.epsilon,
+        "epsilon_spent": None if cfg.no_dp else spent,
+        "delta": cfg.delta,
+        "sigma": None,
+        "stat_sigma": None if cfg.no_dp else max(z.values()),
+        "noise_multipliers": z,
+        "noise_std": rel.info["noise_std"],
+        "sample_rate": None,
+        "clip_norm": None,
+        "steps": 0,
+        "epochs": None,
+        "k": k,
+        "max_colluders": cfg.max_colluders,
+        "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))],
+        "mechanisms": [] if cfg.no_dp else ledger.to_dict()["mechanisms"],
+        "accountant": "opacus RDP",
+        "noise_source": "os.urandom Gaussian noise, split over k - max_colluders sites",
+    }
+    props = model.class_proportions()
+    statistics = {"class_proportions": props.tolist(), "class_counts": (props * n_total).tolist()}
+    if rel.info.get("log_library_size"):
+        statistics["log_library_size"] = rel.info["log_library_size"]
+    params = {key: rel.info[key] for key in ("bins", "fine_bins", "range", "iters", "tree", "split")}
+    params["tree_edges"] = int(len(model.state["tree"]))
+    meta = {
+        "generator": NAME,
+        "generator_params": params,
+        "genes": schema.genes,
+        "classes": schema.classes,
+        "input_kind": schema.input_kind,
+        "statistics": statistics,
+        "dp": dp,
+        "train_config": asdict(cfg),
+        "secure_sum_calls": agg.calls,
+    }
+    return TrainResult(model, meta, timings)
+
+
+def load(blob: dict) -> PGMModel:
+    return PGMModel.from_blob(blob)
+
+
+def sample(model: PGMModel, meta: dict, y: np.ndarray, gen, seed: int) -> np.ndarray:
+    """Log-expression for labels ``y`` (see :meth:`PGMModel.sample`); ``gen`` is unused."""
+    del meta, gen
+    return model.sample(y, np.random.default_rng([int(seed), 0x9A3]))
