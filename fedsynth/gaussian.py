@@ -29,8 +29,10 @@ touched):
    ``M = sum_i r_i r_i^T``, ``r_i = clip(v_i - mu_{y_i}, R_3)``. Since
    ``||r r^T||_F = ||r||^2 <= R_3^2``, ``Delta = R_3^2`` (the Analyze-Gauss
    mechanism). The noisy ``M`` is symmetrised, ``Sigma = M / (N - K)``;
-5. for counts input, the mean and spread of the clipped log library size,
-   exactly as the CVAE releases them (:mod:`fedsynth.train`).
+5. for counts input, the mean of the log library size clipped to
+   ``[0, B]`` and centred on ``B/2`` (``Delta = B/2``) and the spread
+   ``sum_i min((log L_i - mean)^2, B_s)`` (``Delta = B_s``), the CVAE's
+   library-size model (:mod:`fedsynth.train`).
 
 ``clip(u, R) = u min(1, R / ||u||)``. The bounds scale with the dimension:
 ``R_1 = 4 sqrt(D)``, ``R_2 = c_2 sqrt(G)``, ``R_3 = c_3 sqrt(G)``
@@ -81,12 +83,14 @@ BUDGET_SPLIT = {
     "second moments": 0.3,
 }
 #: Extra releases for counts input (library-size model, as the CVAE's).
-COUNTS_SPLIT = {"log library size mean": 0.02, "log library size spread": 0.02}
+COUNTS_SPLIT = {"log library size mean": 0.1, "log library size spread": 0.03}
 #: ``c_2, c_3`` of :func:`clip_bounds`.
 CLASS_MEAN_CLIP = 0.5
 RESIDUAL_CLIP = 1.0
 #: Floor of the residual variances, as a share of the average variance.
 VARIANCE_FLOOR = 0.05
+#: A class mean is divided by max(c_k, COUNT_SHRINK * z_counts): shrunk towards m when its count is within noise.
+COUNT_SHRINK = 2.0
 
 
 @dataclass
@@ -226,7 +230,7 @@ def release_moments(noisy_sum, X: np.ndarray, y: np.ndarray, n_classes: int, n_t
     V = to_profile_level(X)
     m = release("gene means", clip_rows(V, r1).sum(0), r1) / n_total
     S = release("class means", onehot.T @ clip_rows(V - m, r2), r2)
-    mu = m + S / np.maximum(np.maximum(counts, 1.0), 2.0 * z.get("class counts", 0.0))[:, None]
+    mu = m + S / np.maximum(np.maximum(counts, 1.0), COUNT_SHRINK * z.get("class counts", 0.0))[:, None]
     R = clip_rows(V - mu[y], r3)
     M = _symmetric(release("second moments", _upper(R.T @ R), r3**2), D)
     dof = max(n_total - n_classes, 1)
@@ -241,8 +245,10 @@ def release_moments(noisy_sum, X: np.ndarray, y: np.ndarray, n_classes: int, n_t
         "clip_bounds": [r1, r2, r3] if clip else None,
     }
     if library_sizes is not None:
+        # centred on the middle of the public range [0, B]: sensitivity B/2
+        half = LOG_LIBSIZE_BOUND / 2.0
         ll = np.clip(np.log(library_sizes), 0.0, LOG_LIBSIZE_BOUND)
-        lm = float(release("log library size mean", [ll.sum()], LOG_LIBSIZE_BOUND)[0]) / n_total
+        lm = half + float(release("log library size mean", [(ll - half).sum()], half)[0]) / n_total
         sq = np.clip((ll - lm) ** 2, 0.0, LOG_LIBSIZE_SPREAD_BOUND)
         lv = float(release("log library size spread", [sq.sum()], LOG_LIBSIZE_SPREAD_BOUND)[0]) / n_total
         stats["log_library_size"] = {"mean": lm, "sd": math.sqrt(min(max(lv, 0.01), LOG_LIBSIZE_SPREAD_BOUND))}
