@@ -26,6 +26,7 @@ CASES = {
     "rendezvous_not_tcp": ({"--rendezvous": "127.0.0.1:29500"}, "--rendezvous must be tcp://HOST:PORT"),
     "epsilon_zero": ({"--epsilon": "0"}, "--epsilon must be a number greater than 0 (got 0)"),
     "epsilon_negative": ({"--epsilon": "-0.5"}, "--epsilon must be a number greater than 0 (got -0.5)"),
+    "generator_unknown": ({"--generator": "gan"}, "--generator must be one of cvae, gaussian, pgm (got 'gan')"),
 }
 
 
