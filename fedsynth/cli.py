@@ -430,10 +430,6 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
 
     generator_module(kw["generator"])  # unknown or not installed: one line, before any process starts
     _train_config(kw).validate()
-    if kw["generator"] == "pgm":  # bad --pgm-* values: one line, before any process starts
-        from .pgm import config_from
-
-        config_from(_train_config(kw)).validate()
     if not kw["label_column"] and not kw["labels_file"]:
         raise click.UsageError("give --label-column or --labels-file")
     read_kw = {"label_column": kw.pop("label_column"), "labels_file": kw.pop("labels_file"),
