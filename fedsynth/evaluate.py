@@ -973,8 +973,9 @@ def coexpression_recovery(X_syn, y_syn, X_real, y_real, *, max_genes=1000, n_edg
 # everything together
 # ---------------------------------------------------------------------------
 
-_DP_KEYS = ("private", "epsilon", "epsilon_spent", "delta", "max_colluders", "k", "sigma", "stat_sigma",
-            "sample_rate", "clip_norm", "steps", "epochs", "accountant", "sites")
+_DP_KEYS = ("generator", "private", "epsilon", "epsilon_spent", "delta", "max_colluders", "k", "sigma",
+            "stat_sigma", "noise_multipliers", "budget_split", "sample_rate", "clip_norm", "steps", "epochs",
+            "accountant", "sites")
 
 
 def _json_safe(v):
@@ -997,7 +998,7 @@ def dp_summary(dp):
     """The DP record fields a report shows (``None`` without a record)."""
     if dp is None:
         return None
-    return _json_safe({k: dp.get(k) for k in _DP_KEYS if k in dp})
+    return _json_safe({k: dp[k] for k in _DP_KEYS if dp.get(k) is not None})
 
 
 # Verdict thresholds (documented in the report's "How to read" section).
@@ -1302,6 +1303,8 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
 
         _, blob = load_model(model)
         dp = blob.get("dp")
+        if dp is not None:
+            dp = {"generator": blob.get("generator", "cvae"), **dp}
     metrics, art = evaluate(syn.X, syn.labels, tr.X, tr.labels, te.X, te.labels, genes=tr.genes, dp=dp,
                             seed=seed, top_k=top_k, return_artifacts=True)
     metrics["warnings"] = warnings

@@ -412,7 +412,14 @@ def _privacy(m, a):
     elif not dp.get("private", True):
         out += "<p class='warn'>This model was trained WITHOUT differential privacy (<code>--no-dp</code>).</p>"
     if dp is not None:
-        rows = [[k, v if not isinstance(v, float) else f"{v:.4g}"] for k, v in dp.items() if k != "sites"]
+        def cell(v):
+            if isinstance(v, float):
+                return f"{v:.4g}"
+            if isinstance(v, dict):
+                return ", ".join(f"{k_} {cell(x)}" for k_, x in v.items())
+            return v
+
+        rows = [[k, cell(v)] for k, v in dp.items() if k != "sites"]
         if dp.get("sites"):
             rows.append(["sites", ", ".join(f"{s.get('name', '?')} (n={s.get('n', '?')})" for s in dp["sites"])])
         out += _table(["field", "value"], rows)

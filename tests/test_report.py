@@ -51,7 +51,8 @@ def _write_model(path, private=True):
     from fedsynth.model import CVAE, CVAEConfig, save_model
 
     dp = {"private": private, "epsilon": 1.0 if private else None, "epsilon_spent": 0.99, "delta": 1e-5,
-          "max_colluders": 1, "k": 3, "sigma": 1.2, "sites": [{"name": "BH", "n": 87}, {"name": "A8", "n": 64}]}
+          "max_colluders": 1, "k": 3, "sigma": 1.2, "sites": [{"name": "BH", "n": 87}, {"name": "A8", "n": 64}],
+          "stat_sigma": None, "noise_multipliers": {"counts": 5.0, "means": 7.25} if private else None}
     save_model(path, model=CVAE(CVAEConfig(n_genes=len(GENES), n_classes=3)), meta={"dp": dp})
 
 
@@ -146,7 +147,11 @@ def test_metrics_json_matches_and_is_strict_json(report):
     for key in ("verdict", "utility", "fidelity", "fidelity_reference", "biology", "privacy", "n", "seconds",
                 "warnings", "inputs"):
         assert key in on_disk
-    assert on_disk["privacy"]["dp"]["max_colluders"] == 1
+    dp = on_disk["privacy"]["dp"]
+    assert dp["max_colluders"] == 1 and dp["generator"] == "cvae"
+    assert "stat_sigma" not in dp, "fields the model leaves empty are not reported"
+    assert dp["noise_multipliers"] == {"counts": 5.0, "means": 7.25}
+    assert "counts 5, means 7.25" in (out / "report.html").read_text()
     assert on_disk["n"] == {"synthetic": 150, "train": 150, "holdout": 60, "genes": 12}
     assert "report" in on_disk["seconds"]
 
