@@ -1,0 +1,90 @@
+"""Regenerate galaxy_tools/fedsynth/test-data from the bundled TCGA-BRCA table.
+
+Run from the project root with the project's environment:
+
+    .venv/bin/python tests/galaxy/make_test_data.py
+
+- brca_3sites.csv: 48 real tumours, 4 of each of LumA, LumB, Basal, Her2 from
+  each of the three largest tissue source sites (BH, A8, A2); columns
+  sample_id, site, pam50, age and 20 PAM50 genes.
+- site_{BH,A8,A2}.csv: the same rows, one file per site (16 samples each).
+- site_BH_genes_by_samples.tsv + site_BH_labels.tsv: site BH transposed
+  (genes x samples) with a separate sample_id/label file.
+- brca_train.csv / brca_holdout.csv: `fedsynth preprocess` of brca_3sites.csv
+  with a 25% stratified holdout (seed 0): the preprocess tool's expected
+  outputs and the evaluate tool's real inputs.
+- model.pt: `fedsynth simulate` over the three sites, epsilon 5, 20 epochs
+  (seed 1); synthetic.csv: 36 samples drawn from it (seed 0).
+- session.key / short_secret.txt: a test session secret and one too short.
+
+Keep every file small: the Galaxy tests upload each of them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "galaxy_tools" / "fedsynth" / "test-data"
+GENES = ["ESR1", "PGR", "FOXA1", "ERBB2", "GRB7", "KRT5", "KRT14", "KRT17", "FOXC1", "MKI67",
+         "CCNB1", "BIRC5", "MYBL2", "BCL2", "MLPH", "SFRP1", "EGFR", "CDH3", "NAT1", "MIA"]
+SITES = ["BH", "A8", "A2"]
+LABELS = ["LumA", "LumB", "Basal", "Her2"]
+
+
+def fedsynth(*args: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "fedsynth", *args], check=True, env=env, cwd=ROOT)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    d = pd.read_csv(ROOT / "data" / "brca_pam50_sites.csv")
+    parts = [d[(d.site == s) & (d.pam50 == lab)].head(4) for s in SITES for lab in LABELS]
+    sub = pd.concat(parts)[["sample_id", "site", "pam50", "age", *GENES]]
+    sub.to_csv(OUT / "brca_3sites.csv", index=False)
+    for s in SITES:
+        sub[sub.site == s].to_csv(OUT / f"site_{s}.csv", index=False)
+    bh = sub[sub.site == "BH"]
+    m = bh.set_index("sample_id")[GENES].T
+    m.index.name = "gene"
+    m.to_csv(OUT / "site_BH_genes_by_samples.tsv", sep="\t")
+    bh[["sample_id", "pam50"]].rename(columns={"pam50": "label"}).to_csv(
+        OUT / "site_BH_labels.tsv", sep="\t", index=False)
+
+    for name in ("brca_train.csv", "brca_holdout.csv"):
+        (OUT / name).unlink(missing_ok=True)
+    fedsynth("preprocess", "--data", str(OUT / "brca_3sites.csv"), "--label-column", "pam50",
+             "--meta-columns", "age", "--holdout", "0.25", "--seed", "0",
+             "--out", str(OUT / "brca_train.csv"), "--holdout-out", str(OUT / "brca_holdout.csv"))
+
+    work = Path(tempfile.mkdtemp(prefix="fedsynth-testdata-"))
+    try:
+        fedsynth("simulate", "--data", str(OUT / "brca_3sites.csv"), "--label-column", "pam50",
+                 "--meta-columns", "age", "--sites", "3", "--site-column", "site", "--holdout", "0.25",
+                 "--split-seed", "1", "--epsilon", "5", "--epochs", "20", "--seed", "1",
+                 "--outdir", str(work / "sim"))
+        shutil.copy2(work / "sim" / "model.pt", OUT / "model.pt")
+        fedsynth("synthesize", "--model", str(OUT / "model.pt"), "--n", "36", "--seed", "0",
+                 "--outdir", str(work / "syn"))
+        shutil.copy2(work / "syn" / "synthetic.csv", OUT / "synthetic.csv")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    if not (OUT / "session.key").exists():
+        (OUT / "session.key").write_text(secrets.token_hex(32) + "\n")
+    (OUT / "short_secret.txt").write_text("tooshort\n")
+    for p in sorted(OUT.iterdir()):
+        print(f"{p.stat().st_size:>8}  {p.name}")
+
+
+if __name__ == "__main__":
+    main()
