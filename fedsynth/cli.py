@@ -295,6 +295,7 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
                  rendezvous_timeout=kw["rendezvous_timeout"], step_timeout=kw["step_timeout"]) as session:
         timings["session"] = time.monotonic() - t1
         result = train_site(session, cohort, cfg, progress=progress)
+        traffic = session.traffic()
     timings.update(result.timings)
     save_model(out / "model.pt", model=result.model, meta=result.meta)
     dp = result.meta["dp"]
@@ -314,6 +315,7 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
         "max_colluders": dp["max_colluders"],
         "sites": dp["sites"],
         "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "communication": traffic,
         "dp": dp,
     }
     atomic_write_json(out / "run.json", run)

@@ -160,6 +160,7 @@ class Session:
         self.transcript: bytes | None = None
         self.bytes_sent = 0
         self._mask_calls = 0
+        self.secure_sum_values = 0  # int64 share values this site put into secure sums (one mask each)
 
     # ------------------------------------------------------------------ open
     def open(self) -> "Session":
@@ -304,6 +305,7 @@ class Session:
         """
         import torch
 
+        self.secure_sum_values += n
         k = self.world_size
         if k == 1:
             return torch.zeros(n, dtype=torch.int64)
@@ -347,6 +349,26 @@ class Session:
         store.add(key, 1)
         self._beat_thread = threading.Thread(target=beat, name="fedsynth-heartbeat", daemon=True)
         self._beat_thread.start()
+
+    # ----------------------------------------------------------- traffic
+    def traffic(self) -> dict:
+        """What this site has sent so far, counted and measured (for run.json).
+
+        * ``secure_sums``, ``share_bytes``: the secure sums and their int64
+          share bytes ``8 n`` (one share of ``n`` values per sum; a ring
+          all-reduce sends ``2 (k - 1) / k`` of that per party);
+        * ``store_exchange_bytes``: JSON payloads of :meth:`exchange`;
+        * ``tcp_bytes_sent`` / ``tcp_bytes_received``: measured, the kernel's
+          ``tcpi_bytes_acked`` / ``tcpi_bytes_received`` (TCP payload, no
+          headers) summed over this process's open TCP sockets: the gloo
+          pairs, the store connections and, at rank 0, the store server's.
+          Linux only (None elsewhere); sockets already closed are not
+          counted.
+        """
+        sent, received, n = _tcp_socket_bytes()
+        return {"secure_sums": self._mask_calls, "secure_sum_values": self.secure_sum_values,
+                "share_bytes": 8 * self.secure_sum_values, "store_exchange_bytes": self.bytes_sent,
+                "tcp_bytes_sent": sent, "tcp_bytes_received": received, "tcp_sockets": n}
 
     # ----------------------------------------------------------- public data
     def exchange(self, name: str, payload, *, step: str | None = None, timeout: float | None = None) -> list:
@@ -490,6 +512,35 @@ class Session:
             self.abort(str(exc))
             self.linger()
         self.close()
+
+
+def _tcp_socket_bytes() -> tuple[int | None, int | None, int]:
+    """(bytes acked, bytes received, sockets) over this process's TCP sockets (Linux ``TCP_INFO``)."""
+    import socket
+    import struct
+
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.is_dir() or not hasattr(socket, "TCP_INFO"):
+        return None, None, 0
+    sent = received = n = 0
+    for entry in fd_dir.iterdir():
+        try:
+            if not os.readlink(entry).startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(int(entry.name)))
+        except OSError:
+            continue
+        try:
+            if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+                if len(info) >= 136:  # tcpi_bytes_acked, tcpi_bytes_received: u64 at offsets 120, 128
+                    a, r = struct.unpack_from("=QQ", info, 120)
+                    sent, received, n = sent + a, received + r, n + 1
+        except OSError:
+            pass
+        finally:
+            s.close()  # closes only the duplicate descriptor
+    return sent, received, n
 
 
 def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3.0) -> bool:

@@ -238,6 +238,7 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
             "evaluation": evaluation,
             "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
             "site_wall_seconds": {r["site"]: r["wall_seconds"] for r in site_runs},
+            "site_communication": {r["site"]: r.get("communication") for r in site_runs},
             "dp": dp,
         }
         atomic_write_json(out / "run.json", run)

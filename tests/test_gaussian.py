@@ -158,6 +158,11 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert all(m["noise_multiplier"] > 0 for m in run["budget_split"])
     assert len(run["sites"]) == 3 and run["models_identical"] is True
     assert run["generator_params"]["components"] == 4
+    # each site's traffic is recorded: its secure-sum shares (8 bytes a value) and the TCP bytes it sent,
+    # which include every share it contributed to the all-reduces
+    for name, c in run["site_communication"].items():
+        assert c["secure_sums"] == 4 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
+        assert c["tcp_bytes_sent"] >= c["share_bytes"] and c["tcp_sockets"] >= 2, (name, c)
 
     blob = load_blob(out / "model.pt")
     dp = blob["dp"]
