@@ -81,7 +81,7 @@ def machine() -> dict:
     }
 
 
-def git_state() -> dict:
+def git_state(extra: tuple = ()) -> dict:
     """The commit benchmarked, and whether fedsynth/ had uncommitted edits (others edit concurrently)."""
     def git(*args):
         try:
@@ -90,7 +90,7 @@ def git_state() -> dict:
             return ""
     return {"git_commit": git("rev-parse", "--short", "HEAD"),
             "fedsynth_dirty": bool(git("status", "--porcelain", "--", "fedsynth")),
-            "code_hash": code_hash()}
+            "code_hash": code_hash(extra)}
 
 
 #: The modules whose code decides a simulate run's model and scores (not the report/attack modules).
@@ -99,30 +99,42 @@ ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluate.py", "io.py", "model.py"
                    "_crypten_compat.py")
 
 
-def code_hash() -> str:
-    """SHA-256 (12 hex) over fedsynth's algorithm modules as they are on disk now."""
+#: The generator modules a ``--generator`` run also depends on (beside ALGORITHM_FILES): a change to
+#: pgm.py must not invalidate cached gaussian runs, and the reverse.
+GENERATOR_FILES = {"cvae": ("generators.py",), "gaussian": ("generators.py", "gaussian.py"),
+                   "pgm": ("generators.py", "pgm.py")}
+
+
+def code_hash(extra: tuple = ()) -> str:
+    """SHA-256 (12 hex) over fedsynth's algorithm modules (plus ``extra`` ones) as they are on disk now.
+
+    ``extra=()`` keeps the hash the pre-generator benchmarks were cached under.
+    """
     import hashlib
 
     h = hashlib.sha256()
-    for name in ALGORITHM_FILES:
+    for name in ALGORITHM_FILES + tuple(extra):
         f = REPO / "fedsynth" / name
         h.update(name.encode())
         h.update(f.read_bytes() if f.is_file() else b"-")
     return h.hexdigest()[:12]
 
 
-def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: str = "") -> dict:
+def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: str = "",
+                 code_files: tuple = ()) -> dict:
     """Run ``fedsynth simulate ARGS --outdir OUTDIR``; return run.json plus bookkeeping.
 
     A previous run in ``outdir`` with the identical command is reused unless
-    ``fresh``. The simulate log goes to ``outdir/simulate.log``.
+    ``fresh`` (or fedsynth's code changed: ALGORITHM_FILES plus
+    ``code_files``, e.g. ``GENERATOR_FILES[name]``). The simulate log goes
+    to ``outdir/simulate.log``.
     """
     outdir = Path(outdir)
     cmd = [FEDSYNTH, "simulate", *map(str, args), "--outdir", outdir, "--overwrite"]
     line = shell(cmd)
     stamp = outdir / "command.txt"
     # a cached run is reused only if the command and fedsynth's algorithm code are unchanged
-    key = f"{line}\n# fedsynth code {code_hash()}"
+    key = f"{line}\n# fedsynth code {code_hash(code_files)}"
     if not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key:
         run = json.loads((outdir / "run.json").read_text())
         run["_cached"] = True
@@ -132,7 +144,7 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
         return run
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "run.json").unlink(missing_ok=True)
-    code_before = code_hash()
+    code_before = code_hash(code_files)
     t0 = time.monotonic()
     with open(outdir / "simulate.log", "w") as logf:
         proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env1(), stdout=logf,
@@ -141,16 +153,16 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
     if proc.returncode != 0:
         tail = (outdir / "simulate.log").read_text().splitlines()[-15:]
         raise RuntimeError(f"simulate failed ({proc.returncode}): {line}\n" + "\n".join(tail))
-    if code_hash() != code_before:
+    if code_hash(code_files) != code_before:
         print("    NOTE: fedsynth's code changed while this run was going; it will be re-run next time")
         key = f"{line}\n# fedsynth code changed during the run"
     stamp.write_text(key + "\n")
-    (outdir / "git.json").write_text(json.dumps(git_state()) + "\n")
+    (outdir / "git.json").write_text(json.dumps(git_state(code_files)) + "\n")
     run = json.loads((outdir / "run.json").read_text())
     run["_cached"] = False
     run["_command"] = line
     run["_wall_outer"] = round(wall, 2)
-    run["_git"] = git_state()
+    run["_git"] = git_state(code_files)
     return run
 
 

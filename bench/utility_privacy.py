@@ -151,18 +151,31 @@ def summarise(m: dict, model: str = "logreg") -> dict:
     }
 
 
-def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False) -> dict:
-    """One simulate run and its evaluation(s); cached beside the run."""
+def cell_dir(setting, eps, seed, generator="cvae", work=WORK) -> Path:
+    """Where a cell's run is cached (CVAE cells keep their pre-generator names)."""
+    prefix = "" if generator == "cvae" else f"{generator}_"
+    return work / f"{prefix}{setting}_eps{eps_name(eps).replace(' ', '')}_seed{seed}"
+
+
+def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False, *, generator="cvae", work=WORK,
+             code_files=()) -> dict:
+    """One simulate run and its evaluation(s); cached beside the run.
+
+    ``generator`` other than the CVAE adds ``--generator NAME`` to the
+    command (bench/generators.py); ``code_files`` are the extra fedsynth
+    modules its cache depends on (see _common.GENERATOR_FILES).
+    """
     from fedsynth.evaluate import evaluate, split_holdout
     from fedsynth.privacy_attacks import distance_to_closest_record, membership_inference
     from fedsynth.synthesize import synthesize
 
     raw, names = ctx["raw"], ctx["names"]
-    outdir = WORK / f"{setting}_eps{eps_name(eps).replace(' ', '')}_seed{seed}"
-    args = sim_args(setting, eps, seed, ctx["three"])
+    outdir = cell_dir(setting, eps, seed, generator, work)
+    args = sim_args(setting, eps, seed, ctx["three"]) + ([] if generator == "cvae" else ["--generator", generator])
     stamp = outdir / "bench_eval.json"
     t0 = time.monotonic()
-    run = run_simulate(args, outdir, fresh=fresh, label=f"{setting} eps={eps_name(eps)} seed={seed}")
+    run = run_simulate(args, outdir, fresh=fresh, label=f"{generator} {setting} eps={eps_name(eps)} seed={seed}",
+                       code_files=code_files)
     sim_wall = time.monotonic() - t0
     if run["_cached"] and stamp.is_file():
         cached = json.loads(stamp.read_text())
@@ -174,7 +187,9 @@ def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False) -> dict:
     X = raw.expr.to_numpy()
     genes = list(raw.expr.columns)
     res = {"setting": setting, "epsilon": eps, "seed": seed, "command": run["_command"],
-           "simulate_wall_seconds": round(sim_wall, 2), "sites": run.get("sites")}
+           "simulate_wall_seconds": round(sim_wall, 2), "sites": run.get("sites"), "generator": generator,
+           "wall_seconds": run.get("wall_seconds"), "site_wall_seconds": run.get("site_wall_seconds"),
+           "site_communication": run.get("site_communication"), "git": run.get("_git")}
     if setting == "centralised":
         raw3 = ctx["raw3"]
         X3, y3 = raw3.expr[genes].to_numpy(), raw3.labels.astype(str).to_numpy()
