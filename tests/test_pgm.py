@@ -280,3 +280,16 @@ def test_unreachable_budget_refuses_before_any_release():
     assert set(no_tree) == set(pgm.RELEASES[:2])
     # dropping the pair release leaves more budget for the others
     assert no_tree["label x gene marginals"] < z["label x gene marginals"]
+
+
+def test_release_split_shares_and_spends_the_budget():
+    from fedsynth.accounting import Mechanism, compose, plan_release_split
+
+    weights = {"a": 0.3, "b": 0.6, "c": 0.1}
+    z = plan_release_split(1.0, 1e-5, weights)
+    # zCDP shares rho_i = 1 / (2 z_i^2) in the proportions of the weights
+    rho = {k: 1 / (2 * v**2) for k, v in z.items()}
+    for k in weights:
+        assert rho[k] / sum(rho.values()) == pytest.approx(weights[k] / sum(weights.values()), rel=1e-9)
+    spent = compose([Mechanism(k, v) for k, v in z.items()], 1e-5)
+    assert 0.98 < spent <= 1.0
