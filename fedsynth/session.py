@@ -362,8 +362,11 @@ class Session:
           ``tcpi_bytes_acked`` / ``tcpi_bytes_received`` (TCP payload, no
           headers) summed over this process's open TCP sockets: the gloo
           pairs, the store connections and, at rank 0, the store server's.
-          Linux only (None elsewhere); sockets already closed are not
-          counted.
+          Linux only (None elsewhere). A LOWER BOUND: sockets closed before
+          this call are not counted, and in long runs (minutes between the
+          last sums, e.g. pgm) some are (bench/generators.py checks
+          sent = received over all sites); ``share_bytes`` is the exact
+          protocol figure.
         """
         sent, received, n = _tcp_socket_bytes()
         return {"secure_sums": self._mask_calls, "secure_sum_values": self.secure_sum_values,
