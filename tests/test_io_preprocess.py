@@ -21,7 +21,10 @@ from fedsynth.preprocess import (
     validate_and_normalise,
 )
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brca_pam50.csv"
+#: the project's bundled copy of ../shared/data/brca_pam50.csv (plus a site column; data/README.md)
+REAL_DATA = Path(__file__).resolve().parents[1] / "data" / "brca_pam50_sites.csv"
+#: the original, when the project sits beside the shared folder (checked to match the copy)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brca_pam50.csv"
 
 SBG = """sample_id,label,er_status,age,G1,G2,G3
 S1,A,Positive,50,1.5,2.0,3.25
@@ -483,10 +486,23 @@ def test_split_dirichlet_impossible():
 
 
 def test_real_brca_pam50():
-    if not REAL_DATA.is_file():
-        pytest.fail(f"real data file missing: {REAL_DATA} (expected in the project's sibling shared/data/)")
     raw = read_expression(REAL_DATA, label_column="pam50", meta_columns=("age",))
     c = validate_and_normalise(raw, label_column="pam50")
     assert (c.n_samples, c.n_genes) == (522, 50)
     assert len(set(c.labels)) == 5
     assert "age" in raw.meta.columns and "er_status" in raw.meta.columns
+
+
+def test_bundled_data_matches_its_provenance():
+    """data/README.md: the bundled file's checksum, and `site` = the barcode's tissue-source-site field."""
+    import hashlib
+
+    import pandas as pd
+
+    readme = (REAL_DATA.parent / "README.md").read_text()
+    digest = hashlib.sha256(REAL_DATA.read_bytes()).hexdigest()
+    assert f"sha256 of the result: {digest}" in readme
+    d = pd.read_csv(REAL_DATA, dtype={"sample_id": str})
+    assert (d["site"] == d["sample_id"].str.split("-").str[1]).all()
+    if SHARED_DATA.is_file():  # beside the shared folder: the copy is the original plus `site`
+        assert d.drop(columns="site").equals(pd.read_csv(SHARED_DATA, dtype={"sample_id": str}))
