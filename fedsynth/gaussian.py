@@ -67,7 +67,6 @@ import numpy as np
 import torch
 
 from .accounting import Mechanism, PrivacyLedger, plan_release_split, validate_budget
-from .errors import ParameterError
 from .secure_aggregation import SecureSum
 
 log = logging.getLogger("fedsynth")
@@ -301,20 +300,16 @@ def train_gaussian(session, cohort, cfg, *, progress: bool = True):
     site alike), then the releases of :func:`release_moments` over
     :class:`~fedsynth.secure_aggregation.SecureSum`, then the fit.
     """
-    from .train import TrainResult, agree_schema
+    from .train import TrainResult, join_schema
 
     del progress  # a handful of sums: nothing to show
     cfg.validate()
     timings = {}
     t0 = time.monotonic()
-    schema = agree_schema(session, cohort, cfg.genes, cfg.classes)
-    if list(cohort.genes) != schema.genes:
-        cohort = cohort.subset_genes(schema.genes)
+    schema, cohort = join_schema(session, cohort, cfg)
     timings["schema"] = time.monotonic() - t0
 
     k, n_total = session.world_size, schema.n_total
-    if cfg.max_colluders >= k:
-        raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
     split = budget_split(schema.input_kind)
     if cfg.no_dp:
         ledger = PrivacyLedger(math.inf, cfg.delta)

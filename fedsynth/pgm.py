@@ -594,7 +594,7 @@ def train(session, cohort, cfg, *, progress: bool = True):
 
     from .accounting import Mechanism, PrivacyLedger, validate_budget
     from .secure_aggregation import SecureSum
-    from .train import TrainResult, agree_schema
+    from .train import TrainResult, join_schema
 
     del progress
     cfg.validate()
@@ -602,14 +602,10 @@ def train(session, cohort, cfg, *, progress: bool = True):
     pcfg.validate()
     timings = {}
     t0 = time.monotonic()
-    schema = agree_schema(session, cohort, cfg.genes, cfg.classes)
-    if list(cohort.genes) != schema.genes:
-        cohort = cohort.subset_genes(schema.genes)
+    schema, cohort = join_schema(session, cohort, cfg)
     timings["schema"] = time.monotonic() - t0
 
     k, n_total = session.world_size, schema.n_total
-    if cfg.max_colluders >= k:
-        raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
     if cfg.no_dp:
         z, ledger = None, PrivacyLedger(math.inf, cfg.delta)
         log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")

@@ -187,6 +187,22 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
 
 
 # ------------------------------------------------------------- sampling
+
+def join_schema(session, cohort, cfg: TrainConfig):
+    """Every generator's first step at a site: agree the schema, keep its genes.
+
+    Returns the agreed :class:`Schema` and the cohort restricted to (and
+    ordered by) its genes; refuses ``--max-colluders`` >= k before anything
+    is revealed beyond the schema.
+    """
+    schema = agree_schema(session, cohort, cfg.genes, cfg.classes)
+    if list(cohort.genes) != schema.genes:
+        cohort = cohort.subset_genes(schema.genes)
+    k = session.world_size
+    if cfg.max_colluders >= k:
+        raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
+    return schema, cohort
+
 def _unit_hash(seed: int, step: int, ids: list[str], salt: str) -> np.ndarray:
     """Uniform(0,1) numbers, one per record, from SHA-256(seed, step, id)."""
     out = np.empty(len(ids))
@@ -320,14 +336,10 @@ def train_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> T
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     timings = {}
     t0 = time.monotonic()
-    schema = agree_schema(session, cohort, cfg.genes, cfg.classes)
-    if list(cohort.genes) != schema.genes:
-        cohort = cohort.subset_genes(schema.genes)
+    schema, cohort = join_schema(session, cohort, cfg)
     timings["schema"] = time.monotonic() - t0
 
     k, n_total = session.world_size, schema.n_total
-    if cfg.max_colluders >= k:
-        raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
     rate = min(1.0, cfg.batch_size / n_total)
     steps = int(math.ceil(cfg.epochs / rate))
     names = stat_names(schema.input_kind)
