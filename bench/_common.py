@@ -245,6 +245,16 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_results(name: str, out: dict, md: str, *, shown: str | None = None) -> None:
+    """Write ``OUT/name.json`` and ``OUT/name.md``; print ``shown`` (default: the Markdown) and where they went."""
+    write_json(OUT / f"{name}.json", out)
+    tmp = OUT / f"{name}.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, OUT / f"{name}.md")
+    print("\n" + (md if shown is None else shown))
+    print(f"wrote {rel(OUT / (name + '.json'))} and {rel(OUT / (name + '.md'))}")
+
+
 class Progress:
     """Counts runs and prints elapsed time and a naive ETA."""
 

@@ -320,10 +320,7 @@ def main() -> None:
            "sums_seconds_slowest_rank": sums, "workers": res,
            "command": ".venv/bin/python bench/secure_sum.py" + (" --quick" if a.quick else "")}
     name = "secure_sum_quick" if a.quick else "secure_sum"
-    c.write_json(c.OUT / f"{name}.json", out)
-    (c.OUT / f"{name}.md").write_text(md)
-    print("\n" + md)
-    print(f"wrote {c.rel(c.OUT / (name + '.json'))} and {c.rel(c.OUT / (name + '.md'))}")
+    c.write_results(name, out, md)
 
 
 if __name__ == "__main__":

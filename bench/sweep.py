@@ -164,10 +164,7 @@ def main() -> None:
     out = {"machine": info, "load_avg_at_end": __import__("os").getloadavg(), "epsilon": a.epsilon,
            "seeds": seeds, "defaults": DEFAULTS, "sites": top3, "ranked": rows, "runs": results}
     name = "sweep_quick" if a.quick else f"sweep{a.tag}"
-    c.write_json(c.OUT / f"{name}.json", out)
-    (c.OUT / f"{name}.md").write_text(md)
-    print("\n" + md)
-    print(f"wrote {c.rel(c.OUT / (name + '.json'))} and {c.rel(c.OUT / (name + '.md'))}")
+    c.write_results(name, out, md)
 
 
 if __name__ == "__main__":

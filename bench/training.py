@@ -249,10 +249,7 @@ def main() -> None:
            "seeds": seeds, "sites": top3, "rows": rows, "per_seed": per_seed, "reference": REFERENCE,
            "commands": cmds}
     name = "training_quick" if a.quick else f"training{a.tag}"
-    c.write_json(c.OUT / f"{name}.json", out)
-    (c.OUT / f"{name}.md").write_text(md + "\nCommands:\n\n```\n" + "\n".join(cmds) + "\n```\n")
-    print("\n" + md)
-    print(f"wrote {c.rel(c.OUT / (name + '.json'))} and {c.rel(c.OUT / (name + '.md'))}")
+    c.write_results(name, out, md + "\nCommands:\n\n```\n" + "\n".join(cmds) + "\n```\n", shown=md)
 
 
 if __name__ == "__main__":

@@ -190,22 +190,18 @@ def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False, *, generator="cv
            "simulate_wall_seconds": round(sim_wall, 2), "sites": run.get("sites"), "generator": generator,
            "wall_seconds": run.get("wall_seconds"), "site_wall_seconds": run.get("site_wall_seconds"),
            "site_communication": run.get("site_communication"), "git": run.get("_git")}
-    if setting == "centralised":
-        raw3 = ctx["raw3"]
-        X3, y3 = raw3.expr[genes].to_numpy(), raw3.labels.astype(str).to_numpy()
-        tr, te = split_holdout(len(y3), y3, fraction=0.2, seed=seed)
+    if setting in ("centralised", "federated"):
+        if setting == "centralised":  # simulate's own stratified holdout of the pooled 3-site file
+            raw3 = ctx["raw3"]
+            Xr, yr = raw3.expr[genes].to_numpy(), raw3.labels.astype(str).to_numpy()
+            tr, te = split_holdout(len(yr), yr, fraction=0.2, seed=seed)
+        else:
+            Xr, yr = X, labels
+            tr, te = site_holdout(raw, names, seed)
         Xs, ys = read_synthetic(outdir / "synthetic.csv", genes)
         dp = load_dp(outdir / "model.pt")
         res["stat_sigma"] = dp.get("stat_sigma")
-        m = evaluate(Xs, ys, X3[tr], y3[tr], X3[te], y3[te], genes=genes, dp=dp, seed=seed)
-        _check(run["evaluation"], m, res["command"])
-        res["metrics"] = summarise(m)
-    elif setting == "federated":
-        tr, te = site_holdout(raw, names, seed)
-        Xs, ys = read_synthetic(outdir / "synthetic.csv", genes)
-        dp = load_dp(outdir / "model.pt")
-        res["stat_sigma"] = dp.get("stat_sigma")
-        m = evaluate(Xs, ys, X[tr], labels[tr], X[te], labels[te], genes=genes, dp=dp, seed=seed)
+        m = evaluate(Xs, ys, Xr[tr], yr[tr], Xr[te], yr[te], genes=genes, dp=dp, seed=seed)
         _check(run["evaluation"], m, res["command"])
         res["metrics"] = summarise(m)
     else:
