@@ -27,6 +27,8 @@ CASES = {
     "epsilon_zero": ({"--epsilon": "0"}, "--epsilon must be a number greater than 0 (got 0)"),
     "epsilon_negative": ({"--epsilon": "-0.5"}, "--epsilon must be a number greater than 0 (got -0.5)"),
     "generator_unknown": ({"--generator": "gan"}, "--generator must be one of cvae, gaussian, pgm (got 'gan')"),
+    "pgm_split_malformed": ({"--pgm_split": "0.5,0.5"},
+                            "--pgm_split must be three shares EDGES,MARGINALS,PAIRS, e.g. 0.3,0.6,0.1 (got '0.5,0.5')"),
 }
 
 
