@@ -100,6 +100,9 @@ def train_options(fn):
                      help="pgm: also release gene-pair marginals on a spanning tree (mst), or only label x gene."),
         click.option("--pgm-split", default="0.3,0.6,0.1", show_default=True, metavar="EDGES,MARGINALS,PAIRS",
                      help="pgm: relative shares of epsilon for the bin edges, label x gene and gene-pair releases."),
+        click.option("--pgm-block", type=int, default=50, show_default=True,
+                     help="pgm: most genes per Private-PGM fit; more genes are cut into chains of at most "
+                          "this many, fitted one by one."),
         click.option("--epsilon", type=float, default=1.0, show_default=True,
                      help="Total privacy budget epsilon for everything the run reveals."),
         click.option("--delta", type=float, default=1e-5, show_default=True, help="Privacy parameter delta (< 1/N)."),
@@ -149,7 +152,8 @@ def _pgm_config(kw) -> dict:
     from .pgm import parse_range, parse_split
 
     return {"pgm_bins": kw["pgm_bins"], "pgm_fine_bins": kw["pgm_fine_bins"], "pgm_range": parse_range(kw["pgm_range"]),
-            "pgm_iters": kw["pgm_iters"], "pgm_tree": kw["pgm_tree"] != "none", "pgm_split": parse_split(kw["pgm_split"])}
+            "pgm_iters": kw["pgm_iters"], "pgm_tree": kw["pgm_tree"] != "none", "pgm_split": parse_split(kw["pgm_split"]),
+            "pgm_block": kw["pgm_block"]}
 
 
 def load_cohort(path, kw, *, min_samples=2):

@@ -252,7 +252,7 @@ def _train_args(kw: dict, input_kind: str) -> list[str]:
     args = ["--input-kind", input_kind]
     for key in ("generator", "components", "epsilon", "delta", "max_colluders", "epochs", "batch_size", "lr", "clip", "latent_dim",
                 "hidden_dim", "stats_fraction", "genes", "classes", "seed", "step_timeout", "rendezvous_timeout",
-                "pgm_bins", "pgm_fine_bins", "pgm_range", "pgm_iters", "pgm_tree", "pgm_split"):
+                "pgm_bins", "pgm_fine_bins", "pgm_range", "pgm_iters", "pgm_tree", "pgm_split", "pgm_block"):
         if kw.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(kw[key])]
     if kw.get("no_dp"):

@@ -82,6 +82,8 @@ class TrainConfig:
     pgm_iters: int = 1000
     pgm_tree: bool = True
     pgm_split: tuple[float, float, float] = (0.3, 0.6, 0.1)
+    #: pgm: the most genes one Private-PGM fit takes (more genes: fitted in chains of <= this many)
+    pgm_block: int = 50
 
     def validate(self) -> None:
         from .generators import check_name

@@ -249,6 +249,7 @@ BAD = [
     (["--pgm-split", "0.5,0.5"], "--pgm-split must be EDGES,MARGINALS,PAIRS"),
     (["--pgm-split", "0,1,1"], "--pgm-split: the edges and label x gene shares"),
     (["--pgm-iters", "0"], "--pgm-iters must be >= 1"),
+    (["--pgm-block", "1"], "--pgm-block must be >= 2"),
 ]
 
 
@@ -293,3 +294,44 @@ def test_release_split_shares_and_spends_the_budget():
         assert rho[k] / sum(rho.values()) == pytest.approx(weights[k] / sum(weights.values()), rel=1e-9)
     spent = compose([Mechanism(k, v) for k, v in z.items()], 1e-5)
     assert 0.98 < spent <= 1.0
+
+
+@pytest.mark.parametrize("epsilon,tol", [(None, 0.002), (1.0, 0.03)])
+def test_block_fit_reproduces_a_known_distribution(epsilon, tol):
+    """The known model is a cone over the forest {g0 - g1 - g2, g3}: fitted as two blocks, it is recovered."""
+    joint = _known_distribution()
+    n = 20_000
+    lg, pairs = _tables(joint, n)
+    sd_m = sd_p = 1.0
+    if epsilon is not None:
+        z = pgm.plan(pgm.PGMConfig(), epsilon, 1e-5, "log")
+        sd_m, sd_p = z["label x gene marginals"] * 2.0, z["gene pair marginals"] * math.sqrt(len(TREE))
+        rng = np.random.default_rng(3)
+        lg = lg + rng.normal(0, sd_m, lg.shape)
+        pairs = pairs + rng.normal(0, sd_p, pairs.shape)
+    chains = [np.array([0, 1, 2]), np.array([3])]
+    assert pgm.chain_pairs(chains) == TREE
+    fitted = pgm.fit_blocks(lg, sd_m, chains, pairs, sd_p, n, 2000)
+    state = {"phi": fitted["phi"], "psi": fitted["psi"], "tree": np.asarray(TREE)}
+    model = _model_joint(state)
+    assert model.sum() == pytest.approx(1.0)
+    assert 0.5 * np.abs(model - joint).sum() < tol
+    # P(y) is the mean of the blocks' own label marginals
+    per_block = [fitted["label_gene"][0].sum(axis=1), fitted["label_gene"][3].sum(axis=1)]
+    assert np.allclose(model.sum(axis=(1, 2, 3, 4)), np.mean(per_block, axis=0) / n, atol=1e-6)
+
+
+def test_chains_cover_every_gene_once_in_equal_blocks():
+    rng = np.random.default_rng(1)
+    tables = rng.uniform(0, 30, (23, 4, 3))
+    chains = pgm.choose_chains(tables, 5)
+    assert [len(c) for c in chains] == [5, 5, 5, 4, 4]
+    assert sorted(np.concatenate(chains).tolist()) == list(range(23))
+    assert len(pgm.chain_pairs(chains)) == 23 - 5
+    sim, _ = pgm._similarity(tables)
+    # the greedy path takes the most similar pair first
+    iu, ju = np.triu_indices(23, 1)
+    k = int(np.argmax(sim[iu, ju]))
+    path = np.concatenate(chains)
+    pos = {int(v): i for i, v in enumerate(path)}
+    assert abs(pos[int(iu[k])] - pos[int(ju[k])]) == 1
