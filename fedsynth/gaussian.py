@@ -51,8 +51,9 @@ noise has norm ~17, larger than any class separation (7-14), and because
 shift common to all classes. Giving it 25% of the budget and ``c_1 = 2.5``
 (about the median ``||v||`` / sqrt(D) there; the clipping bias is smaller
 than the noise saved) and taking the share from the second moments
-(15%, ``c_3 = 0.7``) raised the mean TSTR accuracy / macro-F1 from 0.686 /
-0.540 to 0.765 / 0.646 (100 runs each, s.d. 0.07-0.14 between runs), and
+(15%, ``c_3 = 0.7``) raised the mean TSTR accuracy / macro-F1 from 0.692 /
+0.543 to 0.766 / 0.651 (80 runs each, 20 seeds x 4 draws; s.d. 0.07-0.14
+between runs), and
 also at epsilon 0.5 (0.470 / 0.213 -> 0.575 / 0.364), 2 (0.788 / 0.718 ->
 0.813 / 0.742) and 4 (0.782 / 0.740 -> 0.814 / 0.773). Measured and not
 taken: a larger class-count share (10%: -0.02 macro-F1; its noise is the
@@ -60,9 +61,11 @@ largest single source of run-to-run spread, but the class-mean budget it
 costs matters more), ``COUNT_SHRINK`` 1 (-0.04; the shrink of small classes
 towards ``m`` helps) or 3 (same), ``c_2`` 0.35, 0.7 or 1.0 (-0.01 to
 -0.04), dropping classes whose noisy count is below ``z_1`` (-0.1), a 3% count
-share (-0.04), ``VARIANCE_FLOOR`` 0.5 (same), and re-centring ``m`` from
-the clipped class sums (-0.02); around the chosen split, gene means 20-30%
-and second moments 10-20% all score within 0.01. A diagonal-only
+share (-0.04), ``VARIANCE_FLOOR`` 0.5 (same), projecting the noisy counts
+onto ``sum_k c_k = N`` (public), with or without ``c_k >= 0`` (-0.005,
+within noise), and re-centring ``m`` from the clipped class sums (-0.02);
+around the chosen split, gene means 20-30% and second moments 10-20% all
+score within 0.01. A diagonal-only
 covariance (``--components 0``) needs no switch: the bulk-edge rule of the
 fit already keeps only 0-1 components at epsilon <= 1 (the same 0.39
 macro-F1 as ``--components 0`` at epsilon 0.5; -0.01 at epsilon 1).
@@ -70,8 +73,8 @@ Checked afterwards with ``fedsynth simulate`` (3 sites, epsilon 1, the
 benchmark's split seeds 0, 1, 2, one noise draw each): accuracy 0.712,
 0.673, 0.750 and macro-F1 0.575, 0.432, 0.674, against 0.731, 0.538,
 0.750 and 0.612, 0.281, 0.477 before -- three draws, within the
-run-to-run s.d. above (seed 1's noisy counts gave LumB 23 and NormalLike
-23, true 51 and 1).
+run-to-run s.d. above (seed 1's noisy counts gave Her2 52, LumB 23 and
+NormalLike 23, true 25, 49 and 0).
 
 **Fitting** (post-processing, free): the noise added to ``Sigma`` is a
 symmetric Gaussian matrix with entry s.d. ``s = z_4 R_3^2 / (N - K)``, whose
