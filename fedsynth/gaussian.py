@@ -104,7 +104,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .accounting import Mechanism, PrivacyLedger, plan_release_split, validate_budget
 from .secure_aggregation import SecureSum
 
 log = logging.getLogger("fedsynth")
@@ -346,7 +345,7 @@ def train_gaussian(session, cohort, cfg, *, progress: bool = True):
     site alike), then the releases of :func:`release_moments` over
     :class:`~fedsynth.secure_aggregation.SecureSum`, then the fit.
     """
-    from .train import TrainResult, join_schema
+    from .train import TrainResult, join_schema, one_shot_budget, one_shot_dp_record
 
     del progress  # a handful of sums: nothing to show
     cfg.validate()
@@ -357,16 +356,7 @@ def train_gaussian(session, cohort, cfg, *, progress: bool = True):
 
     k, n_total = session.world_size, schema.n_total
     split = budget_split(schema.input_kind)
-    if cfg.no_dp:
-        ledger = PrivacyLedger(math.inf, cfg.delta)
-        z = {name: 0.0 for name in split}
-        log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
-    else:
-        validate_budget(cfg.epsilon, cfg.delta, n_total)
-        z = plan_release_split(cfg.epsilon, cfg.delta, split)
-        ledger = PrivacyLedger(cfg.epsilon, cfg.delta, [Mechanism(name, v) for name, v in z.items()])
-        log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
-                 ", ".join(f"{n} z={v:.3g}" for n, v in z.items()))
+    z, ledger = one_shot_budget(cfg, n_total, split)
 
     agg = SecureSum(session, max_colluders=cfg.max_colluders)
 
@@ -375,37 +365,15 @@ def train_gaussian(session, cohort, cfg, *, progress: bool = True):
 
     t1 = time.monotonic()
     y = np.array([schema.classes.index(str(v)) for v in cohort.labels], dtype=int)
-    stats = release_moments(noisy_sum, cohort.X, y, len(schema.classes), n_total, z, clip=not cfg.no_dp,
+    stats = release_moments(noisy_sum, cohort.X, y, len(schema.classes), n_total,
+                            z if z is not None else {name: 0.0 for name in split}, clip=not cfg.no_dp,
                             library_sizes=cohort.library_sizes if schema.input_kind == "counts" else None)
     timings["statistics"] = time.monotonic() - t1
     t2 = time.monotonic()
     model = fit(stats, cfg.components, len(schema.genes))
     timings["fit"] = time.monotonic() - t2
 
-    spent = ledger.spent() if not cfg.no_dp else math.inf
-    if spent > cfg.epsilon * (1 + 1e-9) and not cfg.no_dp:
-        raise RuntimeError(f"accountant reports epsilon {spent} above the target {cfg.epsilon}")
-    dp = {
-        "private": not cfg.no_dp,
-        "epsilon": None if cfg.no_dp else cfg.epsilon,
-        "epsilon_spent": None if cfg.no_dp else spent,
-        "delta": cfg.delta,
-        "sigma": None,
-        "stat_sigma": None if cfg.no_dp else max(z.values()),
-        "noise_multipliers": None if cfg.no_dp else z,
-        "budget_split": split,
-        "sample_rate": None,
-        "clip_norm": None,
-        "clip_bounds": stats["clip_bounds"],
-        "steps": 0,
-        "epochs": None,
-        "k": k,
-        "max_colluders": cfg.max_colluders,
-        "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))],
-        "mechanisms": [] if cfg.no_dp else ledger.to_dict()["mechanisms"],
-        "accountant": "opacus RDP",
-        "noise_source": "os.urandom Gaussian noise, split over k - max_colluders sites",
-    }
+    dp = one_shot_dp_record(cfg, schema, k, z, ledger, budget_split=split, clip_bounds=stats["clip_bounds"])
     public = {k_: v for k_, v in stats.items() if k_ not in ("class_means", "covariance")}
     meta = {
         "generator": NAME,

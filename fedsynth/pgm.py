@@ -620,10 +620,8 @@ class PGMRelease:
     info: dict = field(default_factory=dict)
 
 
-def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[str, float]:
-    """Noise multiplier per release (before any data is touched)."""
-    from .accounting import plan_release_split
-
+def release_weights(cfg: PGMConfig, input_kind: str) -> dict[str, float]:
+    """Privacy-loss share of each release (``--pgm-split``; library sizes for counts input)."""
     weights = {RELEASES[0]: cfg.split[0], RELEASES[1]: cfg.split[1]}
     if cfg.tree:
         weights[RELEASES[2]] = cfg.split[2]
@@ -631,7 +629,14 @@ def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[
         total = sum(weights.values())
         weights["log library size mean"] = LIBSIZE_SHARE * total
         weights["log library size spread"] = LIBSIZE_SHARE * total
-    return plan_release_split(epsilon, delta, weights)
+    return weights
+
+
+def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[str, float]:
+    """Noise multiplier per release (before any data is touched)."""
+    from .accounting import plan_release_split
+
+    return plan_release_split(epsilon, delta, release_weights(cfg, input_kind))
 
 
 def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, cfg: PGMConfig,
@@ -788,9 +793,8 @@ def train(session, cohort, cfg, *, progress: bool = True):
     """
     from dataclasses import asdict
 
-    from .accounting import Mechanism, PrivacyLedger, validate_budget
     from .secure_aggregation import SecureSum
-    from .train import TrainResult, join_schema
+    from .train import TrainResult, join_schema, one_shot_budget, one_shot_dp_record
 
     del progress
     cfg.validate()
@@ -802,15 +806,7 @@ def train(session, cohort, cfg, *, progress: bool = True):
     timings["schema"] = time.monotonic() - t0
 
     k, n_total = session.world_size, schema.n_total
-    if cfg.no_dp:
-        z, ledger = None, PrivacyLedger(math.inf, cfg.delta)
-        log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
-    else:
-        validate_budget(cfg.epsilon, cfg.delta, n_total)
-        z = plan(pcfg, cfg.epsilon, cfg.delta, schema.input_kind)
-        ledger = PrivacyLedger(cfg.epsilon, cfg.delta, [Mechanism(name, v) for name, v in z.items()])
-        log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
-                 ", ".join(f"{n} z={v:.3g}" for n, v in z.items()))
+    z, ledger = one_shot_budget(cfg, n_total, release_weights(pcfg, schema.input_kind))
 
     agg = SecureSum(session, max_colluders=cfg.max_colluders)
     y = np.array([schema.classes.index(str(v)) for v in cohort.labels], dtype=np.int64)
@@ -819,29 +815,7 @@ def train(session, cohort, cfg, *, progress: bool = True):
     timings.update(rel.info.pop("timings"))
     model = PGMModel(PGMModelConfig(len(schema.genes), len(schema.classes), pcfg.bins), rel.state)
 
-    spent = ledger.spent() if not cfg.no_dp else math.inf
-    if not cfg.no_dp and spent > cfg.epsilon * (1 + 1e-9):
-        raise RuntimeError(f"accountant reports epsilon {spent} above the target {cfg.epsilon}")
-    dp = {
-        "private": not cfg.no_dp,
-        "epsilon": None if cfg.no_dp else cfg.epsilon,
-        "epsilon_spent": None if cfg.no_dp else spent,
-        "delta": cfg.delta,
-        "sigma": None,
-        "stat_sigma": None if cfg.no_dp else max(z.values()),
-        "noise_multipliers": z,
-        "noise_std": rel.info["noise_std"],
-        "sample_rate": None,
-        "clip_norm": None,
-        "steps": 0,
-        "epochs": None,
-        "k": k,
-        "max_colluders": cfg.max_colluders,
-        "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))],
-        "mechanisms": [] if cfg.no_dp else ledger.to_dict()["mechanisms"],
-        "accountant": "opacus RDP",
-        "noise_source": "os.urandom Gaussian noise, split over k - max_colluders sites",
-    }
+    dp = one_shot_dp_record(cfg, schema, k, z, ledger, noise_std=rel.info["noise_std"])
     props = model.class_proportions()
     statistics = {"class_proportions": props.tolist(), "class_counts": (props * n_total).tolist()}
     if rel.info.get("log_library_size"):

@@ -205,6 +205,68 @@ def join_schema(session, cohort, cfg: TrainConfig):
         raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
     return schema, cohort
 
+
+def one_shot_budget(cfg: TrainConfig, n_total: int, weights: dict[str, float]):
+    """Budget plan of a generator made of one-shot releases (``gaussian``, ``pgm``).
+
+    Before any data is touched: refuses an impossible budget
+    (:class:`~fedsynth.errors.BudgetError`, alike at every site), then
+    calibrates one noise multiplier per release so that the releases,
+    with privacy-loss shares ``weights``, compose to exactly ``(epsilon,
+    delta)`` in the one RDP accountant
+    (:func:`~fedsynth.accounting.plan_release_split`).
+
+    Returns
+    -------
+    (z, ledger)
+        ``z`` maps release names to noise multipliers (``None`` with
+        ``--no-dp``); ``ledger`` is the :class:`PrivacyLedger` holding them.
+    """
+    from .accounting import Mechanism, plan_release_split
+
+    if cfg.no_dp:
+        log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
+        return None, PrivacyLedger(math.inf, cfg.delta)
+    validate_budget(cfg.epsilon, cfg.delta, n_total)
+    z = plan_release_split(cfg.epsilon, cfg.delta, weights)
+    ledger = PrivacyLedger(cfg.epsilon, cfg.delta, [Mechanism(name, v) for name, v in z.items()])
+    log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
+             ", ".join(f"{n} z={v:.3g}" for n, v in z.items()))
+    return z, ledger
+
+
+def one_shot_dp_record(cfg: TrainConfig, schema: Schema, k: int, z: dict[str, float] | None,
+                       ledger: PrivacyLedger, **extra) -> dict:
+    """The model file's ``dp`` record for one-shot releases (same keys as the CVAE's).
+
+    Checks the ledger against the target first (a spend above it is a bug,
+    never a warning). ``extra`` adds generator-specific entries (budget
+    split, clip bounds, noise standard deviations).
+    """
+    spent = math.inf if cfg.no_dp else ledger.spent()
+    if not cfg.no_dp and spent > cfg.epsilon * (1 + 1e-9):
+        raise RuntimeError(f"accountant reports epsilon {spent} above the target {cfg.epsilon}")
+    return {
+        "private": not cfg.no_dp,
+        "epsilon": None if cfg.no_dp else cfg.epsilon,
+        "epsilon_spent": None if cfg.no_dp else spent,
+        "delta": cfg.delta,
+        "sigma": None,
+        "stat_sigma": None if cfg.no_dp else max(z.values()),
+        "noise_multipliers": z,
+        **extra,
+        "sample_rate": None,
+        "clip_norm": None,
+        "steps": 0,
+        "epochs": None,
+        "k": k,
+        "max_colluders": cfg.max_colluders,
+        "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))],
+        "mechanisms": [] if cfg.no_dp else ledger.to_dict()["mechanisms"],
+        "accountant": "opacus RDP",
+        "noise_source": "os.urandom Gaussian noise, split over k - max_colluders sites",
+    }
+
 def _unit_hash(seed: int, step: int, ids: list[str], salt: str) -> np.ndarray:
     """Uniform(0,1) numbers, one per record, from SHA-256(seed, step, id)."""
     out = np.empty(len(ids))
