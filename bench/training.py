@@ -33,7 +33,6 @@ bench/out/training.md (runs under bench/out/training/).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

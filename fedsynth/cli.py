@@ -7,7 +7,6 @@ with a non-zero exit status, and writes its outputs atomically.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys

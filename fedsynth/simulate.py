@@ -29,7 +29,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import pandas as pd
 
 from .errors import FedsynthError, InputError, ParameterError
 

@@ -10,12 +10,9 @@ fixes have not been applied.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
-import sys
 import textwrap
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from testkit import PY, describe, free_port, start_process, wait_all, write_secret
+from testkit import PY, describe, start_process, wait_all, write_secret
 
 pytestmark = pytest.mark.timeout(400)
 
