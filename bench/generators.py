@@ -115,8 +115,10 @@ def grid(gen, rerun_eps=EPSILONS, rerun_central=True, seeds=SEEDS, settings=("fe
     return cells
 
 
-def run_part(gen, ctx, fresh, cvae_central=True, seeds=SEEDS, settings=("federated", "centralised")) -> list:
-    todo = grid(gen, CVAE_RERUN if gen == "cvae" else EPSILONS, gen != "cvae" or cvae_central, seeds, settings)
+def run_part(gen, ctx, fresh, cvae_central=True, seeds=SEEDS, settings=("federated", "centralised"),
+             cvae_all=False) -> list:
+    eps = CVAE_RERUN if gen == "cvae" and not cvae_all else EPSILONS
+    todo = grid(gen, eps, gen != "cvae" or cvae_central, seeds, settings)
     prog = Progress(sum(1 for c in todo if c[3]))
     out = []
     for setting, eps, seed, rerun in todo:
@@ -378,6 +380,9 @@ def main(argv=None) -> int:
                     help="generators the timing part runs (comma-separated)")
     ap.add_argument("--seeds", default="0,1,2", help="split seeds the parts run (the report shows all cached)")
     ap.add_argument("--settings", default="federated,centralised", help="settings the parts run")
+    ap.add_argument("--cvae-all-epsilons", action="store_true",
+                    help="cvae part: re-run every epsilon of the grid, not only 1 and no DP (the others are "
+                         "otherwise read from bench/utility_privacy.py's cache, marked if stale)")
     ap.add_argument("--no-cvae-central", action="store_true",
                     help="cvae part: keep the cached centralised epsilon-1 CVAE cells (marked if stale)")
     args = ap.parse_args(argv)
@@ -397,7 +402,7 @@ def main(argv=None) -> int:
             for g in args.timing_generators.split(","):
                 run_timing(g, args.fresh)
         else:
-            run_part(p, ctx, args.fresh, cvae_central=not args.no_cvae_central,
+            run_part(p, ctx, args.fresh, cvae_central=not args.no_cvae_central, cvae_all=args.cvae_all_epsilons,
                      seeds=tuple(int(x) for x in args.seeds.split(",")), settings=tuple(args.settings.split(",")))
     results = [r for g in ALL_GENERATORS for r in cached_part(g, ctx)]
     timings = {g: t for g in ALL_GENERATORS if (t := cached_timing(g))}
