@@ -259,13 +259,21 @@ def one_shot_dp_record(cfg: TrainConfig, schema: Schema, k: int, z: dict[str, fl
         "clip_norm": None,
         "steps": 0,
         "epochs": None,
+        **federation_record(cfg, schema, k, ledger),
+        "noise_source": "os.urandom Gaussian noise, split over k - max_colluders sites",
+    }
+
+
+def federation_record(cfg: TrainConfig, schema: Schema, k: int, ledger: PrivacyLedger) -> dict:
+    """The part of every generator's ``dp`` record that names the federation and the accountant."""
+    return {
         "k": k,
         "max_colluders": cfg.max_colluders,
         "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))],
         "mechanisms": [] if cfg.no_dp else ledger.to_dict()["mechanisms"],
         "accountant": "opacus RDP",
-        "noise_source": "os.urandom Gaussian noise, split over k - max_colluders sites",
     }
+
 
 def _unit_hash(seed: int, step: int, ids: list[str], salt: str) -> np.ndarray:
     """Uniform(0,1) numbers, one per record, from SHA-256(seed, step, id)."""
@@ -509,11 +517,7 @@ def train_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> T
         "clip_norm": cfg.clip if not cfg.no_dp else None,
         "steps": steps,
         "epochs": cfg.epochs,
-        "k": k,
-        "max_colluders": cfg.max_colluders,
-        "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))],
-        "mechanisms": [] if cfg.no_dp else ledger.to_dict()["mechanisms"],
-        "accountant": "opacus RDP",
+        **federation_record(cfg, schema, k, ledger),
         "noise_source": "os.urandom-seeded torch generator, split over k - max_colluders sites",
     }
     meta = {
