@@ -138,7 +138,7 @@ def run_part(gen, ctx, fresh, cvae_central=True, seeds=SEEDS, settings=("federat
 
 def cached_part(gen, ctx) -> list:
     """Every cell of ``gen`` already scored (no runs)."""
-    out = []
+    out, mtimes = [], []
     for setting, eps, seed, _ in grid(gen):
         d = up.cell_dir(setting, eps, seed, gen, up.WORK if gen == "cvae" else WORK)
         stamp = d / "bench_eval.json"
@@ -148,14 +148,12 @@ def cached_part(gen, ctx) -> list:
         r.setdefault("generator", gen)
         git = d / "git.json"
         r["git"] = json.loads(git.read_text()) if git.is_file() else None
-        r["_mtime"] = git.stat().st_mtime if git.is_file() else 0.0
+        mtimes.append(git.stat().st_mtime if git.is_file() else 0.0)
         out.append(r)
     # "stale" = run on another fedsynth version than this generator's newest run (for the CVAE: the
     # utility/privacy grid's cells not re-run here); a code change after the runs does not make them stale
     hashes = [(r["git"] or {}).get("code_hash") for r in out]
-    ref = (max(out, key=lambda r: r.pop("_mtime"))["git"] or {}).get("code_hash") if out else None
-    for r in out:
-        r.pop("_mtime", None)
+    ref = hashes[max(range(len(out)), key=mtimes.__getitem__)] if out else None
     for r, h in zip(out, hashes):
         r["stale"] = h != ref
     return out
