@@ -343,18 +343,13 @@ def choose_chains(tables: np.ndarray, block: int) -> list[np.ndarray]:
 
     Returns the runs (arrays of gene indices, in chain order).
     """
+    from scipy.cluster.hierarchy import DisjointSet
+
     g = tables.shape[0]
     sim, _ = _similarity(tables)
     iu, ju = np.triu_indices(g, 1)
     order = np.argsort(-sim[iu, ju], kind="stable")
-    parent = np.arange(g)
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    paths = DisjointSet(range(g))
     deg = np.zeros(g, dtype=np.int64)
     nbr = [[] for _ in range(g)]
     added = 0
@@ -364,10 +359,9 @@ def choose_chains(tables: np.ndarray, block: int) -> list[np.ndarray]:
         i, j = int(iu[k]), int(ju[k])
         if deg[i] >= 2 or deg[j] >= 2:
             continue
-        ri, rj = find(i), find(j)
-        if ri == rj:
+        if paths.connected(i, j):
             continue
-        parent[ri] = rj
+        paths.merge(i, j)
         deg[i] += 1
         deg[j] += 1
         nbr[i].append(j)
@@ -670,9 +664,12 @@ def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: 
     timings["marginals"] = time.monotonic() - t
 
     t = time.monotonic()
-    blocked = g > cfg.block
-    chains = (choose_chains(marg, cfg.block) if cfg.tree else gene_blocks(g, cfg.block)) if blocked else None
-    pairs: list[tuple[int, int]] = (chain_pairs(chains) if blocked else choose_tree(marg)) if cfg.tree else []
+    chains: list[np.ndarray] | None = None  # blocks fitted one by one when G > B
+    if g > cfg.block:
+        chains = choose_chains(marg, cfg.block) if cfg.tree else gene_blocks(g, cfg.block)
+        pairs = chain_pairs(chains) if cfg.tree else []
+    else:
+        pairs = choose_tree(marg) if cfg.tree else []
     ptabs, sd_pair = None, 0.0
     if pairs:
         ptabs, sd_pair = noisy_sum(pair_tables(codes, pairs, b), RELEASES[2], math.sqrt(len(pairs)))
@@ -688,7 +685,7 @@ def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: 
         libsize = {"mean": mean, "sd": math.sqrt(min(max(float(v[0]) / n_total, 0.01), LOG_LIBSIZE_SPREAD_BOUND))}
 
     t = time.monotonic()
-    if blocked:
+    if chains is not None:
         fitted = fit_blocks(marg, sd_marg or 1.0, chains, ptabs, sd_pair or 1.0, n_total, cfg.iters)
     else:
         fitted = fit(marg, sd_marg or 1.0, pairs, ptabs, sd_pair or 1.0, n_total, cfg.iters)
@@ -707,7 +704,7 @@ def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: 
         "released_pairs": ptabs if ptabs is not None else np.zeros((0, b, b)),
     }
     info = {"bins": b, "fine_bins": m, "range": [lo, hi], "iters": cfg.iters, "tree": cfg.tree,
-            "block": cfg.block, "fit_blocks": len(chains) if blocked else 1,
+            "block": cfg.block, "fit_blocks": len(chains) if chains is not None else 1,
             "split": list(cfg.split), "noise_std": {RELEASES[0]: sd_hist, RELEASES[1]: sd_marg,
                                                      RELEASES[2]: sd_pair},
             "timings": timings, "log_library_size": libsize}
