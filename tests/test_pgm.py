@@ -335,3 +335,26 @@ def test_chains_cover_every_gene_once_in_equal_blocks():
     path = np.concatenate(chains)
     pos = {int(v): i for i, v in enumerate(path)}
     assert abs(pos[int(iu[k])] - pos[int(ju[k])]) == 1
+
+
+def test_simulate_pgm_in_blocks_releases_and_accounts_the_chain_pairs(tmp_path):
+    """G > --pgm-block: 3 processes release only the G - m chain pairs, with noise z_3 sqrt(G - m)."""
+    block = 20
+    cmd = [PY, "-m", "fedsynth", "simulate", "--data", str(BUNDLED), "--label-column", "pam50",
+           "--meta-columns", "age", "--site-column", "site", "--sites", "3", "--generator", "pgm",
+           "--epsilon", "1", "--pgm-iters", "100", "--pgm-block", str(block), "--outdir", str(tmp_path / "out")]
+    p = start_process(cmd, tmp_path, "simulate", new_session=True)
+    p.rank = "simulate"
+    assert wait_all([p], 550) == [0], describe([p])
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["models_identical"] is True and 0.9 < run["epsilon_spent"] <= 1.0
+    blob = load_blob(tmp_path / "out" / "model.pt")
+    G = len(blob["genes"])
+    m = math.ceil(G / block)
+    assert m >= 2 and blob["generator_params"]["fit_blocks"] == m
+    tree = blob["state_dict"]["tree"].numpy()
+    assert tree.shape == (G - m, 2) and blob["state_dict"]["released_pairs"].shape[0] == G - m
+    z = pgm.plan(pgm.PGMConfig(block=block), 1.0, run["delta"], "log")
+    assert blob["dp"]["noise_std"]["gene pair marginals"] == pytest.approx(z["gene pair marginals"] * math.sqrt(G - m))
+    # every gene in exactly one chain: each is a child at most once, m chain roots
+    assert len(set(tree[:, 1].tolist())) == G - m
