@@ -168,7 +168,7 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
 
 # ------------------------------------------------------------ holdouts
 def read_table(path=DATA):
-    from fedsynth.io import read_expression
+    from fedsynth.data.io import read_expression
 
     return read_expression(path, **READ_KW)
 
@@ -197,7 +197,7 @@ def site_holdout(raw, site_names: list[str], seed: int, fraction: float = 0.2):
 def score_synthetic(synthetic_csv: Path, raw, train_rows, test_rows, seed: int) -> dict:
     """fedsynth.evaluate.tstr of a synthetic.csv on chosen real test rows (as simulate does)."""
     from fedsynth.evaluate import tstr
-    from fedsynth.io import read_expression
+    from fedsynth.data.io import read_expression
 
     syn = read_expression(synthetic_csv, label_column="pam50")
     expr = syn.expr[list(raw.expr.columns)]

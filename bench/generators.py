@@ -21,7 +21,7 @@ Cost, per generator, at 50 genes (the epsilon-1 federated runs above) and
 at 1,000 genes (a generated matrix: 200 records x 1,000 genes, 3 sites, 4
 classes, seed 0; one epsilon-1 run): wall seconds and bytes sent per site.
 Bytes come from each site's run.json ``communication`` record
-(:meth:`fedsynth.session.Session.traffic`): ``tcp_bytes_sent`` is measured
+(:meth:`fedsynth.federation.session.Session.traffic`): ``tcp_bytes_sent`` is measured
 by the kernel (``TCP_INFO`` ``tcpi_bytes_acked``, TCP payload summed over
 the site process's sockets: gloo pairs and rendezvous-store connections,
 which at rank 0 include the store server's replies); ``share_bytes`` is
@@ -390,7 +390,7 @@ def main(argv=None) -> int:
     raw = read_table()
     names = largest_sites(raw, 3)
     three = up.three_site_csv(names)
-    from fedsynth.io import read_expression
+    from fedsynth.data.io import read_expression
 
     ctx = {"raw": raw, "names": names, "three": three,
            "raw3": read_expression(three, label_column=up.LABEL, meta_columns=("age",))}

@@ -9,7 +9,7 @@ Starts ``--parties`` worker processes (this script with ``--worker``) on
 CrypTen and fedsynth, then waits for a common start signal, so the session
 set-up time measures only rendezvous + authentication/key agreement +
 process group (+ CrypTen PRZS seeding), not Python imports. Each worker
-opens ``fedsynth.session.Session`` with one shared secret file
+opens ``fedsynth.federation.session.Session`` with one shared secret file
 (``--setup-reps`` times, on fresh ports, to get several set-up timings);
 in the last session it times, for each vector size (float64 values):
 
@@ -61,9 +61,9 @@ def worker(a) -> None:
     import torch
     import torch.distributed as dist
 
-    from fedsynth import _crypten_compat
-    from fedsynth.secure_aggregation import SecureSum
-    from fedsynth.session import Session, read_secret
+    from fedsynth.federation import crypten_compat as _crypten_compat
+    from fedsynth.federation.secure_sum import SecureSum
+    from fedsynth.federation.session import Session, read_secret
 
     _crypten_compat.import_crypten()
     torch.set_num_threads(1)
@@ -163,9 +163,9 @@ def profile_components(sizes: list[int], reps: int = 3) -> dict:
     """
     import torch
 
-    from fedsynth import _crypten_compat
-    from fedsynth.secure_aggregation import csprng_normal
-    from fedsynth.session import Session
+    from fedsynth.federation import crypten_compat as _crypten_compat
+    from fedsynth.federation.secure_sum import csprng_normal
+    from fedsynth.federation.session import Session
 
     _crypten_compat.import_crypten()
     from crypten.encoder import FixedPointEncoder

@@ -114,7 +114,7 @@ def sim_args(setting: str, eps, seed: int, three: Path) -> list:
 
 
 def read_synthetic(path: Path, genes: list[str]):
-    from fedsynth.io import read_expression
+    from fedsynth.data.io import read_expression
 
     syn = read_expression(path, label_column=LABEL)
     return syn.expr[genes].to_numpy(), syn.labels.astype(str).to_numpy()
@@ -304,7 +304,7 @@ def mia_null(ctx, n_splits=40) -> dict:
 # ------------------------------------------------------------------ CLI showcase
 def cli_showcase(ctx, eps, seed) -> dict | None:
     """`fedsynth evaluate` through the CLI on one federated run (writes its report.html)."""
-    from fedsynth.io import write_table
+    from fedsynth.data.io import write_table
 
     run_dir = WORK / f"federated_eps{eps_name(eps).replace(' ', '')}_seed{seed}"
     if not (run_dir / "synthetic.csv").is_file():
@@ -590,7 +590,7 @@ def main(argv=None) -> int:
     raw = read_table()
     names = largest_sites(raw, 3)
     three = three_site_csv(names)
-    from fedsynth.io import read_expression
+    from fedsynth.data.io import read_expression
 
     ctx = {"raw": raw, "names": names, "three": three,
            "raw3": read_expression(three, label_column=LABEL, meta_columns=("age",))}

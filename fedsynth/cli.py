@@ -157,8 +157,8 @@ def _pgm_config(kw) -> dict:
 
 def load_cohort(path, kw, *, min_samples=2):
     """Read and validate one matrix with the data options."""
-    from .io import read_expression
-    from .preprocess import validate_and_normalise
+    from .data.io import read_expression
+    from .data.preprocess import validate_and_normalise
 
     if not kw["label_column"] and not kw["labels_file"]:
         raise click.UsageError("give --label-column or --labels-file")
@@ -226,7 +226,7 @@ def preprocess(data, out, holdout, holdout_out, seed, overwrite, **kw):
     import pandas as pd
 
     from .evaluate import split_holdout
-    from .io import write_table
+    from .data.io import write_table
 
     setup_logging()
     if not 0 <= holdout < 1:
@@ -272,9 +272,9 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
     --world-size, --rendezvous, secret and training options. Writes
     OUTDIR/model.pt (weights, sampling info, DP record) and OUTDIR/run.json.
     """
-    from .io import atomic_write_json
+    from .data.io import atomic_write_json
     from .model import save_model
-    from .session import Session, announce_failure, parse_rendezvous, read_secret
+    from .federation.session import Session, announce_failure, parse_rendezvous, read_secret
     from .generators import train as train_site
 
     site_name = site_name or f"site{rank}"
@@ -348,7 +348,7 @@ def synthesize(model_path, n, class_proportions, seed, label_column, outdir, ove
 
 def synthesize_to(out, model_path, n, class_proportions, seed, label_column, overwrite):
     """Sample and write OUT/synthetic.csv and OUT/synthetic.h5ad."""
-    from .io import write_table
+    from .data.io import write_table
     from .synthesize import synthesize as draw
 
     expr, labels, meta = draw(model_path, n, class_proportions=class_proportions, seed=seed)

@@ -1204,8 +1204,8 @@ def _load(path, label_column, meta_columns, input_kind, *, role):
     """Read and validate one input. The synthetic file need not carry the
     real data's metadata columns: any it has are set aside, any it lacks are
     ignored."""
-    from .io import read_expression
-    from .preprocess import validate_and_normalise
+    from .data.io import read_expression
+    from .data.preprocess import validate_and_normalise
 
     synthetic = role == "synthetic"
     try:
@@ -1254,7 +1254,7 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     """
     from pathlib import Path
 
-    from .io import atomic_write_json, atomic_write_text
+    from .data.io import atomic_write_json, atomic_write_text
 
     meta_columns = tuple(meta_columns)
     syn = _load(synthetic, synthetic_label_column, meta_columns, input_kind, role="synthetic")

@@ -14,7 +14,7 @@ with ``W`` a ``D x r`` matrix (the top ``r`` principal directions of the
 pooled within-class scatter, DP-PCA) and ``Psi`` diagonal and positive.
 Everything is estimated from four (six for counts input) noisy secure sums,
 each a Gaussian mechanism with noise ``z_j * Delta_j`` (``z_j`` from
-:func:`fedsynth.accounting.plan_release_split`, calibrated before any data is
+:func:`fedsynth.privacy.accounting.plan_release_split`, calibrated before any data is
 touched):
 
 1. **class counts** ``c_k = sum_i [y_i = k]`` (``Delta = 1``); proportions
@@ -104,7 +104,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .secure_aggregation import SecureSum
+from .federation.secure_sum import SecureSum
 
 log = logging.getLogger("fedsynth")
 
@@ -251,7 +251,7 @@ def release_moments(noisy_sum, X: np.ndarray, y: np.ndarray, n_classes: int, n_t
     ----------
     noisy_sum : callable ``(values, noise_std, step) -> ndarray``
         This site's values in, the noisy sum over all sites out
-        (:meth:`fedsynth.secure_aggregation.SecureSum.sum`).
+        (:meth:`fedsynth.federation.secure_sum.SecureSum.sum`).
     X, y
         This site's log-expression (samples x genes) and class indices.
     n_total
@@ -343,7 +343,7 @@ def train_gaussian(session, cohort, cfg, *, progress: bool = True):
     Schema agreement as for the CVAE, then the budget plan (no data
     touched; :class:`~fedsynth.errors.BudgetError` refuses the run at every
     site alike), then the releases of :func:`release_moments` over
-    :class:`~fedsynth.secure_aggregation.SecureSum`, then the fit.
+    :class:`~fedsynth.federation.secure_sum.SecureSum`, then the fit.
     """
     from .train import TrainResult, join_schema, one_shot_budget, one_shot_dp_record
 

@@ -90,7 +90,7 @@ def save_model(path, *, model, meta: dict) -> None:
     ``model`` is any generator's model (``.cfg`` dataclass, ``.state_dict()``
     of tensors); ``meta["generator"]`` names the generator (default cvae).
     """
-    from .io import atomic_path
+    from .data.io import atomic_path
 
     blob = {
         "format": MODEL_FORMAT,

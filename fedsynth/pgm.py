@@ -2,7 +2,7 @@
 
 Every statistic this generator releases is a contingency table, i.e. a sum
 of one-hot records, so each site computes its own table and the sites add
-them with :class:`~fedsynth.secure_aggregation.SecureSum` plus Gaussian
+them with :class:`~fedsynth.federation.secure_sum.SecureSum` plus Gaussian
 noise; the tables are fitted with Private-PGM (the ``mbi`` package) and the
 fitted graphical model is sampled. With ``G`` genes, ``C`` classes and
 ``b`` bins per gene, a run makes three releases:
@@ -41,7 +41,7 @@ fitted graphical model is sampled. With ``G`` genes, ``C`` classes and
    sensitivity ``sqrt(G - m)``, noise ``z_3 sqrt(G - m)``.
 
 The multipliers ``z_i`` come from
-:func:`fedsynth.accounting.plan_release_split` before any data is touched
+:func:`fedsynth.privacy.accounting.plan_release_split` before any data is touched
 (shares of the privacy loss ``rho_i = 1 / (2 z_i^2)`` in the proportions of
 ``--pgm-split``) and are composed in the one RDP accountant. For counts
 input, the log library size mean and spread are released as for the CVAE.
@@ -628,7 +628,7 @@ def release_weights(cfg: PGMConfig, input_kind: str) -> dict[str, float]:
 
 def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[str, float]:
     """Noise multiplier per release (before any data is touched)."""
-    from .accounting import plan_release_split
+    from .privacy.accounting import plan_release_split
 
     return plan_release_split(epsilon, delta, release_weights(cfg, input_kind))
 
@@ -785,12 +785,12 @@ def train(session, cohort, cfg, *, progress: bool = True):
     Schema agreement as for the CVAE, then the budget plan (no data
     touched; :class:`~fedsynth.errors.BudgetError` refuses the run at every
     site alike), the three releases over
-    :class:`~fedsynth.secure_aggregation.SecureSum` and the Private-PGM fit
+    :class:`~fedsynth.federation.secure_sum.SecureSum` and the Private-PGM fit
     (:func:`release_and_fit`).
     """
     from dataclasses import asdict
 
-    from .secure_aggregation import SecureSum
+    from .federation.secure_sum import SecureSum
     from .train import TrainResult, join_schema, one_shot_budget, one_shot_dp_record
 
     del progress

@@ -97,7 +97,7 @@ def run_sites(site_files, workdir: Path, secret: Path, train_args: list[str], *,
 
 
 def _split(raw_expr, labels, site_values, *, sites, split, alpha, seed):
-    from .preprocess import split_sites
+    from .data.preprocess import split_sites
 
     if sites == 1:
         return [("pooled", np.arange(len(raw_expr)))]
@@ -112,8 +112,8 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
     """Split, train k sites as k processes, synthesize, evaluate; returns run.json's content."""
     from .cli import prepare_outdir, synthesize_to
     from .evaluate import split_holdout, tstr
-    from .io import atomic_write_json, read_expression, write_table
-    from .preprocess import validate_and_normalise
+    from .data.io import atomic_write_json, read_expression, write_table
+    from .data.preprocess import validate_and_normalise
     from .synthesize import synthesize
 
     t_start = time.monotonic()

@@ -1,14 +1,14 @@
 """One site's part of federated DP training (what ``fedsynth train`` runs).
 
-Given this site's :class:`~fedsynth.preprocess.Cohort` and an open
-:class:`~fedsynth.session.Session`, :func:`train_site` runs the protocol
+Given this site's :class:`~fedsynth.data.preprocess.Cohort` and an open
+:class:`~fedsynth.federation.session.Session`, :func:`train_site` runs the protocol
 that every site runs in lock step:
 
 1. **Schema agreement** (public): gene lists, label names, input kind and
    each site's record count ``n_i``. Record counts are treated as public,
    as in Opacus, where the dataset size sets the sample rate.
 2. **Budget** (no data touched): ``q = batch_size / N``, ``T = epochs / q``;
-   noise multipliers from :func:`fedsynth.accounting.plan_budget`; every site
+   noise multipliers from :func:`fedsynth.privacy.accounting.plan_budget`; every site
    computes the same plan, and all refuse together if it cannot be met.
 3. **Statistics** (:func:`release_statistics`), each one secure sum with
    noise ``z_stat * sensitivity``: class counts, the mean centred gene
@@ -40,10 +40,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .accounting import WARN_NOISE_MULTIPLIER, BudgetPlan, PrivacyLedger, plan_budget, validate_budget
+from .privacy.accounting import WARN_NOISE_MULTIPLIER, BudgetPlan, PrivacyLedger, plan_budget, validate_budget
 from .errors import InputError, ParameterError
 from .model import CVAE, CVAEConfig
-from .secure_aggregation import SecureSum
+from .federation.secure_sum import SecureSum
 
 log = logging.getLogger("fedsynth")
 
@@ -214,7 +214,7 @@ def one_shot_budget(cfg: TrainConfig, n_total: int, weights: dict[str, float]):
     calibrates one noise multiplier per release so that the releases,
     with privacy-loss shares ``weights``, compose to exactly ``(epsilon,
     delta)`` in the one RDP accountant
-    (:func:`~fedsynth.accounting.plan_release_split`).
+    (:func:`~fedsynth.privacy.accounting.plan_release_split`).
 
     Returns
     -------
@@ -222,7 +222,7 @@ def one_shot_budget(cfg: TrainConfig, n_total: int, weights: dict[str, float]):
         ``z`` maps release names to noise multipliers (``None`` with
         ``--no-dp``); ``ledger`` is the :class:`PrivacyLedger` holding them.
     """
-    from .accounting import Mechanism, plan_release_split
+    from .privacy.accounting import Mechanism, plan_release_split
 
     if cfg.no_dp:
         log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")

@@ -4,7 +4,7 @@
 # Installs the pinned dependencies of pyproject.toml, then CrypTen 0.4.1 with
 # --no-deps: its metadata requires the retired `sklearn` package, which pip
 # refuses; its real runtime needs (omegaconf, pyyaml, onnx) are pinned in
-# pyproject.toml. fedsynth/_crypten_compat.py fixes the rest at import time.
+# pyproject.toml. fedsynth/federation/crypten_compat.py fixes the rest at import time.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,7 +24,7 @@ echo "setup: installing pinned dependencies into .venv (torch is ~4 GB on first 
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps crypten==0.4.1
-.venv/bin/python -c "import fedsynth._crypten_compat as c; c.import_crypten()"
+.venv/bin/python -c "import fedsynth.federation.crypten_compat as c; c.import_crypten()"
 echo "$want" > "$stamp"
 echo "setup: .venv ready" >&2
 fi

@@ -9,12 +9,12 @@ MODE is ``crypten-default`` (CrypTen seeds its PRZS generators itself, via
 ``crypten.init()`` from the RENDEZVOUS/WORLD_SIZE/RANK/DISTRIBUTED_BACKEND
 environment, and the masks are CrypTen's stock ``ArithmeticSharedTensor.PRZS``
 drawn from those torch generators) or ``fedsynth`` (a
-:class:`fedsynth.session.Session`: pairwise keys from the authenticated X25519
-key agreement, masks from :meth:`~fedsynth.session.Session.przs_mask`, i.e.
+:class:`fedsynth.federation.session.Session`: pairwise keys from the authenticated X25519
+key agreement, masks from :meth:`~fedsynth.federation.session.Session.przs_mask`, i.e.
 ChaCha20 streams under per-call HKDF subkeys of those keys; needs SECRETFILE).
 
 Either way the site then secret-shares a private input vector through
-:meth:`fedsynth.secure_aggregation.SecureSum.sum` (mask + fixed-point
+:meth:`fedsynth.federation.secure_sum.SecureSum.sum` (mask + fixed-point
 encoding, then ``get_plain_text`` = one gloo all-reduce), so the only
 difference between the two modes is where the masks come from: in
 ``crypten-default`` mode the session passed to ``SecureSum`` is a stub whose
@@ -191,7 +191,7 @@ def _install_tap(rank: int) -> None:
 # ------------------------------------------------------------------- modes
 def _share(session_like, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """One secure sum; returns the revealed total and the mask counter it used."""
-    from fedsynth.secure_aggregation import SecureSum
+    from fedsynth.federation.secure_sum import SecureSum
 
     used: list[int] = []
     draw = session_like.next_mask_counter
@@ -238,7 +238,7 @@ def _generator_seeds(crypten) -> dict:
 
 
 def run_crypten_default(rank: int, world: int, port: int, truth: dict) -> None:
-    from fedsynth import _crypten_compat
+    from fedsynth.federation import crypten_compat as _crypten_compat
 
     os.environ.update(
         RENDEZVOUS=f"tcp://127.0.0.1:{port}",
@@ -260,7 +260,7 @@ def run_crypten_default(rank: int, world: int, port: int, truth: dict) -> None:
 def run_fedsynth(rank: int, world: int, port: int, secret_file: str, truth: dict) -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    import fedsynth.session as fs
+    import fedsynth.federation.session as fs
 
     private_keys: list[str] = []
 
@@ -284,7 +284,7 @@ def run_fedsynth(rank: int, world: int, port: int, secret_file: str, truth: dict
         rendezvous_timeout=120,  # imports are slow on a loaded machine
         step_timeout=60,
     ) as session:
-        from fedsynth import _crypten_compat
+        from fedsynth.federation import crypten_compat as _crypten_compat
 
         crypten = _crypten_compat.import_crypten()
         # CrypTen's generators are still seeded from the pair keys, but

@@ -8,7 +8,7 @@ import warnings
 import pytest
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedsynth.accounting import (
+from fedsynth.privacy.accounting import (
     MAX_NOISE_MULTIPLIER,
     Mechanism,
     compose,

@@ -1,4 +1,4 @@
-"""One test per workaround in fedsynth/_crypten_compat.py.
+"""One test per workaround in fedsynth/federation/crypten_compat.py.
 
 Each test fails if the workaround stops working *or* stops being needed
 (i.e. if upstream CrypTen/torch behaves correctly without it), so the
@@ -38,7 +38,7 @@ def test_plain_import_fails_and_import_crypten_succeeds():
 
     fixed = run_py("""
         import sys
-        from fedsynth._crypten_compat import import_crypten
+        from fedsynth.federation.crypten_compat import import_crypten
         crypten = import_crypten()
         import torch.onnx._internal.torchscript_exporter.registration as new
         assert sys.modules["torch.onnx._internal.registration"] is new
@@ -54,7 +54,7 @@ _DECODE_SCRIPT = """
     import sys
     import numpy as np
     import torch
-    from fedsynth import _crypten_compat as cc
+    from fedsynth.federation import crypten_compat as cc
 
     cc._alias_onnx_registration()          # only the import fix: the encoder is still upstream's
     from crypten.encoder import FixedPointEncoder
@@ -112,7 +112,7 @@ def test_upstream_decode_loses_low_bits_at_32_bit_precision(decoded):
 
 def test_exact_decode_is_floor_plus_fraction_over_full_int64_range():
     """exact_decode(t) == floor(t/s) + (t mod s)/s, checked against Python integers/fractions."""
-    from fedsynth._crypten_compat import exact_decode, import_crypten
+    from fedsynth.federation.crypten_compat import exact_decode, import_crypten
 
     import_crypten()
     from crypten.encoder import FixedPointEncoder
@@ -136,7 +136,7 @@ def test_exact_decode_is_floor_plus_fraction_over_full_int64_range():
 # --------------------------------------------------------------- 2b. precision
 def _secure_style_roundtrip(x: torch.Tensor, precision: int, k: int = 3) -> torch.Tensor:
     """Encode x at ``precision`` bits, split into k random int64 shares, add them, decode."""
-    from fedsynth._crypten_compat import import_crypten
+    from fedsynth.federation.crypten_compat import import_crypten
 
     import_crypten()
     from crypten.common.rng import generate_random_ring_element
@@ -153,7 +153,7 @@ def _secure_style_roundtrip(x: torch.Tensor, precision: int, k: int = 3) -> torc
 
 
 def test_precision_16_bits_is_too_coarse_32_bits_is_not():
-    from fedsynth._crypten_compat import PRECISION_BITS
+    from fedsynth.federation.crypten_compat import PRECISION_BITS
 
     assert PRECISION_BITS == 32
     g = torch.Generator().manual_seed(3)
@@ -176,7 +176,7 @@ def test_precision_16_bits_is_too_coarse_32_bits_is_not():
 # ---------------------------------------------------- 3. own process group
 _NO_RENDEZVOUS_SCRIPT = """
     import os, sys, threading, time
-    from fedsynth._crypten_compat import import_crypten
+    from fedsynth.federation.crypten_compat import import_crypten
     crypten = import_crypten()
     for key in ("RENDEZVOUS", "DISTRIBUTED_BACKEND", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(key, None)
@@ -223,7 +223,7 @@ _SETUP_PRNG_SCRIPT = """
         wire.append({"dst": int(dst), "values": tensor.reshape(-1).tolist(), "dtype": str(tensor.dtype)})
         return _isend(tensor, dst, *a, **kw)
     dist.isend = isend
-    from fedsynth._crypten_compat import import_crypten
+    from fedsynth.federation.crypten_compat import import_crypten
     crypten = import_crypten()
     os.environ.update(RENDEZVOUS=f"tcp://127.0.0.1:{port}", WORLD_SIZE="2", RANK=str(rank),
                       DISTRIBUTED_BACKEND="gloo")
@@ -240,7 +240,7 @@ _SETUP_PRNG_SCRIPT = """
 
 def test_crypten_setup_prng_sends_przs_seed_in_clear(tmp_path):
     """CrypTen's own seeding: an eavesdropper on the isend can recompute the PRZS masks."""
-    from fedsynth._crypten_compat import import_crypten
+    from fedsynth.federation.crypten_compat import import_crypten
 
     import_crypten()
     from crypten.common.rng import generate_random_ring_element
@@ -283,7 +283,7 @@ def test_fedsynth_przs_shares_sum_to_zero_from_derived_seeds(secure_sum_3):
 
 def test_seed_generators_pairs_next_with_successors_prev():
     """seed_generators installs the given seeds: rank i's next == rank i+1's prev gives PRZS = 0."""
-    from fedsynth._crypten_compat import import_crypten, seed_generators
+    from fedsynth.federation.crypten_compat import import_crypten, seed_generators
 
     crypten = import_crypten()
     from crypten.common.rng import generate_random_ring_element
@@ -303,7 +303,7 @@ def test_seed_generators_pairs_next_with_successors_prev():
 # ------------------------------------------------- 5. 32-bit torch mask seeds
 def test_torch_generator_keeps_32_bits_of_seed_so_sums_use_fedsynth_masks(secure_sum_3):
     """CrypTen's PRZS draws from torch's CPU generator, which ignores seed bits above 32."""
-    from fedsynth._crypten_compat import import_crypten
+    from fedsynth.federation.crypten_compat import import_crypten
 
     import_crypten()
     from crypten.common.rng import generate_random_ring_element

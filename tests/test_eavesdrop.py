@@ -32,7 +32,7 @@ wire, rebuilds the generators as CrypTen does, regenerates the masks with
 all-reduce share and decodes at 32 fractional bits: every input, exactly.
 
 The attack on fedsynth: its mask is
-:meth:`fedsynth.session.Session.przs_mask`, ``r(prev->me) - r(me->next)``
+:meth:`fedsynth.federation.session.Session.przs_mask`, ``r(prev->me) - r(me->next)``
 with ``r(i->j)`` the ChaCha20 key stream under
 ``HKDF(K_ij, "przs-mask i->j #counter")``, where ``K_ij`` is the 256-bit
 pairwise key (X25519 agreement, HKDF salted with the session secret, bound to
@@ -311,7 +311,7 @@ def window_search(table: SeedTable, tap: dict, first_value: float) -> list[tuple
 
 
 # -- fedsynth's masks and key agreement, re-derived from the protocol --------
-# (written from the description in fedsynth/session.py, not by calling it)
+# (written from the description in fedsynth/federation/session.py, not by calling it)
 def _hkdf(key: bytes, salt: bytes, info: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -439,7 +439,7 @@ def _true_mask(truth: dict, counter: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module", autouse=True)
 def _crypten():
-    from fedsynth import _crypten_compat
+    from fedsynth.federation import crypten_compat as _crypten_compat
 
     return _crypten_compat.import_crypten()
 

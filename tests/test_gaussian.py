@@ -172,7 +172,7 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert [s["n"] for s in dp["sites"]] == [s["n"] for s in run["sites"]]
     assert {m["name"]: m["noise_multiplier"] for m in dp["mechanisms"]} == dp["noise_multipliers"]
     # the accountant, re-run on the recorded mechanisms, agrees with the record
-    from fedsynth.accounting import Mechanism, compose
+    from fedsynth.privacy.accounting import Mechanism, compose
 
     assert compose([Mechanism(**m) for m in dp["mechanisms"]], dp["delta"]) == pytest.approx(dp["epsilon_spent"])
 

@@ -1,4 +1,4 @@
-"""Tests for fedsynth.io and fedsynth.preprocess."""
+"""Tests for fedsynth.data.io and fedsynth.data.preprocess."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from fedsynth.errors import InputError, ParameterError
-from fedsynth.io import atomic_path, atomic_write_json, atomic_write_text, read_expression, write_table
-from fedsynth.preprocess import (
+from fedsynth.data.io import atomic_path, atomic_write_json, atomic_write_text, read_expression, write_table
+from fedsynth.data.preprocess import (
     Cohort,
     constant_genes,
     harmonise_genes,

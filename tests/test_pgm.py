@@ -53,8 +53,8 @@ def nodp_run(site_data, tmp_path_factory):
 
 
 def test_federated_tables_equal_pooled_tables_without_dp(nodp_run, site_data):
-    from fedsynth.io import read_expression
-    from fedsynth.preprocess import validate_and_normalise
+    from fedsynth.data.io import read_expression
+    from fedsynth.data.preprocess import validate_and_normalise
 
     raw = read_expression(site_data["pooled"], label_column="label")
     cohort = validate_and_normalise(raw, input_kind="log", label_column="label")
@@ -284,7 +284,7 @@ def test_unreachable_budget_refuses_before_any_release():
 
 
 def test_release_split_shares_and_spends_the_budget():
-    from fedsynth.accounting import Mechanism, compose, plan_release_split
+    from fedsynth.privacy.accounting import Mechanism, compose, plan_release_split
 
     weights = {"a": 0.3, "b": 0.6, "c": 0.1}
     z = plan_release_split(1.0, 1e-5, weights)

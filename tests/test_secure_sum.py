@@ -2,7 +2,7 @@
 
 This file is also the party program: ``python tests/test_secure_sum.py
 --rank R --world-size K --port P --secret F --out OUT.npz`` opens a
-:class:`fedsynth.session.Session`, runs a fixed sequence of secure sums and
+:class:`fedsynth.federation.session.Session`, runs a fixed sequence of secure sums and
 PRZS draws, and writes its inputs and everything it saw to ``OUT.npz``. The
 fixtures ``secure_sum_3`` / ``secure_sum_1`` (conftest) run it once per
 session; the tests below only look at the files.
@@ -55,7 +55,7 @@ def party_main(argv: list[str]) -> None:
 
         setattr(dist, name, counted)
 
-    from fedsynth import _crypten_compat as cc
+    from fedsynth.federation import crypten_compat as cc
 
     crypten = cc.import_crypten()
     for attr, key in (("_setup_prng", "setup_prng"), ("_sync_seeds", "sync_seeds")):
@@ -69,8 +69,8 @@ def party_main(argv: list[str]) -> None:
 
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
-    from fedsynth.secure_aggregation import SecureSum
-    from fedsynth.session import Session, read_secret
+    from fedsynth.federation.secure_sum import SecureSum
+    from fedsynth.federation.session import Session, read_secret
 
     # which mask source do secure sums use? (counted; the originals still run)
     orig_przs = ArithmeticSharedTensor.PRZS
@@ -177,7 +177,7 @@ def test_noise_with_colluders_is_split_over_k_minus_t(secure_sum_3):
 
 def test_local_noise_std_unit():
     from fedsynth.errors import ParameterError
-    from fedsynth.secure_aggregation import SecureSum
+    from fedsynth.federation.secure_sum import SecureSum
 
     for k, t in ((2, 0), (3, 0), (3, 2), (5, 1), (5, 4), (1, 0)):
         agg = SecureSum(types.SimpleNamespace(world_size=k), max_colluders=t)

@@ -185,7 +185,7 @@ def launch_parties(tmp_path):
 
 def _site_tables(n_sites: int = 3, per_site: int = 40):
     """Expression + label + site tables of the ``n_sites`` largest sites of the bundled data."""
-    from fedsynth.io import read_expression
+    from fedsynth.data.io import read_expression
 
     raw = read_expression(BUNDLED, label_column="pam50", meta_columns=("age",))
     sites = raw.meta["site"].astype(str)
@@ -209,7 +209,7 @@ def site_data(tmp_path_factory):
     """
     import pandas as pd
 
-    from fedsynth.io import write_table
+    from fedsynth.data.io import write_table
 
     d = tmp_path_factory.mktemp("sites")
     parts = _site_tables()

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from opacus.accountants import RDPAccountant
 
-from .errors import BudgetError, ParameterError
+from ..errors import BudgetError, ParameterError
 
 #: Renyi orders. Integer orders are exact finite sums for the subsampled
 #: Gaussian; Opacus' series for fractional orders converges very slowly near

@@ -54,8 +54,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 )
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import _crypten_compat
-from .errors import InputError, ParameterError, SessionError
+from . import crypten_compat as _crypten_compat
+from ..errors import InputError, ParameterError, SessionError
 
 PROTOCOL_VERSION = 1
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0

@@ -12,7 +12,7 @@ where ``t`` is ``max_colluders``: the ``k - t`` honest sites alone contribute
 noise of variance at least ``sigma_tot**2``, which is what the accountant
 assumes. Each site encodes ``x_i + eta_i`` in fixed point (32 fractional
 bits) and adds a pseudo-random sharing of zero
-(:meth:`~fedsynth.session.Session.przs_mask`: ChaCha20 streams keyed by the
+(:meth:`~fedsynth.federation.session.Session.przs_mask`: ChaCha20 streams keyed by the
 session's pairwise keys), so its share is uniformly random in Z_{2^64} to
 anyone who lacks both of its pairwise keys. CrypTen's arithmetic shared
 tensor reveals the sum with one gloo all-reduce of the shares; nothing else
@@ -31,8 +31,8 @@ import os
 import numpy as np
 import torch
 
-from . import _crypten_compat
-from .errors import ParameterError
+from . import crypten_compat as _crypten_compat
+from ..errors import ParameterError
 
 # Largest |value| a 32-fractional-bit int64 can hold with headroom for k sites.
 _MAX_ABS = 2.0**29
@@ -51,7 +51,7 @@ def csprng_normal(n: int, std: float) -> torch.Tensor:
 
 
 class SecureSum:
-    """Noisy secure sums across the sites of a :class:`~fedsynth.session.Session`.
+    """Noisy secure sums across the sites of a :class:`~fedsynth.federation.session.Session`.
 
     Parameters
     ----------

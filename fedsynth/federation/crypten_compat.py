@@ -17,7 +17,7 @@ stops being needed).
    torch's default 30-minute timeout, and without ``RENDEZVOUS`` every party
    invents its own file rendezvous and all hang. We never let it: fedsynth
    creates the process group itself (with deadlines, see
-   :mod:`fedsynth.session`) and :func:`adopt_process_group` wraps it in a
+   :mod:`fedsynth.federation.session`) and :func:`adopt_process_group` wraps it in a
    CrypTen communicator.
 4. CrypTen's ``_setup_prng`` sends each party's pairwise PRZS seed to its
    neighbour in clear, so a passive eavesdropper on the gloo traffic can
@@ -26,7 +26,7 @@ stops being needed).
    instead; CrypTen's own seeding is never run.
 5. CrypTen's PRZS masks come from torch's CPU generator (Mersenne
    Twister), which uses only 32 bits of its seed; fedsynth's secure sums
-   take their masks from :meth:`fedsynth.session.Session.przs_mask`
+   take their masks from :meth:`fedsynth.federation.session.Session.przs_mask`
    (ChaCha20 keyed by 256-bit pairwise keys) instead, and use CrypTen's
    arithmetic shared tensor, fixed-point encoder and reveal.
 6. CrypTen installs a top-level package named ``configs``; fedsynth's own

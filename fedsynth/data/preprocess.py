@@ -1,6 +1,6 @@
 """Validation, normalisation, gene harmonisation and site splitting.
 
-:func:`validate_and_normalise` turns a :class:`~fedsynth.io.RawTable` into a
+:func:`validate_and_normalise` turns a :class:`~fedsynth.data.io.RawTable` into a
 :class:`Cohort` (plain numpy arrays, log-scale expression) or raises a one-line
 :class:`~fedsynth.errors.InputError` naming the file and the problem.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.errors import InputError, ParameterError
-from fedsynth.io import RawTable
+from fedsynth.data.io import RawTable
 
 __all__ = [
     "Cohort",
