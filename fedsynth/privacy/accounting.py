@@ -194,18 +194,20 @@ def plan_budget(
     return plan
 
 
-def plan_release_split(epsilon: float, delta: float, weights: dict[str, float]) -> dict[str, float]:
+def plan_release_split(epsilon: float, delta: float, weights: dict[str, float],
+                       steps: dict[str, int] | None = None) -> dict[str, float]:
     """Noise multipliers for one-shot releases sharing ``epsilon`` in given proportions.
 
     A one-shot Gaussian release with noise multiplier ``z`` (noise
     ``z * Delta``) has Renyi-DP ``eps(alpha) = alpha / (2 z^2)``, i.e. zCDP
-    ``rho = 1 / (2 z^2)``. Release ``i`` gets the share ``w_i / sum_j w_j`` of
+    ``rho = 1 / (2 z^2)``; ``s_i`` repetitions of it (adaptive rounds) cost
+    ``s_i / (2 z^2)``. Release ``i`` gets the share ``w_i / sum_j w_j`` of
     the total ``rho``:
 
     .. math::
 
-        z_i = \\frac{c}{\\sqrt{w_i}}, \\qquad
-        \\sum_i \\frac{1}{2 z_i^2} = \\frac{\\sum_i w_i}{2 c^2},
+        z_i = c \\sqrt{\\frac{s_i}{w_i}}, \\qquad
+        \\sum_i \\frac{s_i}{2 z_i^2} = \\frac{\\sum_i w_i}{2 c^2},
 
     and ``c`` is the smallest scale whose composition (in the one Opacus RDP
     accountant, :func:`compose`) stays within ``epsilon`` at ``delta``. Called
@@ -216,6 +218,8 @@ def plan_release_split(epsilon: float, delta: float, weights: dict[str, float]) 
     ----------
     weights
         Release name -> positive weight (its share of the privacy loss).
+    steps
+        Release name -> repetitions ``s_i`` (default 1 each).
 
     Returns
     -------
@@ -229,20 +233,25 @@ def plan_release_split(epsilon: float, delta: float, weights: dict[str, float]) 
         if not (w > 0 and math.isfinite(w)):
             raise ParameterError(f"budget share of {name!r} must be > 0 (got {w})")
     names = list(weights)
+    reps = {n: int((steps or {}).get(n, 1)) for n in names}
+
+    def multipliers(c):
+        return {n: c / math.sqrt(weights[n]) if reps[n] == 1 else c * math.sqrt(reps[n] / weights[n])
+                for n in names}
 
     def cost(c):
-        return compose([Mechanism(n, c / math.sqrt(weights[n])) for n in names], delta)
+        return compose([Mechanism(n, v, 1.0, reps[n]) for n, v in multipliers(c).items()], delta)
 
-    hi = MAX_NOISE_MULTIPLIER * math.sqrt(min(weights.values())) * 1.01
+    hi = MAX_NOISE_MULTIPLIER * min(math.sqrt(weights[n] / reps[n]) for n in names) * 1.01
     c = _smallest_multiplier(cost, epsilon, lo=1e-3, hi=hi)
-    z = {n: c / math.sqrt(weights[n]) for n in names}
+    z = multipliers(c)
     worst = max(z.values())
     if not math.isfinite(worst) or worst > MAX_NOISE_MULTIPLIER:
         raise BudgetError(
             f"epsilon {epsilon:g} cannot be met for {len(names)} releases without a noise multiplier "
             f"above {MAX_NOISE_MULTIPLIER:g}; raise --epsilon"
         )
-    spent = compose([Mechanism(n, z[n]) for n in names], delta)
+    spent = compose([Mechanism(n, z[n], 1.0, reps[n]) for n in names], delta)
     if spent > epsilon * (1 + 1e-9):
         raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
     return z

@@ -1,0 +1,265 @@
+"""Every noisy release goes through one call.
+
+A generator declares its releases up front, as :class:`ReleaseSpec`\\ s (name,
+L2 sensitivity ``Delta``, budget share, sample rate ``q``, repetitions
+``s``). Before any data is touched, :meth:`ReleasePlan.calibrate` turns them
+into noise multipliers ``z`` in the one RDP accountant
+(:mod:`fedsynth.privacy.accounting`):
+
+* releases with a ``share`` (one-shot statistics, adaptive rounds) split the
+  privacy loss of ``f * epsilon`` in proportion to their shares
+  (:func:`~fedsynth.privacy.accounting.plan_release_split`; ``f`` is
+  ``one_shot_fraction``, 1 when every release has a share);
+* at most one release without a share (DP-SGD: ``s = T`` steps at rate
+  ``q``) gets the smallest ``z`` for which the composition of everything
+  stays within ``epsilon``.
+
+Then :class:`Releaser` is the only way a value leaves a site:
+``release(name, values)`` looks the release up in the plan, asks the secure
+sum for ``sum_i (x_i + eta_i)`` with total noise s.d. ``z * Delta``
+(:class:`~fedsynth.federation.secure_sum.SecureSum` draws and splits the
+noise; nothing else does), enters the release in the run's
+:class:`~fedsynth.privacy.accounting.PrivacyLedger`, and returns a
+:class:`Measurement`: the noisy value with its noise s.d., as mbi's
+``LinearMeasurement`` does. A generator never sizes or draws noise; a name
+it did not declare, or one more repetition than it declared, is a bug and
+raises. The DP record of the model file is built from the ledger
+(:meth:`Releaser.record`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import BudgetError, ParameterError
+from .accounting import (
+    MAX_NOISE_MULTIPLIER,
+    Mechanism,
+    PrivacyLedger,
+    _smallest_multiplier,
+    compose,
+    plan_release_split,
+    validate_budget,
+)
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """One release a generator will make, declared before any data is touched.
+
+    Attributes
+    ----------
+    name
+        Unique within the run; the key of :meth:`Releaser.__call__`.
+    sensitivity
+        ``Delta``: the largest L2 change of the summed vector when one record
+        is added or removed (the record's clipped contribution).
+    share
+        Weight of this release in the one-shot budget (its share of the zCDP
+        ``rho``); ``None`` for the one release that takes what remains.
+    sample_rate
+        ``q``: each record is in a repetition with probability ``q`` (1: all).
+    steps
+        Repetitions ``s`` (DP-SGD steps, adaptive rounds).
+    """
+
+    name: str
+    sensitivity: float
+    share: float | None = None
+    sample_rate: float = 1.0
+    steps: int = 1
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A revealed noisy sum: ``value = sum_i x_i + N(0, noise_sd^2)``.
+
+    ``noise_sd = z * sensitivity`` (0 without DP); ``round`` counts the
+    repetitions of the release (1-based).
+    """
+
+    name: str
+    value: np.ndarray
+    noise_sd: float
+    sensitivity: float
+    round: int = 1
+
+
+@dataclass
+class ReleasePlan:
+    """Calibrated noise multipliers for a run's declared releases."""
+
+    specs: dict[str, ReleaseSpec]
+    multipliers: dict[str, float]
+    epsilon: float
+    delta: float
+    private: bool = True
+
+    @classmethod
+    def calibrate(cls, specs: list[ReleaseSpec], *, epsilon: float, delta: float, n_total: int | None = None,
+                  one_shot_fraction: float = 1.0) -> "ReleasePlan":
+        """Noise multipliers so that all of ``specs`` compose to exactly ``epsilon``.
+
+        Raises :class:`~fedsynth.errors.BudgetError` (the run refuses to
+        start, alike at every site) when the target cannot be met.
+        """
+        by_name = _by_name(specs)
+        validate_budget(epsilon, delta, n_total)
+        shared = [s for s in specs if s.share is not None]
+        rest = [s for s in specs if s.share is None]
+        if len(rest) > 1:
+            raise ValueError(f"at most one release may take the remaining budget (got {[s.name for s in rest]})")
+        if rest and not 0 < one_shot_fraction < 1:
+            raise ParameterError(f"--stats-fraction must be in (0, 1) (got {one_shot_fraction})")
+        for s in specs:
+            if not 0 < s.sample_rate <= 1:
+                raise ParameterError(f"sample rate of {s.name} must be in (0, 1] (got {s.sample_rate:g}); "
+                                     "check --batch-size")
+        z: dict[str, float] = {}
+        if shared:
+            if any(s.sample_rate != 1.0 for s in shared):
+                raise ValueError("releases with a budget share must not be subsampled")
+            z = plan_release_split(epsilon * (one_shot_fraction if rest else 1.0), delta,
+                                   {s.name: s.share for s in shared}, {s.name: s.steps for s in shared})
+        if rest:
+            fill = rest[0]
+            fixed = [Mechanism(s.name, z[s.name], 1.0, s.steps) for s in shared]
+
+            def total(v):
+                return compose(fixed + [Mechanism(fill.name, v, fill.sample_rate, fill.steps)], delta)
+
+            z[fill.name] = _smallest_multiplier(total, epsilon, hi=MAX_NOISE_MULTIPLIER * 1.01)
+            if z[fill.name] > MAX_NOISE_MULTIPLIER:
+                raise BudgetError(
+                    f"epsilon {epsilon:g} cannot be met with {fill.steps} {fill.name} steps at sample rate "
+                    f"{fill.sample_rate:.3g} without noise multiplier {z[fill.name]:.3g} > {MAX_NOISE_MULTIPLIER:g}; "
+                    "raise --epsilon, lower --epochs or raise --batch-size")
+        plan = cls(by_name, {s.name: z[s.name] for s in specs}, epsilon, delta)
+        spent = compose(plan.mechanisms(), delta)
+        if spent > epsilon * (1 + 1e-9):
+            raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
+        return plan
+
+    @classmethod
+    def not_private(cls, specs: list[ReleaseSpec], *, delta: float) -> "ReleasePlan":
+        """``--no-dp``: the same releases, no noise, nothing accounted."""
+        by_name = _by_name(specs)
+        return cls(by_name, {n: 0.0 for n in by_name}, math.inf, delta, private=False)
+
+    def noise_sd(self, name: str) -> float:
+        """Total noise s.d. of one repetition of release ``name``: ``z * Delta``."""
+        z = self.multipliers[name]
+        return z * self.specs[name].sensitivity if z else 0.0
+
+    def mechanisms(self) -> list[Mechanism]:
+        """Every declared release as the accountant sees it, in declaration order."""
+        return [Mechanism(n, self.multipliers[n], s.sample_rate, s.steps) for n, s in self.specs.items()]
+
+
+def _by_name(specs: list[ReleaseSpec]) -> dict[str, ReleaseSpec]:
+    out: dict[str, ReleaseSpec] = {}
+    for s in specs:
+        if s.name in out:
+            raise ValueError(f"release {s.name!r} declared twice")
+        if not (s.sensitivity > 0 and math.isfinite(s.sensitivity)) or s.steps < 1:
+            raise ValueError(f"release {s.name!r}: sensitivity must be finite and > 0, steps >= 1 (got {s})")
+        out[s.name] = s
+    return out
+
+
+@dataclass
+class Releaser:
+    """The one call through which a generator reveals anything (see module doc).
+
+    Parameters
+    ----------
+    secure_sum
+        The session's :class:`~fedsynth.federation.secure_sum.SecureSum`.
+    plan
+        The calibrated :class:`ReleasePlan` (or :meth:`ReleasePlan.not_private`).
+    label
+        Prefix of the protocol step names (shown in deadline errors), e.g. the generator.
+    """
+
+    secure_sum: object
+    plan: ReleasePlan
+    label: str
+    ledger: PrivacyLedger = field(init=False)
+    rounds: dict[str, int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        self.ledger = PrivacyLedger(self.plan.epsilon, self.plan.delta)
+
+    def __call__(self, name: str, values) -> Measurement:
+        """Reveal ``sum_i (values_i + eta_i)`` over all sites for declared release ``name``."""
+        spec = self.plan.specs.get(name)
+        if spec is None:
+            raise KeyError(f"{self.label}: release {name!r} was not declared in the plan")
+        done = self.rounds.get(name, 0)
+        if done >= spec.steps:
+            raise RuntimeError(f"{self.label}: release {name!r} declared {spec.steps} time(s), asked for more")
+        self.rounds[name] = done + 1
+        step = f"{self.label}: {name}" + (f" {done + 1}/{spec.steps}" if spec.steps > 1 else "")
+        sd = self.plan.noise_sd(name)
+        x = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+        total = self.secure_sum.sum(x, noise_std=sd, step=step)
+        if self.plan.private:
+            self._account(name, spec)
+        return Measurement(name, total.numpy(), sd, spec.sensitivity, done + 1)
+
+    def _account(self, name: str, spec: ReleaseSpec) -> None:
+        z = self.plan.multipliers[name]
+        for m in self.ledger.mechanisms:
+            if m.name == name:
+                m.steps += 1
+                return
+        self.ledger.add(Mechanism(name, z, spec.sample_rate, 1))
+
+    @property
+    def calls(self) -> int:
+        return sum(self.rounds.values())
+
+    def spent(self) -> float:
+        """Epsilon of everything released so far (``inf`` without DP); checked against the target."""
+        if not self.plan.private:
+            return math.inf
+        spent = self.ledger.spent()
+        if spent > self.plan.epsilon * (1 + 1e-9):
+            raise RuntimeError(f"accountant reports epsilon {spent} above the target {self.plan.epsilon}")
+        return spent
+
+    def record(self) -> dict:
+        """The accounting part of the model file's ``dp`` record, from the ledger.
+
+        ``mechanisms`` lists every release made (name, noise multiplier,
+        sample rate, repetitions, sensitivity and noise s.d.); ``sigma``,
+        ``sample_rate``, ``clip_norm`` and ``steps`` describe the release that
+        took the remaining budget (DP-SGD), ``stat_sigma`` the largest
+        one-shot multiplier.
+        """
+        private = self.plan.private
+        rest = [s for s in self.plan.specs.values() if s.share is None]
+        shots = {n: z for n, z in self.plan.multipliers.items() if self.plan.specs[n].share is not None}
+        fill = rest[0] if rest else None
+        mechanisms = [dict(name=m.name, noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate,
+                           steps=m.steps, sensitivity=self.plan.specs[m.name].sensitivity,
+                           noise_sd=self.plan.noise_sd(m.name)) for m in self.ledger.mechanisms]
+        return {
+            "private": private,
+            "epsilon": self.plan.epsilon if private else None,
+            "epsilon_spent": self.spent() if private else None,
+            "delta": self.plan.delta,
+            "sigma": self.plan.multipliers[fill.name] if fill else None,
+            "stat_sigma": (max(shots.values()) if shots else None) if private else None,
+            "noise_multipliers": shots if private else None,
+            "noise_std": {n: self.plan.noise_sd(n) for n in self.plan.specs},
+            "sample_rate": fill.sample_rate if fill else None,
+            "clip_norm": fill.sensitivity if fill and private else None,
+            "steps": self.rounds.get(fill.name, 0) if fill else 0,
+            "mechanisms": mechanisms if private else [],
+            "accountant": "opacus RDP",
+        }
