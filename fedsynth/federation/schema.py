@@ -1,0 +1,110 @@
+"""Schema agreement: the public facts every site must share before any release.
+
+Each site sends its gene list, its label vocabulary (or only the declared
+``--classes``), its input kind, its record count and its name; every site
+checks the others agree (:func:`agree_schema`). Record counts are treated as
+public, as in Opacus, where the dataset size sets the sample rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError, ParameterError
+
+log = logging.getLogger("fedsynth")
+
+
+@dataclass
+class Schema:
+    genes: list[str]
+    classes: list[str]
+    input_kind: str
+    site_n: list[int]
+    site_names: list[str]
+
+    @property
+    def n_total(self) -> int:
+        return sum(self.site_n)
+
+    def label_index(self, labels) -> np.ndarray:
+        """Class indices (into :attr:`classes`) of ``labels``."""
+        return np.array([self.classes.index(str(v)) for v in labels], dtype=np.int64)
+
+
+# --------------------------------------------------------------- schema
+def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | None = None) -> Schema:
+    """Exchange the public schema and check the sites agree; ranks in order.
+
+    With ``classes`` (the public label vocabulary, ``--classes``) each site
+    only checks its labels are among them and the sites compare the list; a
+    site's own label set is never sent. Without it, each site's label set is
+    exchanged (revealing which classes each site has) and the union is used.
+    """
+    own = sorted(set(map(str, cohort.labels)))
+    if classes is not None:
+        unknown = sorted(set(own) - set(classes))
+        if unknown:
+            raise InputError(f"{cohort.source}: labels not in --classes: {', '.join(unknown[:5])}")
+    mine = {
+        "genes": list(cohort.genes),
+        "classes": sorted(classes) if classes is not None else own,
+        "declared": classes is not None,
+        "input_kind": cohort.input_kind,
+        "n": int(cohort.n_samples),
+        "site": session.site_name,
+    }
+    views = session.exchange("schema", mine, step="schema agreement")
+    kinds = {v["input_kind"] for v in views}
+    if len(kinds) > 1:
+        raise InputError(
+            "schema agreement: sites disagree on --input-kind ("
+            + ", ".join(f"rank {r}: {v['input_kind']}" for r, v in enumerate(views))
+            + ")"
+        )
+    if len({v["declared"] for v in views}) > 1 or (
+        classes is not None and len({tuple(v["classes"]) for v in views}) > 1
+    ):
+        raise InputError("schema agreement: sites disagree on --classes (every site must give the same list, or none)")
+    base = views[0]["genes"]
+    shared = set(base).intersection(*[set(v["genes"]) for v in views[1:]])
+    union = set().union(*[set(v["genes"]) for v in views])
+    if genes_mode == "strict" and len(shared) != len(union):
+        differ = sorted(union - shared)
+        raise InputError(
+            f"schema agreement: sites disagree on {len(differ)} genes "
+            f"(e.g. {', '.join(differ[:5])}); pass --genes intersect to use the "
+            f"{len(shared)} genes all sites share"
+        )
+    if not shared:
+        raise InputError("schema agreement: the sites share no gene at all")
+    genes = [g for g in base if g in shared]
+    classes = sorted(set().union(*[set(v["classes"]) for v in views]))
+    if not views[0]["declared"]:
+        for r, v in enumerate(views):
+            lacking = sorted(set(classes) - set(v["classes"]))
+            if lacking:
+                log.warning("schema agreement: rank %d (%s) has no samples of %s; the other sites' data "
+                            "alone carry those classes", r, v["site"], ", ".join(lacking))
+    if len(classes) < 2:
+        raise InputError(f"schema agreement: only one label ({classes[0]}) across all sites")
+    return Schema(genes, classes, views[0]["input_kind"], [v["n"] for v in views], [v["site"] for v in views])
+
+
+def join_schema(session, cohort, *, genes_mode: str, classes: tuple[str, ...] | None, max_colluders: int):
+    """Every generator's first step at a site: agree the schema, keep its genes.
+
+    Returns the agreed :class:`Schema` and the cohort restricted to (and
+    ordered by) its genes; refuses ``--max-colluders`` >= k before anything
+    is revealed beyond the schema.
+    """
+    schema = agree_schema(session, cohort, genes_mode, classes)
+    if list(cohort.genes) != schema.genes:
+        cohort = cohort.subset_genes(schema.genes)
+    k = session.world_size
+    if max_colluders >= k:
+        raise ParameterError(f"--max-colluders must be below the number of sites ({k})")
+    return schema, cohort
