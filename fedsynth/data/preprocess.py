@@ -29,6 +29,11 @@ LOG_MAX = 50.0  # log-scale values above this look like raw counts
 INT_TOL = 1e-6
 
 
+#: Public value range of an expression value per input kind (no data needed):
+#: ``log``: log2-type expression (TPM/FPKM/RSEM, microarray) lies in [0, 20];
+#: ``counts``: log1p(CPM) lies in [0, log1p(1e6)] < 14.
+PUBLIC_RANGE = {"log": (0.0, 20.0), "counts": (0.0, 14.0)}
+
 @dataclass
 class Cohort:
     """One site's validated, normalised data.

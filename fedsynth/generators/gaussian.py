@@ -13,9 +13,9 @@ a fixed linear map ``A = [I_G | 1]``). The model is
 with ``W`` a ``D x r`` matrix (the top ``r`` principal directions of the
 pooled within-class scatter, DP-PCA) and ``Psi`` diagonal and positive.
 Everything is estimated from four (six for counts input) noisy secure sums,
-each a Gaussian mechanism with noise ``z_j * Delta_j`` (``z_j`` from
-:func:`fedsynth.privacy.accounting.plan_release_split`, calibrated before any data is
-touched):
+each a Gaussian mechanism with noise ``z_j * Delta_j`` (``z_j`` calibrated
+from the declared releases before any data is touched,
+:class:`~fedsynth.privacy.release.ReleasePlan`):
 
 1. **class counts** ``c_k = sum_i [y_i = k]`` (``Delta = 1``); proportions
    ``pi_k = max(c_k, 1) / sum_j max(c_j, 1)``;
@@ -29,52 +29,16 @@ touched):
    ``M = sum_i r_i r_i^T``, ``r_i = clip(v_i - mu_{y_i}, R_3)``. Since
    ``||r r^T||_F = ||r||^2 <= R_3^2``, ``Delta = R_3^2`` (the Analyze-Gauss
    mechanism). The noisy ``M`` is symmetrised, ``Sigma = M / (N - K)``;
-5. for counts input, the mean of the log library size clipped to
-   ``[0, B]`` and centred on ``B/2`` (``Delta = B/2``) and the spread
-   ``sum_i min((log L_i - mean)^2, B_s)`` (``Delta = B_s``), the CVAE's
-   library-size model (:mod:`fedsynth.train`).
+5. for counts input, the library-size model
+   (:mod:`fedsynth.privacy.library_size`).
 
 ``clip(u, R) = u min(1, R / ||u||)``. The bounds scale with the dimension:
 ``R_1 = c_1 sqrt(D)``, ``R_2 = c_2 sqrt(G)``, ``R_3 = c_3 sqrt(G)``
 (:func:`clip_bounds`; public constants, no data touched).
 
 **Defaults are measured** (not derived): the budget split
-(:data:`BUDGET_SPLIT`) and ``c_1, c_2, c_3`` were chosen on TCGA-BRCA PAM50
-(``data/brca_pam50_sites.csv``, 3 natural sites, 202 training tumours x 50
-genes) at epsilon 1 with the pooled statistics plus noise of exactly the
-protocol's s.d. (secure sums are exact, so this is the federation's
-distribution), TSTR logistic regression, split seeds 100-119 x 2-5 noise
-draws -- never the benchmark's seeds 0-2. The error that dominated was the
-centre ``m``: at the earlier defaults (5% of the budget, ``c_1 = 4``) its
-noise has norm ~17, larger than any class separation (7-14), and because
-``R_2`` clips every ``v - m`` the class means inherit ~80% of it as a
-shift common to all classes. Giving it 25% of the budget and ``c_1 = 2.5``
-(about the median ``||v||`` / sqrt(D) there; the clipping bias is smaller
-than the noise saved) and taking the share from the second moments
-(15%, ``c_3 = 0.7``) raised the mean TSTR accuracy / macro-F1 from 0.692 /
-0.543 to 0.766 / 0.651 (80 runs each, 20 seeds x 4 draws; s.d. 0.07-0.14
-between runs), and
-also at epsilon 0.5 (0.470 / 0.213 -> 0.575 / 0.364), 2 (0.788 / 0.718 ->
-0.813 / 0.742) and 4 (0.782 / 0.740 -> 0.814 / 0.773). Measured and not
-taken: a larger class-count share (10%: -0.02 macro-F1; its noise is the
-largest single source of run-to-run spread, but the class-mean budget it
-costs matters more), ``COUNT_SHRINK`` 1 (-0.04; the shrink of small classes
-towards ``m`` helps) or 3 (same), ``c_2`` 0.35, 0.7 or 1.0 (-0.01 to
--0.04), dropping classes whose noisy count is below ``z_1`` (-0.1), a 3% count
-share (-0.04), ``VARIANCE_FLOOR`` 0.5 (same), projecting the noisy counts
-onto ``sum_k c_k = N`` (public), with or without ``c_k >= 0`` (-0.005,
-within noise), and re-centring ``m`` from the clipped class sums (-0.02);
-around the chosen split, gene means 20-30% and second moments 10-20% all
-score within 0.01. A diagonal-only
-covariance (``--components 0``) needs no switch: the bulk-edge rule of the
-fit already keeps only 0-1 components at epsilon <= 1 (the same 0.39
-macro-F1 as ``--components 0`` at epsilon 0.5; -0.01 at epsilon 1).
-Checked afterwards with ``fedsynth simulate`` (3 sites, epsilon 1, the
-benchmark's split seeds 0, 1, 2, one noise draw each): accuracy 0.712,
-0.673, 0.750 and macro-F1 0.575, 0.432, 0.674, against 0.731, 0.538,
-0.750 and 0.612, 0.281, 0.477 before -- three draws, within the
-run-to-run s.d. above (seed 1's noisy counts gave Her2 52, LumB 23 and
-NormalLike 23, true 25, 49 and 0).
+(:data:`BUDGET_SPLIT`) and ``c_1, c_2, c_3``; how, and what else was tried,
+is in BENCHMARKS.md ("DP Gaussian: how the defaults were chosen").
 
 **Fitting** (post-processing, free): the noise added to ``Sigma`` is a
 symmetric Gaussian matrix with entry s.d. ``s = z_4 R_3^2 / (N - K)``, whose
@@ -91,7 +55,7 @@ noised, ``s = 0``, and the fit is the plain pooled estimate.
 
 **Sampling**: ``v = mu_y + W z + Psi^{1/2} e``, ``z ~ N(0, I_r)``,
 ``e ~ N(0, I_D)``; ``x = A v``. Counts are drawn back from ``x`` by
-:mod:`fedsynth.synthesize` as for the CVAE.
+:mod:`fedsynth.workflows.synthesize` as for every generator.
 """
 
 from __future__ import annotations
@@ -104,13 +68,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .federation.secure_sum import SecureSum
+from ..errors import ParameterError
+from ..privacy import library_size
+from ..privacy.release import ReleaseSpec
+from ..privacy.clip import clip_rows
+from .base import Generator, option
 
 log = logging.getLogger("fedsynth")
 
 NAME = "gaussian"
-#: Default number of principal components ``r`` (``--components``).
-DEFAULT_COMPONENTS = 4
 #: Share of the budget (of the composed RDP curve) each release gets.
 BUDGET_SPLIT = {
     "class counts": 0.05,
@@ -118,16 +84,15 @@ BUDGET_SPLIT = {
     "class means": 0.55,
     "second moments": 0.15,
 }
-#: Extra releases for counts input (library-size model, as the CVAE's).
-COUNTS_SPLIT = {"log library size mean": 0.1, "log library size spread": 0.03}
+#: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
+COUNTS_SPLIT = (0.1, 0.03)
 #: ``c_1, c_2, c_3`` of :func:`clip_bounds` (see the module doc, "Defaults are measured").
 GENE_MEAN_CLIP = 2.5
 CLASS_MEAN_CLIP = 0.5
 RESIDUAL_CLIP = 0.7
 #: Floor of the residual variances, as a share of the average variance: with
-#: DP it regularises the noisy diagonal (on TCGA-BRCA PAM50 at epsilon 1,
-#: 3 sites, 0.3 beat 0.05 by ~0.03 in TSTR accuracy and macro-F1; see
-#: fedsynth/gaussian.py's commit); without DP it only keeps ``Psi`` positive.
+#: DP it regularises the noisy diagonal (measured: BENCHMARKS.md); without DP
+#: it only keeps ``Psi`` positive.
 VARIANCE_FLOOR = 0.3
 VARIANCE_FLOOR_NO_DP = 1e-3
 #: A class mean is divided by max(c_k, COUNT_SHRINK * z_counts): shrunk towards m when its count is within noise.
@@ -161,7 +126,10 @@ def clip_bounds(n_genes: int) -> tuple[float, float, float]:
 
 def budget_split(input_kind: str) -> dict[str, float]:
     """Release name -> budget weight, in release order."""
-    return dict(BUDGET_SPLIT, **(COUNTS_SPLIT if input_kind == "counts" else {}))
+    split = dict(BUDGET_SPLIT)
+    if input_kind == "counts":
+        split.update({spec.name: spec.share for spec in library_size.specs(*COUNTS_SPLIT)})
+    return split
 
 
 def to_profile_level(X: np.ndarray) -> np.ndarray:
@@ -243,44 +211,37 @@ def _symmetric(upper: np.ndarray, D: int) -> np.ndarray:
     return M + np.triu(M, 1).T
 
 
-def release_moments(noisy_sum, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int,
-                    z: dict[str, float], *, clip: bool = True, library_sizes: np.ndarray | None = None) -> dict:
-    """The statistics of the module doc, each one call of ``noisy_sum``.
+def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, *,
+                    clip: bool = True, library_sizes: np.ndarray | None = None) -> dict:
+    """The statistics of the module doc, each one ``release(name, values)``.
 
     Parameters
     ----------
-    noisy_sum : callable ``(values, noise_std, step) -> ndarray``
-        This site's values in, the noisy sum over all sites out
-        (:meth:`fedsynth.federation.secure_sum.SecureSum.sum`).
+    release : :class:`~fedsynth.privacy.release.Releaser`
+        This site's values in, the noisy sum over all sites out (a
+        :class:`~fedsynth.privacy.release.Measurement` with its noise s.d.).
     X, y
         This site's log-expression (samples x genes) and class indices.
     n_total
         ``N``, the public total record count.
-    z
-        Release name -> noise multiplier (0 for every release without DP).
     clip
         False only without DP: nothing clipped.
     library_sizes
         This site's library sizes, for counts input.
     """
-    from .train import LOG_LIBSIZE_BOUND, LOG_LIBSIZE_SPREAD_BOUND, clip_rows
-
     G = X.shape[1]
     D = G + 1
     r1, r2, r3 = clip_bounds(G) if clip else (math.inf, math.inf, math.inf)
-
-    def release(name, values, sensitivity):
-        std = z[name] * sensitivity if z.get(name) else 0.0
-        return np.asarray(noisy_sum(np.asarray(values, dtype=float), std, f"gaussian: {name}"), dtype=float)
-
     onehot = np.eye(n_classes)[y]
-    counts = release("class counts", onehot.sum(0), 1.0)
+    counts_m = release("class counts", onehot.sum(0))
+    counts = counts_m.value
     V = to_profile_level(X)
-    m = release("gene means", clip_rows(V, r1).sum(0), r1) / n_total
-    S = release("class means", onehot.T @ clip_rows(V - m, r2), r2)
-    mu = m + S / np.maximum(np.maximum(counts, 1.0), COUNT_SHRINK * z.get("class counts", 0.0))[:, None]
+    m = release("gene means", clip_rows(V, r1).sum(0)).value / n_total
+    S = release("class means", onehot.T @ clip_rows(V - m, r2)).value
+    mu = m + S / np.maximum(np.maximum(counts, 1.0), COUNT_SHRINK * counts_m.noise_sd)[:, None]
     R = clip_rows(V - mu[y], r3)
-    M = _symmetric(release("second moments", _upper(R.T @ R), r3**2), D)
+    moments = release("second moments", _upper(R.T @ R))
+    M = _symmetric(moments.value, D)
     dof = max(n_total - n_classes, 1)
     kept = np.maximum(counts, 1.0)
     stats = {
@@ -289,17 +250,11 @@ def release_moments(noisy_sum, X: np.ndarray, y: np.ndarray, n_classes: int, n_t
         "gene_means": m.tolist(),
         "class_means": mu,
         "covariance": M / dof,
-        "covariance_noise_sd": z.get("second moments", 0.0) * r3**2 / dof if clip else 0.0,
+        "covariance_noise_sd": moments.noise_sd / dof if clip else 0.0,
         "clip_bounds": [r1, r2, r3] if clip else None,
     }
     if library_sizes is not None:
-        # centred on the middle of the public range [0, B]: sensitivity B/2
-        half = LOG_LIBSIZE_BOUND / 2.0
-        ll = np.clip(np.log(library_sizes), 0.0, LOG_LIBSIZE_BOUND)
-        lm = half + float(release("log library size mean", [(ll - half).sum()], half)[0]) / n_total
-        sq = np.clip((ll - lm) ** 2, 0.0, LOG_LIBSIZE_SPREAD_BOUND)
-        lv = float(release("log library size spread", [sq.sum()], LOG_LIBSIZE_SPREAD_BOUND)[0]) / n_total
-        stats["log_library_size"] = {"mean": lm, "sd": math.sqrt(min(max(lv, 0.01), LOG_LIBSIZE_SPREAD_BOUND))}
+        stats["log_library_size"] = library_size.release(release, library_sizes, n_total)
     return stats
 
 
@@ -336,66 +291,69 @@ def fit(stats: dict, components: int, n_genes: int) -> GaussianModel:
     return GaussianModel(cfg, stats["class_means"], W, psi, Sigma)
 
 
-# -------------------------------------------------------------- protocol
-def train_gaussian(session, cohort, cfg, *, progress: bool = True):
-    """This site's part of a ``--generator gaussian`` run; returns a :class:`~fedsynth.train.TrainResult`.
+# ------------------------------------------------------------- generator
+class GaussianGenerator(Generator):
+    """Class-conditional Gaussian with a DP-PCA low-rank-plus-diagonal covariance (module doc)."""
 
-    Schema agreement as for the CVAE, then the budget plan (no data
-    touched; :class:`~fedsynth.errors.BudgetError` refuses the run at every
-    site alike), then the releases of :func:`release_moments` over
-    :class:`~fedsynth.federation.secure_sum.SecureSum`, then the fit.
-    """
-    from .train import TrainResult, join_schema, one_shot_budget, one_shot_dp_record
+    name = NAME
+    summary = "class-conditional Gaussian, low-rank + diagonal covariance from DP-PCA"
+    stream = 0x6A55
 
-    del progress  # a handful of sums: nothing to show
-    cfg.validate()
-    timings = {}
-    t0 = time.monotonic()
-    schema, cohort = join_schema(session, cohort, cfg)
-    timings["schema"] = time.monotonic() - t0
+    @dataclass
+    class Config:
+        components: int = option(4, "gaussian: principal components r of the within-class covariance "
+                                 "(low rank + diagonal; 0: diagonal only).", minimum=0,
+                                 label="Principal components of the within-class covariance")
 
-    k, n_total = session.world_size, schema.n_total
-    split = budget_split(schema.input_kind)
-    z, ledger = one_shot_budget(cfg, n_total, split)
+    @classmethod
+    def validate(cls, config) -> None:
+        if config.components < 0:
+            raise ParameterError(f"--components must be >= 0 (got {config.components})")
 
-    agg = SecureSum(session, max_colluders=cfg.max_colluders)
+    def releases(self, schema) -> list[ReleaseSpec]:
+        G = len(schema.genes)
+        r1, r2, r3 = clip_bounds(G)
+        sens = {"class counts": 1.0, "gene means": r1, "class means": r2, "second moments": r3**2}
+        specs = [ReleaseSpec(name, sens[name], share) for name, share in BUDGET_SPLIT.items()]
+        if schema.input_kind == "counts":
+            specs += library_size.specs(*COUNTS_SPLIT)
+        return specs
 
-    def noisy_sum(values, std, step):
-        return agg.sum(torch.from_numpy(values), noise_std=std, step=step).numpy()
+    def fit(self, release, cohort, schema) -> None:
+        t1 = time.monotonic()
+        private = release.plan.private
+        stats = release_moments(release, cohort.X, schema.label_index(cohort.labels), len(schema.classes),
+                                schema.n_total, clip=private,
+                                library_sizes=cohort.library_sizes if schema.input_kind == "counts" else None)
+        self.timings["statistics"] = time.monotonic() - t1
+        t2 = time.monotonic()
+        self.model = fit(stats, self.config.components, len(schema.genes))
+        self.timings["fit"] = time.monotonic() - t2
+        self.statistics = {k: v for k, v in stats.items() if k not in ("class_means", "covariance")}
+        self._split = budget_split(schema.input_kind)
 
-    t1 = time.monotonic()
-    y = np.array([schema.classes.index(str(v)) for v in cohort.labels], dtype=int)
-    stats = release_moments(noisy_sum, cohort.X, y, len(schema.classes), n_total,
-                            z if z is not None else {name: 0.0 for name in split}, clip=not cfg.no_dp,
-                            library_sizes=cohort.library_sizes if schema.input_kind == "counts" else None)
-    timings["statistics"] = time.monotonic() - t1
-    t2 = time.monotonic()
-    model = fit(stats, cfg.components, len(schema.genes))
-    timings["fit"] = time.monotonic() - t2
+    def dp_extra(self) -> dict:
+        return {"budget_split": self._split, "clip_bounds": self.statistics["clip_bounds"]}
 
-    dp = one_shot_dp_record(cfg, schema, k, z, ledger, budget_split=split, clip_bounds=stats["clip_bounds"])
-    public = {k_: v for k_, v in stats.items() if k_ not in ("class_means", "covariance")}
-    meta = {
-        "generator": NAME,
-        "generator_params": {"components": cfg.components, "components_kept": int(model.loadings.shape[1]),
-                             "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP,
-                             "residual_clip": RESIDUAL_CLIP,
-                             "variance_floor": VARIANCE_FLOOR_NO_DP if cfg.no_dp else VARIANCE_FLOOR},
-        "genes": schema.genes,
-        "classes": schema.classes,
-        "input_kind": schema.input_kind,
-        "statistics": public,
-        "dp": dp,
-        "train_config": asdict(cfg),
-        "secure_sum_calls": agg.calls,
-    }
-    return TrainResult(model, meta, timings)
+    def params(self) -> dict:
+        private = self.statistics.get("clip_bounds") is not None
+        return {"components": self.config.components, "components_kept": int(self.model.loadings.shape[1]),
+                "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
+                "variance_floor": VARIANCE_FLOOR if private else VARIANCE_FLOOR_NO_DP}
 
+    def sample(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Log-expression for labels ``y`` (see :meth:`GaussianModel.sample`)."""
+        return self.model.sample(y, rng)
 
-def load(blob: dict) -> GaussianModel:
-    return GaussianModel.from_blob(blob)
+    def model_config(self) -> dict:
+        return asdict(self.model.cfg)
 
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
 
-def sample(model: GaussianModel, meta: dict, y: np.ndarray, gen, seed: int) -> np.ndarray:
-    """Log-expression for labels ``y`` (see :meth:`GaussianModel.sample`); ``gen`` is unused."""
-    return model.sample(y, np.random.default_rng([int(seed), 0x6A55]))
+    @classmethod
+    def from_state(cls, blob: dict) -> "GaussianGenerator":
+        gen = cls(cls.Config(components=blob["config"]["components"]))
+        gen.model = GaussianModel.from_blob(blob)
+        gen.statistics = blob["statistics"]
+        return gen

@@ -41,10 +41,10 @@ fitted graphical model is sampled. With ``G`` genes, ``C`` classes and
    sensitivity ``sqrt(G - m)``, noise ``z_3 sqrt(G - m)``.
 
 The multipliers ``z_i`` come from
-:func:`fedsynth.privacy.accounting.plan_release_split` before any data is touched
+:class:`~fedsynth.privacy.release.ReleasePlan` before any data is touched
 (shares of the privacy loss ``rho_i = 1 / (2 z_i^2)`` in the proportions of
 ``--pgm-split``) and are composed in the one RDP accountant. For counts
-input, the log library size mean and spread are released as for the CVAE.
+input, the library-size model is released (:mod:`fedsynth.privacy.library_size`).
 
 **Fit.** Private-PGM's mirror descent finds the graphical model ``p`` over
 ``(y, bin_1, ..., bin_G)`` minimising
@@ -86,24 +86,28 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from .errors import ParameterError
+from ..data.preprocess import PUBLIC_RANGE
+from ..errors import ParameterError
+from ..privacy import library_size
+from ..privacy.accounting import plan_release_split
+from ..privacy.release import ReleaseSpec
+from .base import Generator, option
 
 log = logging.getLogger("fedsynth")
-
-#: Public value range per input kind (log-scale expression, clipped into it).
-#: ``log``: log2-type expression (TPM/FPKM/RSEM, microarray) lies in [0, 20];
-#: ``counts``: log1p(CPM) lies in [0, log1p(1e6)] < 14.
-PUBLIC_RANGE = {"log": (0.0, 20.0), "counts": (0.0, 14.0)}
 
 #: Share of the privacy loss for the counts-only library-size releases.
 LIBSIZE_SHARE = 0.05
 
 RELEASES = ("bin edges", "label x gene marginals", "gene pair marginals")
+
+
+def _format_range(v) -> str:
+    return "" if v is None else f"{v[0]!r},{v[1]!r}"
 
 
 @dataclass
@@ -117,7 +121,7 @@ class PGMConfig:
     fine_bins
         ``m``: cells of the public-range histogram the edges come from.
     value_range
-        ``(lo, hi)``; ``None`` uses :data:`PUBLIC_RANGE` of the input kind.
+        ``(lo, hi)``; ``None`` uses :data:`~fedsynth.data.preprocess.PUBLIC_RANGE` of the input kind.
     iters
         Mirror-descent iterations of the Private-PGM fit.
     tree
@@ -129,31 +133,32 @@ class PGMConfig:
         ``B``: the most genes one Private-PGM fit takes. With ``G <= B`` the
         model is one fit over the spanning tree; with ``G > B`` the genes
         are cut into ``ceil(G / B)`` chains of equal length (+-1) fitted one
-        by one (see :func:`choose_chains`, :func:`fit_blocks`). Measured on
-        one idle core, 1,000 iterations: a chain of 50 genes compiles in
-        ~11 s and then fits in ~0.5 s, so 1,000 genes (20 chains) take
-        ~21 s instead of a whole-tree compile of well over 10 minutes. On
-        the PAM50 data (50 genes, epsilon 1, the same noisy releases fitted
-        each way, 6 noise draws) two chains of 25 scored TSTR macro-F1 0.27
-        against 0.25 for the one tree fit (0.25 for one chain of 50).
+        by one (see :func:`choose_chains`, :func:`fit_blocks`).
 
-    The defaults are measured (TSTR logistic regression on TCGA-BRCA PAM50,
-    50 genes, epsilon 1, 5-6 noise seeds): with 418 training records, 3 bins
-    from 12 cells with shares (0.3, 0.7) gave accuracy 0.82 / macro-F1 0.60
-    against 0.79 / 0.52 for 4 bins from 32 cells; 0.15 of the budget for
-    the edges left the bins far from equal-mass (total variation 0.44 from
-    equal at 32 cells, 0.23 at 12 cells with 0.3). A small pair share (0.1)
-    costs little utility (0.56 / 0.37 vs 0.55 / 0.35 at 202 records) and
-    gives the model its gene-gene structure.
+    The defaults are measured (BENCHMARKS.md, "PGM: how the defaults were chosen").
     """
 
-    bins: int = 3
-    fine_bins: int = 12
-    value_range: tuple[float, float] | None = None
-    iters: int = 1000
-    tree: bool = True
-    split: tuple[float, float, float] = (0.3, 0.6, 0.1)
-    block: int = 50
+    bins: int = option(3, "pgm: bins per gene (DP quantile bins, 2..16).", name="pgm_bins", minimum=2, maximum=16,
+                       label="Bins per gene")
+    fine_bins: int = option(12, "pgm: cells of the public-range histogram the DP bin edges come from "
+                            "(at least twice the bins).", name="pgm_fine_bins", minimum=4, maximum=4096,
+                            label="Histogram cells for the DP bin edges")
+    value_range: tuple[float, float] | None = option(
+        None, "pgm: public value range of the genes, LO,HI; values outside are clipped into it; it must not "
+        "depend on the data (default: 0,20 for log input, 0,14 for counts).", name="pgm_range", metavar="LO,HI",
+        parse=lambda text: parse_range(text), format=_format_range, label="Public value range LO,HI")
+    iters: int = option(1000, "pgm: mirror-descent iterations of the Private-PGM fit.", name="pgm_iters", minimum=1,
+                        label="Mirror-descent iterations")
+    tree: bool = option(True, "pgm: also release gene-pair marginals on a spanning tree (mst), or only "
+                        "label x gene (none).", name="pgm_tree", choices=("mst", "none"),
+                        parse=lambda text: text != "none", format=lambda v: "mst" if v else "none",
+                        label="Gene pairs")
+    split: tuple[float, float, float] = option(
+        (0.3, 0.6, 0.1), "pgm: relative shares of epsilon for the bin edges, label x gene and gene-pair releases.",
+        name="pgm_split", metavar="EDGES,MARGINALS,PAIRS", parse=lambda text: parse_split(text),
+        format=lambda v: ",".join(repr(float(x)) for x in v), label="Shares of epsilon: bin edges, label x gene, gene pairs")
+    block: int = option(50, "pgm: most genes per Private-PGM fit; more genes are cut into chains of at most this "
+                        "many, fitted one by one.", name="pgm_block", minimum=2, label="Most genes per Private-PGM fit")
 
     def validate(self) -> None:
         if not 2 <= self.bins <= 16:
@@ -621,46 +626,53 @@ def release_weights(cfg: PGMConfig, input_kind: str) -> dict[str, float]:
         weights[RELEASES[2]] = cfg.split[2]
     if input_kind == "counts":
         total = sum(weights.values())
-        weights["log library size mean"] = LIBSIZE_SHARE * total
-        weights["log library size spread"] = LIBSIZE_SHARE * total
+        weights.update({spec.name: spec.share for spec in library_size.specs(LIBSIZE_SHARE * total,
+                                                                             LIBSIZE_SHARE * total)})
     return weights
+
+
+def n_pairs(g: int, cfg: PGMConfig) -> int:
+    """Gene pairs released: ``G - 1`` tree edges, or ``G - m`` chain links above ``B`` genes (0 without a tree)."""
+    if not cfg.tree:
+        return 0
+    return g - len(gene_blocks(g, cfg.block)) if g > cfg.block else g - 1
+
+
+def release_specs(cfg: PGMConfig, g: int, input_kind: str) -> list[ReleaseSpec]:
+    """The releases of :func:`release_and_fit` (module doc): sensitivities ``sqrt(G)``, ``sqrt(G)``, ``sqrt(#pairs)``."""
+    sens = {RELEASES[0]: math.sqrt(g), RELEASES[1]: math.sqrt(g), RELEASES[2]: math.sqrt(max(n_pairs(g, cfg), 1))}
+    lib = {spec.name: spec for spec in library_size.specs(1.0, 1.0)}
+    return [ReleaseSpec(name, sens[name] if name in sens else lib[name].sensitivity, w)
+            for name, w in release_weights(cfg, input_kind).items()]
 
 
 def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[str, float]:
     """Noise multiplier per release (before any data is touched)."""
-    from .privacy.accounting import plan_release_split
-
     return plan_release_split(epsilon, delta, release_weights(cfg, input_kind))
 
 
-def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, cfg: PGMConfig,
-                    input_kind: str, z: dict[str, float] | None, *, library_sizes=None) -> PGMRelease:
+def release_and_fit(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, cfg: PGMConfig,
+                    input_kind: str, *, library_sizes=None) -> PGMRelease:
     """This site's part of the ``pgm`` protocol: three secure noisy releases, then the fit.
 
-    ``z`` maps release names to noise multipliers (``None``: no DP, nothing
-    noised). Every site calls this in lock step and ends with the same state.
+    ``release`` is the run's :class:`~fedsynth.privacy.release.Releaser`.
+    Every site calls this in lock step and ends with the same state.
     """
-    from .train import LOG_LIBSIZE_BOUND, LOG_LIBSIZE_SPREAD_BOUND
-
     g = X.shape[1]
     b, m = cfg.bins, cfg.fine_bins
     lo, hi = cfg.range_for(input_kind)
     timings = {}
 
-    def noisy_sum(values: np.ndarray, name: str, sensitivity: float) -> np.ndarray:
-        std = z[name] * sensitivity if z else 0.0
-        out = agg.sum(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)), noise_std=std,
-                      step=f"pgm: {name}").numpy()
-        return out, std
-
     t = time.monotonic()
-    hist, sd_hist = noisy_sum(fine_histograms(X, lo, hi, m), RELEASES[0], math.sqrt(g))
+    hist_m = release(RELEASES[0], fine_histograms(X, lo, hi, m))
+    hist = hist_m.value
     geo = bin_geometry(hist, n_total, lo, hi, b)
     timings["edges"] = time.monotonic() - t
 
     t = time.monotonic()
     codes = discretise(X, geo["edges"])
-    marg, sd_marg = noisy_sum(label_gene_tables(codes, y, n_classes, b), RELEASES[1], math.sqrt(g))
+    marg_m = release(RELEASES[1], label_gene_tables(codes, y, n_classes, b))
+    marg, sd_marg = marg_m.value, marg_m.noise_sd
     timings["marginals"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -672,17 +684,11 @@ def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: 
         pairs = choose_tree(marg) if cfg.tree else []
     ptabs, sd_pair = None, 0.0
     if pairs:
-        ptabs, sd_pair = noisy_sum(pair_tables(codes, pairs, b), RELEASES[2], math.sqrt(len(pairs)))
+        pair_m = release(RELEASES[2], pair_tables(codes, pairs, b))
+        ptabs, sd_pair = pair_m.value, pair_m.noise_sd
     timings["pairs"] = time.monotonic() - t
 
-    libsize = None
-    if input_kind == "counts":
-        ll = np.clip(np.log(library_sizes), 0.0, LOG_LIBSIZE_BOUND)
-        s, _ = noisy_sum(np.array([ll.sum()]), "log library size mean", LOG_LIBSIZE_BOUND)
-        mean = float(s[0]) / n_total
-        sq = np.clip((ll - mean) ** 2, 0.0, LOG_LIBSIZE_SPREAD_BOUND)
-        v, _ = noisy_sum(np.array([sq.sum()]), "log library size spread", LOG_LIBSIZE_SPREAD_BOUND)
-        libsize = {"mean": mean, "sd": math.sqrt(min(max(float(v[0]) / n_total, 0.01), LOG_LIBSIZE_SPREAD_BOUND))}
+    libsize = library_size.release(release, library_sizes, n_total) if input_kind == "counts" else None
 
     t = time.monotonic()
     if chains is not None:
@@ -705,7 +711,7 @@ def release_and_fit(agg, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: 
     }
     info = {"bins": b, "fine_bins": m, "range": [lo, hi], "iters": cfg.iters, "tree": cfg.tree,
             "block": cfg.block, "fit_blocks": len(chains) if chains is not None else 1,
-            "split": list(cfg.split), "noise_std": {RELEASES[0]: sd_hist, RELEASES[1]: sd_marg,
+            "split": list(cfg.split), "noise_std": {RELEASES[0]: hist_m.noise_sd, RELEASES[1]: sd_marg,
                                                      RELEASES[2]: sd_pair},
             "timings": timings, "log_library_size": libsize}
     return PGMRelease(state, info)
@@ -773,72 +779,54 @@ class PGMModel:
         return decode(sample_codes(self.state, np.asarray(y, dtype=np.int64), rng), self.state["bounds"], rng)
 
 
-def config_from(cfg) -> PGMConfig:
-    """The :class:`PGMConfig` of a :class:`~fedsynth.train.TrainConfig` (its ``pgm_*`` fields)."""
-    return PGMConfig(bins=cfg.pgm_bins, fine_bins=cfg.pgm_fine_bins, value_range=cfg.pgm_range,
-                     iters=cfg.pgm_iters, tree=cfg.pgm_tree, split=tuple(cfg.pgm_split), block=cfg.pgm_block)
+class PGMGenerator(Generator):
+    """Private-PGM on noisy label x gene and gene-pair tables (module doc)."""
 
+    name = NAME
+    summary = "Private-PGM on noisy marginals of binned genes and the label"
+    Config = PGMConfig
+    stream = 0x9A3
 
-def train(session, cohort, cfg, *, progress: bool = True):
-    """This site's part of a ``--generator pgm`` run; returns a :class:`~fedsynth.train.TrainResult`.
+    @classmethod
+    def validate(cls, config) -> None:
+        config.validate()
 
-    Schema agreement as for the CVAE, then the budget plan (no data
-    touched; :class:`~fedsynth.errors.BudgetError` refuses the run at every
-    site alike), the three releases over
-    :class:`~fedsynth.federation.secure_sum.SecureSum` and the Private-PGM fit
-    (:func:`release_and_fit`).
-    """
-    from dataclasses import asdict
+    def releases(self, schema) -> list[ReleaseSpec]:
+        return release_specs(self.config, len(schema.genes), schema.input_kind)
 
-    from .federation.secure_sum import SecureSum
-    from .train import TrainResult, join_schema, one_shot_budget, one_shot_dp_record
+    def fit(self, release, cohort, schema) -> None:
+        rel = release_and_fit(release, cohort.X, schema.label_index(cohort.labels), len(schema.classes),
+                              schema.n_total, self.config, schema.input_kind, library_sizes=cohort.library_sizes)
+        self.timings.update(rel.info.pop("timings"))
+        self.model = PGMModel(PGMModelConfig(len(schema.genes), len(schema.classes), self.config.bins), rel.state)
+        props = self.model.class_proportions()
+        self.statistics = {"class_proportions": props.tolist(), "class_counts": (props * schema.n_total).tolist()}
+        if rel.info.get("log_library_size"):
+            self.statistics["log_library_size"] = rel.info["log_library_size"]
+        self._info = rel.info
 
-    del progress
-    cfg.validate()
-    pcfg = config_from(cfg)
-    pcfg.validate()
-    timings = {}
-    t0 = time.monotonic()
-    schema, cohort = join_schema(session, cohort, cfg)
-    timings["schema"] = time.monotonic() - t0
+    def dp_extra(self) -> dict:
+        return {"noise_std": self._info["noise_std"]}
 
-    k, n_total = session.world_size, schema.n_total
-    z, ledger = one_shot_budget(cfg, n_total, release_weights(pcfg, schema.input_kind))
+    def params(self) -> dict:
+        params = {key: self._info[key] for key in ("bins", "fine_bins", "range", "iters", "tree", "split", "block",
+                                                   "fit_blocks")}
+        params["tree_edges"] = int(len(self.model.state["tree"]))
+        return params
 
-    agg = SecureSum(session, max_colluders=cfg.max_colluders)
-    y = np.array([schema.classes.index(str(v)) for v in cohort.labels], dtype=np.int64)
-    rel = release_and_fit(agg, cohort.X, y, len(schema.classes), n_total, pcfg, schema.input_kind, z,
-                          library_sizes=cohort.library_sizes)
-    timings.update(rel.info.pop("timings"))
-    model = PGMModel(PGMModelConfig(len(schema.genes), len(schema.classes), pcfg.bins), rel.state)
+    def sample(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Log-expression for labels ``y`` (see :meth:`PGMModel.sample`)."""
+        return self.model.sample(y, rng)
 
-    dp = one_shot_dp_record(cfg, schema, k, z, ledger, noise_std=rel.info["noise_std"])
-    props = model.class_proportions()
-    statistics = {"class_proportions": props.tolist(), "class_counts": (props * n_total).tolist()}
-    if rel.info.get("log_library_size"):
-        statistics["log_library_size"] = rel.info["log_library_size"]
-    params = {key: rel.info[key] for key in ("bins", "fine_bins", "range", "iters", "tree", "split", "block",
-                                             "fit_blocks")}
-    params["tree_edges"] = int(len(model.state["tree"]))
-    meta = {
-        "generator": NAME,
-        "generator_params": params,
-        "genes": schema.genes,
-        "classes": schema.classes,
-        "input_kind": schema.input_kind,
-        "statistics": statistics,
-        "dp": dp,
-        "train_config": asdict(cfg),
-        "secure_sum_calls": agg.calls,
-    }
-    return TrainResult(model, meta, timings)
+    def model_config(self) -> dict:
+        return asdict(self.model.cfg)
 
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
 
-def load(blob: dict) -> PGMModel:
-    return PGMModel.from_blob(blob)
-
-
-def sample(model: PGMModel, meta: dict, y: np.ndarray, gen, seed: int) -> np.ndarray:
-    """Log-expression for labels ``y`` (see :meth:`PGMModel.sample`); ``gen`` is unused."""
-    del meta, gen
-    return model.sample(y, np.random.default_rng([int(seed), 0x9A3]))
+    @classmethod
+    def from_state(cls, blob: dict) -> "PGMGenerator":
+        gen = cls(PGMConfig(bins=blob["config"]["bins"]))
+        gen.model = PGMModel.from_blob(blob)
+        gen.statistics = blob["statistics"]
+        return gen

@@ -1,0 +1,160 @@
+"""One site's part of a federated run, for any generator (what ``fedsynth train`` runs).
+
+Every site runs, in lock step over an open
+:class:`~fedsynth.federation.session.Session`:
+
+1. **schema agreement** (public: genes, labels, input kind, record counts;
+   :func:`~fedsynth.federation.schema.join_schema`);
+2. **release plan** (no data touched): the generator declares its releases
+   (:meth:`~fedsynth.generators.base.Generator.releases`) and
+   :meth:`~fedsynth.privacy.release.ReleasePlan.calibrate` sizes their noise
+   so that everything composes to exactly ``(epsilon, delta)``; a target
+   that cannot be met refuses the run at every site alike;
+3. **fit**: the generator releases through the one
+   :class:`~fedsynth.privacy.release.Releaser` (secure sum + noise + ledger
+   entry) and fits on the noisy values;
+4. **DP record**, built from the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ParameterError
+from ..federation.schema import Schema, join_schema
+from ..federation.secure_sum import SecureSum
+from ..privacy.accounting import validate_budget
+from ..privacy.release import ReleasePlan, Releaser
+from . import registry
+from .base import FitContext, Generator, option, option_fields
+
+log = logging.getLogger("fedsynth")
+
+NOISE_SOURCE = "os.urandom Gaussian noise, split over k - max_colluders sites"
+
+
+def _parse_classes(text: str) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in str(text).split(",") if c.strip()) or None
+
+
+@dataclass
+class TrainConfig:
+    """The options every generator shares; ``options`` holds the chosen generator's own.
+
+    Build it with :meth:`from_options` from option values by name (the CLI's,
+    Nextflow's and Galaxy's names: one table, :mod:`fedsynth.workflows.options`).
+    """
+
+    generator: str = option(registry.DEFAULT, "Generator: " + "; ".join(
+        f"{n}: {registry.summary(n)}" for n in registry.names()) + ". Every generator spends the same --epsilon "
+        "in one accountant.", choices=tuple(registry.names()), metavar="|".join(registry.names()), label="Generator")
+    epsilon: float = option(1.0, "Total privacy budget epsilon for everything the run reveals.", minimum=0,
+                            label="Privacy budget epsilon")
+    delta: float = option(1e-5, "Privacy parameter delta (< 1/N).", minimum=0, maximum=0.1,
+                          label="Privacy parameter delta")
+    no_dp: bool = option(False, "Train WITHOUT differential privacy (baseline only: output is not private).",
+                         label="Turn differential privacy off (NOT private)")
+    max_colluders: int = option(0, "t: sites that may pool their views; each site adds noise variance "
+                                "sigma^2 C^2/(k-t).", minimum=0, label="Sites that may collude (t)")
+    genes: str = option("strict", "strict: all sites must have the same genes. intersect: use the genes all "
+                        "sites share.", choices=("strict", "intersect"), label="Genes")
+    classes: tuple[str, ...] | None = option(
+        None, "Comma-separated label vocabulary shared by all sites (e.g. LumA,LumB,Basal,Her2,NormalLike). "
+        "Without it, each site's own label set is revealed to the others during schema agreement.",
+        parse=_parse_classes, format=lambda v: ",".join(v or ()), label="Label vocabulary shared by all sites")
+    seed: int | None = option(None, "Fix sampling and initialisation (reproducibility/testing). Default: fresh "
+                              "OS randomness.", label="Seed")
+    step_timeout: float = option(120.0, "Deadline in seconds for every blocking step after joining (key "
+                                 "agreement, each aggregation).", minimum=1, label="Deadline of each blocking step (s)")
+    rendezvous_timeout: float = option(300.0, "Deadline in seconds for all sites to join the session.", minimum=1,
+                                       label="Deadline for all sites to join (s)")
+    #: the chosen generator's own config (its ``Config`` dataclass)
+    options: object = field(default=None)
+
+    def __post_init__(self):
+        registry.check_name(self.generator)
+        if self.options is None:
+            self.options = registry.get(self.generator).Config()
+
+    @classmethod
+    def from_options(cls, values: dict) -> "TrainConfig":
+        """From option values by name (already parsed); missing ones take their defaults."""
+        common = {name: values[info.name or name] for name, info, _ in option_fields(cls)
+                  if (info.name or name) in values}
+        gen_cls = registry.get(common.get("generator", registry.DEFAULT))
+        own = {name: values[info.name or name] for name, info, _ in option_fields(gen_cls.Config)
+               if (info.name or name) in values}
+        return cls(**common, options=gen_cls.Config(**own))
+
+    def validate(self) -> None:
+        registry.check_name(self.generator)
+        if not self.no_dp:
+            validate_budget(self.epsilon, self.delta)
+        if self.max_colluders < 0:
+            raise ParameterError(f"--max-colluders must be >= 0 (got {self.max_colluders})")
+        if self.genes not in ("strict", "intersect"):
+            raise ParameterError(f"--genes must be strict or intersect (got {self.genes})")
+        registry.get(self.generator).validate(self.options)
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "options"}, "options": asdict(self.options)}
+
+
+@dataclass
+class FitResult:
+    """A fitted generator, the model file's metadata, and wall seconds per phase."""
+
+    generator: Generator
+    meta: dict
+    timings: dict = field(default_factory=dict)
+
+
+def plan_releases(generator: Generator, schema: Schema, cfg: TrainConfig) -> ReleasePlan:
+    """The calibrated plan of ``generator``'s declared releases (no data touched)."""
+    specs = generator.releases(schema)
+    if cfg.no_dp:
+        log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
+        return ReleasePlan.not_private(specs, delta=cfg.delta)
+    plan = ReleasePlan.calibrate(specs, epsilon=cfg.epsilon, delta=cfg.delta, n_total=schema.n_total,
+                                 one_shot_fraction=generator.one_shot_fraction())
+    log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
+             ", ".join(f"{n} z={z:.3g}" for n, z in plan.multipliers.items()))
+    return plan
+
+
+def federation_record(cfg: TrainConfig, schema: Schema, k: int) -> dict:
+    """The part of the ``dp`` record that names the federation."""
+    return {"k": k, "max_colluders": cfg.max_colluders,
+            "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))]}
+
+
+def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> FitResult:
+    """Run this site's part of the protocol (module doc); every site ends with the same model."""
+    cfg.validate()
+    t0 = time.monotonic()
+    schema, cohort = join_schema(session, cohort, genes_mode=cfg.genes, classes=cfg.classes,
+                                 max_colluders=cfg.max_colluders)
+    timings = {"schema": time.monotonic() - t0}
+    generator = registry.create(cfg.generator, cfg.options, FitContext(
+        site=session.site_name, progress=progress, seed=cfg.seed, shared_seed=session.shared_seed))
+    plan = plan_releases(generator, schema, cfg)
+    generator.check_plan(plan)
+    release = Releaser(SecureSum(session, max_colluders=cfg.max_colluders), plan, generator.name)
+    generator.fit(release, cohort, schema)
+    timings.update(generator.timings)
+    dp = {**release.record(), **generator.dp_extra(), **federation_record(cfg, schema, session.world_size),
+          "noise_source": NOISE_SOURCE}
+    meta = {
+        "generator": generator.name,
+        "generator_params": generator.params(),
+        "genes": schema.genes,
+        "classes": schema.classes,
+        "input_kind": schema.input_kind,
+        "statistics": generator.statistics,
+        "dp": dp,
+        "train_config": cfg.to_dict(),
+        "secure_sum_calls": release.calls,
+    }
+    return FitResult(generator, meta, timings)
