@@ -10,15 +10,20 @@ import functools
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # see __main__.py; set before torch loads
 
-from .errors import FedsynthError, InputError, SessionError
+from .workflows import FedsynthError, SessionError
+from .workflows import options as train_table
+from .workflows.common import prepare_outdir
+from .workflows.evaluate import evaluate_site
+from .workflows.preprocess import preprocess_file
+from .workflows.simulate import run_simulation
+from .workflows.synthesize import synthesize_to
+from .workflows.train import train_site
 
 log = logging.getLogger("fedsynth")
 
@@ -78,109 +83,32 @@ def data_options(fn):
 
 
 def train_options(fn):
-    """Training and privacy options shared by train and simulate."""
-    from .generators import HELP as GENERATOR_HELP
-
-    opts = [
-        click.option("--generator", default="cvae", show_default=True, metavar="cvae|gaussian|pgm",
-                     help=GENERATOR_HELP + " Every generator spends the same --epsilon in one accountant."),
-        click.option("--components", type=int, default=4, show_default=True,
-                     help="gaussian: principal components r of the within-class covariance "
-                          "(low rank + diagonal; 0: diagonal only)."),
-        click.option("--pgm-bins", type=int, default=3, show_default=True,
-                     help="pgm: bins per gene (DP quantile bins, 2..16)."),
-        click.option("--pgm-fine-bins", type=int, default=12, show_default=True,
-                     help="pgm: cells of the public-range histogram the DP bin edges come from."),
-        click.option("--pgm-range", default=None, metavar="LO,HI",
-                     help="pgm: public value range of the genes (default: 0,20 for log input, 0,14 for counts)."),
-        click.option("--pgm-iters", type=int, default=1000, show_default=True,
-                     help="pgm: mirror-descent iterations of the Private-PGM fit."),
-        click.option("--pgm-tree", type=click.Choice(["mst", "none"]), default="mst", show_default=True,
-                     help="pgm: also release gene-pair marginals on a spanning tree (mst), or only label x gene."),
-        click.option("--pgm-split", default="0.3,0.6,0.1", show_default=True, metavar="EDGES,MARGINALS,PAIRS",
-                     help="pgm: relative shares of epsilon for the bin edges, label x gene and gene-pair releases."),
-        click.option("--pgm-block", type=int, default=50, show_default=True,
-                     help="pgm: most genes per Private-PGM fit; more genes are cut into chains of at most "
-                          "this many, fitted one by one."),
-        click.option("--epsilon", type=float, default=1.0, show_default=True,
-                     help="Total privacy budget epsilon for everything the run reveals."),
-        click.option("--delta", type=float, default=1e-5, show_default=True, help="Privacy parameter delta (< 1/N)."),
-        click.option("--no-dp", is_flag=True, help="Train WITHOUT differential privacy (baseline only: output is not private)."),
-        click.option("--max-colluders", type=int, default=0, show_default=True,
-                     help="t: sites that may pool their views; each site adds noise variance sigma^2 C^2/(k-t)."),
-        click.option("--epochs", type=int, default=10, show_default=True, help="Passes over the data (expected)."),
-        click.option("--batch-size", type=int, default=128, show_default=True,
-                     help="Expected batch size over all sites; sample rate q = batch-size / N."),
-        click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate."),
-        click.option("--clip", type=float, default=1.0, show_default=True, help="Per-sample gradient clip norm C."),
-        click.option("--latent-dim", type=int, default=4, show_default=True, help="CVAE latent dimension."),
-        click.option("--hidden-dim", type=int, default=32, show_default=True, help="CVAE hidden layer width."),
-        click.option("--stats-fraction", type=float, default=0.85, show_default=True,
-                     help="Share of epsilon for the released statistics (class counts, gene means, library sizes)."),
-        click.option("--genes", type=click.Choice(["strict", "intersect"]), default="strict", show_default=True,
-                     help="strict: all sites must have the same genes. intersect: use the genes all sites share."),
-        click.option("--classes", default=None,
-                     help="Comma-separated label vocabulary shared by all sites (e.g. LumA,LumB,Basal,Her2,NormalLike). "
-                          "Without it, each site's own label set is revealed to the others during schema agreement."),
-        click.option("--seed", type=int, default=None,
-                     help="Fix sampling and initialisation (reproducibility/testing). Default: fresh OS randomness."),
-        click.option("--step-timeout", type=float, default=120.0, show_default=True,
-                     help="Deadline in seconds for every blocking step after joining (key agreement, each aggregation)."),
-        click.option("--rendezvous-timeout", type=float, default=300.0, show_default=True,
-                     help="Deadline in seconds for all sites to join the session."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
+    """The training options, from the one table (:mod:`fedsynth.workflows.options`)."""
+    for opt in reversed(train_table.train_options()):
+        kw = {"help": opt.help, "show_default": opt.default is not None and opt.kind != "flag"}
+        if opt.kind == "flag":
+            fn = click.option(opt.flag, is_flag=True, help=opt.help)(fn)
+            continue
+        if opt.choices and opt.name != "generator":
+            kw["type"] = click.Choice(list(opt.choices))
+        elif opt.kind in ("int", "float"):
+            kw["type"] = int if opt.kind == "int" else float
+        if opt.info.metavar:
+            kw["metavar"] = opt.info.metavar
+        fn = click.option(opt.flag, default=opt.text(opt.default), **kw)(fn)
     return fn
 
 
-def _train_config(kw):
-    from .train import TrainConfig
-
-    return TrainConfig(
-        epsilon=kw["epsilon"], delta=kw["delta"], no_dp=kw["no_dp"], max_colluders=kw["max_colluders"],
-        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], clip=kw["clip"],
-        latent_dim=kw["latent_dim"], hidden_dim=kw["hidden_dim"], stats_fraction=kw["stats_fraction"],
-        genes=kw["genes"], seed=kw["seed"], generator=kw["generator"], components=kw["components"],
-        **_pgm_config(kw),
-        classes=tuple(c.strip() for c in kw["classes"].split(",") if c.strip()) if kw.get("classes") else None,
-    )
+def _data_kw(kw: dict) -> dict:
+    """Pop the data options out of a command's keywords."""
+    return {name: kw.pop(name) for name in ("label_column", "labels_file", "orientation", "meta_columns",
+                                            "sample_id_column", "input_kind")}
 
 
-def _pgm_config(kw) -> dict:
-    from .pgm import parse_range, parse_split
-
-    return {"pgm_bins": kw["pgm_bins"], "pgm_fine_bins": kw["pgm_fine_bins"], "pgm_range": parse_range(kw["pgm_range"]),
-            "pgm_iters": kw["pgm_iters"], "pgm_tree": kw["pgm_tree"] != "none", "pgm_split": parse_split(kw["pgm_split"]),
-            "pgm_block": kw["pgm_block"]}
-
-
-def load_cohort(path, kw, *, min_samples=2):
-    """Read and validate one matrix with the data options."""
-    from .data.io import read_expression
-    from .data.preprocess import validate_and_normalise
-
-    if not kw["label_column"] and not kw["labels_file"]:
-        raise click.UsageError("give --label-column or --labels-file")
-    meta = tuple(c for c in kw["meta_columns"].split(",") if c)
-    raw = read_expression(path, label_column=kw["label_column"], labels_file=kw["labels_file"],
-                          orientation=kw["orientation"], meta_columns=meta,
-                          sample_id_column=kw["sample_id_column"])
-    return validate_and_normalise(raw, input_kind=kw["input_kind"],
-                                  label_column=kw["label_column"] or "label", min_samples=min_samples), raw
-
-
-def prepare_outdir(outdir, names, overwrite):
-    """Create ``outdir``; refuse to overwrite existing outputs unless asked."""
-    from .errors import InputError
-
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        clash = [n for n in names if (out / n).exists()]
-        if clash:
-            raise InputError(f"{out}: already holds {', '.join(clash)}; choose another --outdir or pass --overwrite")
-    return out
+def _train_config(kw: dict):
+    """The TrainConfig from a command's keywords (the table's options; the rest stays in ``kw``)."""
+    names = {opt.name for opt in train_table.train_options()}
+    return train_table.train_config({name: kw.pop(name) for name in list(kw) if name in names})
 
 
 # ----------------------------------------------------------------- commands
@@ -223,32 +151,9 @@ def preprocess(data, out, holdout, holdout_out, seed, overwrite, **kw):
     normalises them), with the label in obs['label'] (h5ad) or a `label`
     column (CSV/TSV), and uns['fedsynth'] recording the input kind.
     """
-    import pandas as pd
-
-    from .evaluate import split_holdout
-    from .data.io import write_table
-
     setup_logging()
-    if not 0 <= holdout < 1:
-        raise click.BadParameter(f"must be in [0, 1) (got {holdout})", param_hint="--holdout")
-    if (holdout > 0) != (holdout_out is not None):
-        raise click.UsageError("--holdout and --holdout-out go together")
-    cohort, raw = load_cohort(data, kw)
-    for path in [out] + ([holdout_out] if holdout_out else []):
-        if Path(path).exists() and not overwrite:
-            raise InputError(f"{path}: file exists; refusing to overwrite it (pass --overwrite)")
-    expr = raw.expr.loc[cohort.sample_ids, cohort.genes]
-    labels = pd.Series(cohort.labels, index=expr.index)
-    parts = [(out, np.arange(cohort.n_samples))]
-    if holdout > 0:
-        train_idx, test_idx = split_holdout(cohort.n_samples, cohort.labels, fraction=holdout, seed=seed)
-        parts = [(out, train_idx), (holdout_out, test_idx)]
-    uns = {"fedsynth": {"input_kind": cohort.input_kind, "source": str(data)}}
-    for path, rows in parts:
-        write_table(expr.iloc[rows], labels.iloc[rows], path, overwrite=overwrite, uns=uns)
-    split = f" ({len(parts[0][1])} kept, {len(parts[1][1])} held out -> {holdout_out})" if holdout > 0 else ""
-    click.echo(f"fedsynth preprocess: {cohort.n_samples} samples x {cohort.n_genes} genes, "
-               f"{len(set(cohort.labels))} labels, input kind {cohort.input_kind}{split} -> {out}")
+    click.echo(preprocess_file(data, _data_kw(kw), out=out, holdout=holdout, holdout_out=holdout_out, seed=seed,
+                               overwrite=overwrite))
 
 
 @main.command()
@@ -272,59 +177,13 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
     --world-size, --rendezvous, secret and training options. Writes
     OUTDIR/model.pt (weights, sampling info, DP record) and OUTDIR/run.json.
     """
-    from .data.io import atomic_write_json
-    from .model import save_model
-    from .federation.session import Session, announce_failure, parse_rendezvous, read_secret
-    from .generators import train as train_site
-
     site_name = site_name or f"site{rank}"
-    os.environ["FEDSYNTH_SITE"] = site_name
     setup_logging(site_name)
-    t0 = time.monotonic()
-    parse_rendezvous(rendezvous)
-    try:
-        cfg = _train_config(kw)
-        cfg.validate()
-        secret = read_secret(secret_file)
-        out = prepare_outdir(outdir, ["model.pt", "run.json"], overwrite)
-        cohort, _ = load_cohort(data, kw)
-    except FedsynthError as e:
-        announce_failure(rendezvous, rank, f"{site_name}: {e}")
-        raise
-    log.info("%s: %d samples x %d genes", data, cohort.n_samples, cohort.n_genes)
-    timings = {"load": time.monotonic() - t0}
-    t1 = time.monotonic()
-    with Session(rank, world_size, rendezvous, secret, site_name=site_name,
-                 rendezvous_timeout=kw["rendezvous_timeout"], step_timeout=kw["step_timeout"]) as session:
-        timings["session"] = time.monotonic() - t1
-        result = train_site(session, cohort, cfg, progress=progress)
-        traffic = session.traffic()
-    timings.update(result.timings)
-    save_model(out / "model.pt", model=result.model, meta=result.meta)
-    dp = result.meta["dp"]
-    timings["total"] = time.monotonic() - t0
-    run = {
-        "command": "train",
-        "generator": result.meta.get("generator", "cvae"),
-        "generator_params": result.meta.get("generator_params"),
-        "budget_split": [{"name": m["name"], "noise_multiplier": m["noise_multiplier"]}
-                         for m in result.meta["dp"].get("mechanisms", [])],
-        "site": site_name,
-        "rank": rank,
-        "epsilon": dp["epsilon"],
-        "epsilon_spent": dp["epsilon_spent"],
-        "delta": dp["delta"],
-        "private": dp["private"],
-        "max_colluders": dp["max_colluders"],
-        "sites": dp["sites"],
-        "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "communication": traffic,
-        "dp": dp,
-    }
-    atomic_write_json(out / "run.json", run)
-    spent = "NOT PRIVATE (--no-dp)" if not dp["private"] else f"epsilon {dp['epsilon_spent']:.3f} of {dp['epsilon']:g}, delta {dp['delta']:g}"
-    click.echo(f"fedsynth train [{site_name}]: done in {timings['total']:.1f}s; {spent}; "
-               f"{len(dp['sites'])} sites, {sum(s['n'] for s in dp['sites'])} samples -> {out / 'model.pt'}")
+    data_kw = _data_kw(kw)
+    run = train_site(rank=rank, world_size=world_size, rendezvous=rendezvous, secret_file=secret_file, data=data,
+                     data_kw=data_kw, option_values=kw, site_name=site_name, outdir=outdir, overwrite=overwrite,
+                     progress=progress)
+    click.echo(run.summary())
 
 
 @main.command()
@@ -341,24 +200,10 @@ def synthesize(model_path, n, class_proportions, seed, label_column, outdir, ove
     """Draw N synthetic samples from a released model (no other site needed)."""
     setup_logging()
     out = prepare_outdir(outdir, ["synthetic.csv", "synthetic.h5ad"], overwrite)
-    expr, labels, meta = synthesize_to(out, model_path, n, class_proportions, seed, label_column, overwrite)
+    expr, labels, meta = synthesize_to(out, model_path, n, class_proportions=class_proportions, seed=seed,
+                                       label_column=label_column, overwrite=overwrite)
     click.echo(f"fedsynth synthesize: {len(expr)} samples x {expr.shape[1]} genes "
                f"({', '.join(f'{c}: {(labels == c).sum()}' for c in meta['classes'])}) -> {out}")
-
-
-def synthesize_to(out, model_path, n, class_proportions, seed, label_column, overwrite):
-    """Sample and write OUT/synthetic.csv and OUT/synthetic.h5ad."""
-    from .data.io import write_table
-    from .synthesize import synthesize as draw
-
-    expr, labels, meta = draw(model_path, n, class_proportions=class_proportions, seed=seed)
-    dp = meta["dp"]
-    uns = {"fedsynth": {"private": bool(dp["private"]), "epsilon": float(dp["epsilon"] or -1),
-                        "delta": float(dp["delta"]), "max_colluders": int(dp["max_colluders"]),
-                        "input_kind": meta["input_kind"], "seed": int(seed)}}
-    write_table(expr, labels, out / "synthetic.csv", label_column=label_column, overwrite=overwrite)
-    write_table(expr, labels, out / "synthetic.h5ad", label_column=label_column, overwrite=overwrite, uns=uns)
-    return expr, labels, meta
 
 
 @main.command()
@@ -384,13 +229,11 @@ def evaluate(synthetic, train_path, holdout, model_path, label_column, synthetic
     fidelity, and the model's DP record; writes OUTDIR/metrics.json and a
     self-contained OUTDIR/report.html.
     """
-    from .evaluate import evaluate_files
-
     setup_logging()
-    metrics = evaluate_files(synthetic, train_path, holdout, outdir=outdir, label_column=label_column,
-                             synthetic_label_column=synthetic_label_column or label_column,
-                             meta_columns=[c for c in meta_columns.split(",") if c], input_kind=input_kind,
-                             model=model_path, overwrite=overwrite, seed=seed)
+    metrics = evaluate_site(synthetic, train_path, holdout, model=model_path, outdir=outdir, label_column=label_column,
+                            synthetic_label_column=synthetic_label_column or label_column,
+                            meta_columns=[c for c in meta_columns.split(",") if c], input_kind=input_kind,
+                            overwrite=overwrite, seed=seed)
     for warning in metrics["warnings"]:
         click.echo(f"fedsynth evaluate: warning: {warning}", err=True)
     lr = metrics["utility"]["tstr"]["logreg"]
@@ -428,22 +271,13 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
     and OUTDIR/run.json (epsilon, delta, each site's n, wall seconds per
     phase, train-on-synthetic/test-on-real scores on the held-out samples).
     """
-    from .simulate import run_simulation
-
     setup_logging("simulate")
-    from .generators import module as generator_module
-
-    generator_module(kw["generator"])  # unknown or not installed: one line, before any process starts
-    _train_config(kw).validate()
-    if not kw["label_column"] and not kw["labels_file"]:
-        raise click.UsageError("give --label-column or --labels-file")
-    read_kw = {"label_column": kw.pop("label_column"), "labels_file": kw.pop("labels_file"),
-               "orientation": kw.pop("orientation"), "sample_id_column": kw.pop("sample_id_column"),
-               "meta_columns": tuple(c for c in kw.pop("meta_columns").split(",") if c)}
-    input_kind = kw.pop("input_kind")
-    run = run_simulation(data, read_kw=read_kw, input_kind=input_kind, sites=sites, site_column=site_column,
-                         split=split, alpha=alpha, holdout=holdout, split_seed=split_seed, local_only=local_only,
-                         n_synthetic=n_synthetic, outdir=outdir, overwrite=overwrite, train_kw=kw)
+    data_kw = _data_kw(kw)
+    cfg = _train_config(kw)
+    cfg.validate()  # unknown generator or bad option: one line, before any process starts
+    run = run_simulation(data, data_kw=data_kw, sites=sites, site_column=site_column, split=split, alpha=alpha,
+                         holdout=holdout, split_seed=split_seed, local_only=local_only, n_synthetic=n_synthetic,
+                         outdir=outdir, overwrite=overwrite, cfg=cfg)
     private = "NOT PRIVATE (--no-dp)" if not run["private"] else f"epsilon {run['epsilon']:g}, delta {run['delta']:g}"
     if local_only:
         click.echo(f"fedsynth simulate: local-only baselines for {len(run['sites'])} sites, {private} -> {outdir}")

@@ -14,7 +14,9 @@ pooled data), ``--no-dp`` (not private), ``--local-only`` (each site alone).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -27,10 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import click
 import numpy as np
 
-from .errors import FedsynthError, InputError, ParameterError
+from ..data.io import atomic_write_json, read_expression, write_table
+from ..data.preprocess import split_holdout, split_sites, validate_and_normalise
+from ..errors import FedsynthError, InputError, ParameterError
+from ..evaluation import tstr
+from ..generators.protocol import TrainConfig
+from . import options
+from .common import prepare_outdir, read_options
+from .records import run_record
+from .synthesize import synthesize, synthesize_to
 
 log = logging.getLogger("fedsynth")
 
@@ -88,7 +97,7 @@ def run_sites(site_files, workdir: Path, secret: Path, train_args: list[str], *,
         time.sleep(0.2)
     for p in procs:
         for line in p.stdout.read().splitlines():
-            click.echo(f"  {line}", err=True)
+            print(f"  {line}", file=sys.stderr)
     codes = [p.returncode for p in procs]
     if any(codes):
         bad = ", ".join(f"{names[r]} (rank {r}) exit {c}" for r, c in enumerate(codes) if c)
@@ -97,8 +106,6 @@ def run_sites(site_files, workdir: Path, secret: Path, train_args: list[str], *,
 
 
 def _split(raw_expr, labels, site_values, *, sites, split, alpha, seed):
-    from .data.preprocess import split_sites
-
     if sites == 1:
         return [("pooled", np.arange(len(raw_expr)))]
     mode = "column" if site_values is not None else split
@@ -106,16 +113,12 @@ def _split(raw_expr, labels, site_values, *, sites, split, alpha, seed):
                        alpha=alpha, seed=seed, min_per_site=4)
 
 
-def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_column: str | None, split: str,
-                   alpha: float, holdout: float, split_seed: int, local_only: bool, n_synthetic: int | None,
-                   outdir, overwrite: bool, train_kw: dict) -> dict:
+def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, split: str, alpha: float,
+                   holdout: float, split_seed: int, local_only: bool, n_synthetic: int | None, outdir,
+                   overwrite: bool, cfg: TrainConfig) -> dict:
     """Split, train k sites as k processes, synthesize, evaluate; returns run.json's content."""
-    from .cli import prepare_outdir, synthesize_to
-    from .evaluate import split_holdout, tstr
-    from .data.io import atomic_write_json, read_expression, write_table
-    from .data.preprocess import validate_and_normalise
-    from .synthesize import synthesize
-
+    read_kw = read_options(data_kw)
+    input_kind = data_kw.get("input_kind", "log")
     t_start = time.monotonic()
     if sites < 1:
         raise ParameterError(f"--sites must be >= 1 (got {sites})")
@@ -158,8 +161,9 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
             site_n.append(len(tr))
         log.info("%d site(s): %s", len(parts), ", ".join(f"{n} ({c} train)" for n, c in zip(names, site_n)))
         # the simulation knows the whole label vocabulary: declare it, so no site's label set is revealed
-        train_kw = dict(train_kw, classes=train_kw.get("classes") or ",".join(sorted(set(labels))))
-        train_args = _train_args(train_kw, input_kind)
+        if cfg.classes is None:
+            cfg = dataclasses.replace(cfg, classes=tuple(sorted(set(labels))))
+        train_args = ["--input-kind", input_kind, *options.to_args(cfg)]
         all_train = np.concatenate([p[1] for p in parts])
         held = np.concatenate(test_idx) if test_idx else np.array([], int)
         all_train = np.setdiff1d(all_train, held)
@@ -185,75 +189,44 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
             local = {}
             for i, (f, name) in enumerate(zip(train_files, names)):
                 od = run_sites([f], work / f"local_{i}", secret, train_args,
-                               step_timeout=train_kw["step_timeout"], names=[name])[0]
+                               step_timeout=cfg.step_timeout, names=[name])[0]
                 dest = out / "local" / name
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(od / "model.pt", dest / "model.pt")
                 expr, lab, _ = synthesize(od / "model.pt", n_syn, seed=split_seed)
                 local[name] = {"n": site_n[i], "evaluation": evaluate(expr, lab)}
             timings["training"] = time.monotonic() - t1
-            run = {"command": "simulate", "mode": "local-only", "generator": train_kw.get("generator", "cvae"),
-                   "epsilon": train_kw["epsilon"],
-                   "delta": train_kw["delta"], "private": not train_kw["no_dp"],
+            run = {"command": "simulate", "mode": "local-only", "generator": cfg.generator,
+                   "options": options.record(cfg), "epsilon": cfg.epsilon, "delta": cfg.delta,
+                   "private": not cfg.no_dp,
                    "sites": [{"name": n, "n": c} for n, c in zip(names, site_n)], "local": local,
                    "wall_seconds": {k: round(v, 3) for k, v in timings.items()}}
             atomic_write_json(out / "run.json", run)
             return run
-        site_outs = run_sites(train_files, work, secret, train_args, step_timeout=train_kw["step_timeout"],
-                              names=names)
+        site_outs = run_sites(train_files, work, secret, train_args, step_timeout=cfg.step_timeout, names=names)
         timings["training"] = time.monotonic() - t1
         digests = {model_digest(o / "model.pt") for o in site_outs}
         if len(digests) != 1:
             raise FedsynthError("simulate: the sites ended with different models; this is a bug, please report it")
-        import json
-
         site_runs = [json.loads((o / "run.json").read_text()) for o in site_outs]
         shutil.copy2(site_outs[0] / "model.pt", out / "model.pt.tmp")
         os.replace(out / "model.pt.tmp", out / "model.pt")
         t2 = time.monotonic()
-        expr, lab, _ = synthesize_to(out, out / "model.pt", n_syn, None, split_seed, label_column, True)
+        expr, lab, meta = synthesize_to(out, out / "model.pt", n_syn, seed=split_seed, label_column=label_column,
+                                        overwrite=True)
         timings["synthesize"] = time.monotonic() - t2
         t3 = time.monotonic()
         evaluation = evaluate(expr, lab)
         timings["evaluate"] = time.monotonic() - t3
         timings["total"] = time.monotonic() - t_start
-        dp = site_runs[0]["dp"]
-        run = {
-            "command": "simulate",
-            "mode": "centralised" if len(parts) == 1 else "federated",
-            "generator": site_runs[0].get("generator", "cvae"),
-            "generator_params": site_runs[0].get("generator_params"),
-            "budget_split": [{"name": m["name"], "noise_multiplier": m["noise_multiplier"]}
-                             for m in dp.get("mechanisms", [])],
-            "epsilon": dp["epsilon"],
-            "epsilon_spent": dp["epsilon_spent"],
-            "delta": dp["delta"],
-            "private": dp["private"],
-            "max_colluders": dp["max_colluders"],
-            "sites": [{"name": n, "n": c, "n_holdout": int(len(t))} for n, c, t in zip(names, site_n, test_idx)],
-            "models_identical": True,
-            "model_sha256": digests.pop(),
-            "n_synthetic": n_syn,
-            "evaluation": evaluation,
-            "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
-            "site_wall_seconds": {r["site"]: r["wall_seconds"] for r in site_runs},
-            "site_communication": {r["site"]: r.get("communication") for r in site_runs},
-            "dp": dp,
-        }
+        run = run_record(
+            "simulate", cfg, meta,
+            sites=[{"name": n, "n": c, "n_holdout": int(len(t))} for n, c, t in zip(names, site_n, test_idx)],
+            wall_seconds=timings, mode="centralised" if len(parts) == 1 else "federated", models_identical=True,
+            model_sha256=digests.pop(), n_synthetic=n_syn, evaluation=evaluation,
+            site_wall_seconds={r["site"]: r["wall_seconds"] for r in site_runs},
+            site_communication={r["site"]: r.get("communication") for r in site_runs})
         atomic_write_json(out / "run.json", run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return run
-
-
-def _train_args(kw: dict, input_kind: str) -> list[str]:
-    """The `fedsynth train` options that carry the simulate command's settings."""
-    args = ["--input-kind", input_kind]
-    for key in ("generator", "components", "epsilon", "delta", "max_colluders", "epochs", "batch_size", "lr", "clip", "latent_dim",
-                "hidden_dim", "stats_fraction", "genes", "classes", "seed", "step_timeout", "rendezvous_timeout",
-                "pgm_bins", "pgm_fine_bins", "pgm_range", "pgm_iters", "pgm_tree", "pgm_split", "pgm_block"):
-        if kw.get(key) is not None:
-            args += [f"--{key.replace('_', '-')}", str(kw[key])]
-    if kw.get("no_dp"):
-        args.append("--no-dp")
-    return args
