@@ -94,7 +94,7 @@ def git_state(extra: tuple = ()) -> dict:
 
 
 #: The modules whose code decides a simulate run's model and scores (not the report/attack modules).
-ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluate.py", "io.py", "model.py", "preprocess.py",
+ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluate.py", "io.py", "model.py", "data/preprocess.py",
                    "secure_aggregation.py", "session.py", "simulate.py", "synthesize.py", "train.py",
                    "_crypten_compat.py")
 
@@ -181,7 +181,7 @@ def site_holdout(raw, site_names: list[str], seed: int, fraction: float = 0.2):
     """
     import numpy as np
 
-    from fedsynth.evaluate import split_holdout
+    from fedsynth.data.preprocess import split_holdout
 
     labels = raw.labels.astype(str).to_numpy()
     sites = raw.meta["site"].astype(str).to_numpy()

@@ -165,7 +165,8 @@ def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False, *, generator="cv
     command (bench/generators.py); ``code_files`` are the extra fedsynth
     modules its cache depends on (see _common.GENERATOR_FILES).
     """
-    from fedsynth.evaluate import evaluate, split_holdout
+    from fedsynth.data.preprocess import split_holdout
+    from fedsynth.evaluate import evaluate
     from fedsynth.privacy_attacks import distance_to_closest_record, membership_inference
     from fedsynth.synthesize import synthesize
 
@@ -280,7 +281,7 @@ def mia_null(ctx, n_splits=40) -> dict:
     the attacks score here is chance: the level to read the MIA column
     against.
     """
-    from fedsynth.evaluate import split_holdout
+    from fedsynth.data.preprocess import split_holdout
     from fedsynth.privacy_attacks import ATTACKS, membership_inference
 
     raw, names = ctx["raw"], ctx["names"]

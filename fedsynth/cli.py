@@ -225,8 +225,8 @@ def preprocess(data, out, holdout, holdout_out, seed, overwrite, **kw):
     """
     import pandas as pd
 
-    from .evaluate import split_holdout
     from .data.io import write_table
+    from .data.preprocess import split_holdout
 
     setup_logging()
     if not 0 <= holdout < 1:

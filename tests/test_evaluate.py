@@ -8,11 +8,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fedsynth.data.preprocess import split_holdout  # noqa: E402
 from fedsynth.errors import InputError, ParameterError  # noqa: E402
 from fedsynth.evaluate import (  # noqa: E402
     check_compatible,
     fidelity,
-    split_holdout,
     tstr,
 )
 
