@@ -384,7 +384,7 @@ def evaluate(synthetic, train_path, holdout, model_path, label_column, synthetic
     fidelity, and the model's DP record; writes OUTDIR/metrics.json and a
     self-contained OUTDIR/report.html.
     """
-    from .evaluate import evaluate_files
+    from .evaluation import evaluate_files
 
     setup_logging()
     metrics = evaluate_files(synthetic, train_path, holdout, outdir=outdir, label_column=label_column,

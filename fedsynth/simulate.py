@@ -111,7 +111,7 @@ def run_simulation(data, *, read_kw: dict, input_kind: str, sites: int, site_col
                    outdir, overwrite: bool, train_kw: dict) -> dict:
     """Split, train k sites as k processes, synthesize, evaluate; returns run.json's content."""
     from .cli import prepare_outdir, synthesize_to
-    from .evaluate import tstr
+    from .evaluation import tstr
     from .data.io import atomic_write_json, read_expression, write_table
     from .data.preprocess import split_holdout, validate_and_normalise
     from .synthesize import synthesize

@@ -587,7 +587,7 @@ def discriminator_auroc(X_syn, X_real, *, models=DISCRIMINATORS, n_splits=5,
             clf = ExtraTreesClassifier(n_estimators=100, random_state=seed, n_jobs=1)
             Xm = X
             if X.shape[1] > _TREE_PCS:  # trees on the real data's leading axes
-                from .privacy_attacks import leading_axes
+                from .attacks import leading_axes
 
                 mean, vt, _ = leading_axes(B, _TREE_PCS, seed)
                 Xm = (X - mean) @ vt.T
@@ -1074,7 +1074,7 @@ def evaluate(X_syn, y_syn, X_train, y_train, X_holdout, y_holdout, *, genes=None
         (:func:`~fedsynth.privacy_attacks.membership_inference`)}, "n",
         "seconds"}``; with ``return_artifacts`` also a dict of arrays.
     """
-    from .privacy_attacks import distance_to_closest_record, membership_inference
+    from .attacks import distance_to_closest_record, membership_inference
 
     X_syn = _as_matrix(X_syn, "synthetic matrix")
     X_train = _as_matrix(X_train, "real training matrix")
@@ -1130,8 +1130,8 @@ def _load(path, label_column, meta_columns, input_kind, *, role):
     """Read and validate one input. The synthetic file need not carry the
     real data's metadata columns: any it has are set aside, any it lacks are
     ignored."""
-    from .data.io import read_expression
-    from .data.preprocess import validate_and_normalise
+    from fedsynth.data.io import read_expression
+    from fedsynth.data.preprocess import validate_and_normalise
 
     synthetic = role == "synthetic"
     try:
@@ -1180,7 +1180,7 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     """
     from pathlib import Path
 
-    from .data.io import atomic_write_json, atomic_write_text
+    from fedsynth.data.io import atomic_write_json, atomic_write_text
 
     meta_columns = tuple(meta_columns)
     syn = _load(synthetic, synthetic_label_column, meta_columns, input_kind, role="synthetic")
@@ -1225,7 +1225,7 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     out.mkdir(parents=True, exist_ok=True)
     dp = None
     if model is not None:
-        from .model import load_model
+        from fedsynth.model import load_model
 
         _, blob = load_model(model)
         dp = blob.get("dp")
