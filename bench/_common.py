@@ -94,7 +94,7 @@ def git_state(extra: tuple = ()) -> dict:
 
 
 #: The modules whose code decides a simulate run's model and scores (not the report/attack modules).
-ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluate.py", "io.py", "model.py", "preprocess.py",
+ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluation/fidelity.py", "io.py", "model.py", "data/preprocess.py",
                    "secure_aggregation.py", "session.py", "simulate.py", "synthesize.py", "train.py",
                    "_crypten_compat.py")
 
@@ -181,7 +181,7 @@ def site_holdout(raw, site_names: list[str], seed: int, fraction: float = 0.2):
     """
     import numpy as np
 
-    from fedsynth.evaluate import split_holdout
+    from fedsynth.data.preprocess import split_holdout
 
     labels = raw.labels.astype(str).to_numpy()
     sites = raw.meta["site"].astype(str).to_numpy()
@@ -195,8 +195,8 @@ def site_holdout(raw, site_names: list[str], seed: int, fraction: float = 0.2):
 
 
 def score_synthetic(synthetic_csv: Path, raw, train_rows, test_rows, seed: int) -> dict:
-    """fedsynth.evaluate.tstr of a synthetic.csv on chosen real test rows (as simulate does)."""
-    from fedsynth.evaluate import tstr
+    """fedsynth.evaluation.tstr of a synthetic.csv on chosen real test rows (as simulate does)."""
+    from fedsynth.evaluation import tstr
     from fedsynth.data.io import read_expression
 
     syn = read_expression(synthetic_csv, label_column="pam50")

@@ -6,7 +6,7 @@ site --sites 3``, label pam50, 202 training tumours x 50 PAM50 genes) at
 epsilon in {0.5, 1, 2, 4, 10, no DP} x split seeds {0, 1, 2}, plus
 centralised (``--sites 1`` on the same 3 sites' records) at epsilon 1. Each
 cell is one ``fedsynth simulate --generator NAME`` run, scored exactly like
-bench/utility_privacy.py (its ``run_cell``: ``fedsynth.evaluate.evaluate``
+bench/utility_privacy.py (its ``run_cell``: ``fedsynth.evaluation.evaluate``
 on the rows simulate used, checked against simulate's own TSTR score):
 TSTR logistic-regression macro-F1 and accuracy, discriminator AUROC, worst
 of four membership-inference AUROCs.

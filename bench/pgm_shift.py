@@ -5,7 +5,7 @@ data/brca_pam50_sites.csv (50 PAM50 genes). SecureSum is exact, so the pooled
 tables plus Gaussian noise of the protocol's std (``pgm.plan``; sensitivity
 ``sqrt(G)`` for the edges and label x gene releases, ``sqrt(G - 1)`` for the
 tree pairs) have the same distribution as the federation's releases. Scored
-as bench does: :func:`fedsynth.evaluate.tstr` (StandardScaler fitted on the
+as bench does: :func:`fedsynth.evaluation.tstr` (StandardScaler fitted on the
 synthetic data + LogisticRegression), on the sites' stratified holdouts.
 
 Bin geometries compared (release 1 is the same noisy histogram ``H~``):
@@ -45,7 +45,7 @@ from scipy.stats import norm  # noqa: E402
 
 from _common import largest_sites, read_table, site_holdout  # noqa: E402
 from fedsynth import pgm  # noqa: E402
-from fedsynth.evaluate import tstr  # noqa: E402
+from fedsynth.evaluation import tstr  # noqa: E402
 
 
 def end_bounds(edges, medians, lo, hi):

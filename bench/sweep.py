@@ -14,7 +14,7 @@ at defaults (more data: the 5 largest sites), and ``--no-dp`` at defaults
 Every configuration is scored on the same test rows for a given seed (the
 20% per-site holdouts of BH, A8, A2): the 5-site runs hold out the same
 rows of those 3 sites (simulate stratifies per site), and their synthetic
-data is re-scored on exactly those rows with fedsynth.evaluate.tstr; their
+data is re-scored on exactly those rows with fedsynth.evaluation.tstr; their
 score on their own 5-site holdout is reported beside it. Ranked by median
 TSTR logistic-regression macro-F1. Results: bench/out/sweep.json and
 bench/out/sweep.md (runs under bench/out/sweep/, cached by command).

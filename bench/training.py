@@ -17,7 +17,7 @@ sampling seed), through the ``fedsynth simulate`` CLI at epsilon 1:
   own pooled 20% holdout, so its test rows differ from the federated ones);
 * **centralised, matched holdout**: ``--sites 1 --holdout 0`` on exactly the
   federated run's training rows, the synthetic data then scored on exactly
-  the federated run's test rows (with fedsynth.evaluate.tstr, as simulate does);
+  the federated run's test rows (with fedsynth.evaluation.tstr, as simulate does);
 * **local-only**: ``--sites 3 --site-column site --local-only``: each
   hospital alone (scored on the same test rows as federated). "Best single
   site" is the site with the best TSTR macro-F1 *on those test rows*, per
@@ -148,7 +148,7 @@ def main() -> None:
         sites = raw.meta["site"].astype(str).to_numpy()
         for name in top3:
             rows = np.intersect1d(tr_rows, np.flatnonzero(sites == name))
-            from fedsynth.evaluate import tstr
+            from fedsynth.evaluation import tstr
 
             real_single[name] = tstr(raw.expr.iloc[rows].to_numpy(), labels.iloc[rows].to_numpy(),
                                      raw.expr.iloc[te_rows].to_numpy(), labels.iloc[te_rows].to_numpy(),

@@ -6,7 +6,7 @@ holding those 3 sites' records (``--sites 1`` on a CSV of only their rows);
 single site alone: ``--local-only``, each of the 3 sites trains by itself}
 x split seeds {0, 1, 2}. Each cell is one ``fedsynth simulate`` run (the
 installed CLI, one OpenMP thread per process); its synthetic data are then
-scored with :func:`fedsynth.evaluate.evaluate` (the code behind
+scored with :func:`fedsynth.evaluation.evaluate` (the code behind
 ``fedsynth evaluate``) in this process, on exactly the real training and
 holdout rows simulate used (rebuilt with fedsynth's own split functions
 and checked against simulate's own TSTR score).
@@ -165,8 +165,8 @@ def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False, *, generator="cv
     command (bench/generators.py); ``code_files`` are the extra fedsynth
     modules its cache depends on (see _common.GENERATOR_FILES).
     """
-    from fedsynth.evaluate import evaluate, split_holdout
-    from fedsynth.privacy_attacks import distance_to_closest_record, membership_inference
+    from fedsynth.data.preprocess import split_holdout
+    from fedsynth.evaluation import distance_to_closest_record, evaluate, membership_inference
     from fedsynth.synthesize import synthesize
 
     raw, names = ctx["raw"], ctx["names"]
@@ -243,8 +243,7 @@ def _check(sim_eval: dict | None, m: dict, command: str) -> None:
 # ------------------------------------------------------------------ speed
 def speed(n=1000, genes=1000, n_holdout=250, seed=0) -> dict:
     """Wall and CPU seconds of evaluate() and of the HTML report on n x genes."""
-    from fedsynth.evaluate import evaluate
-    from fedsynth.report import render_report
+    from fedsynth.evaluation import evaluate, render_report
 
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(10, genes)) * 0.5
@@ -280,8 +279,8 @@ def mia_null(ctx, n_splits=40) -> dict:
     the attacks score here is chance: the level to read the MIA column
     against.
     """
-    from fedsynth.evaluate import split_holdout
-    from fedsynth.privacy_attacks import ATTACKS, membership_inference
+    from fedsynth.data.preprocess import split_holdout
+    from fedsynth.evaluation import ATTACKS, membership_inference
 
     raw, names = ctx["raw"], ctx["names"]
     X = raw.expr.to_numpy()
@@ -374,7 +373,7 @@ def render(results, ctx, epsilons, seeds, speed_res, showcase, args_line, starte
     lines += [f"Command: `{args_line}` (from the repository root): {len(results)} `fedsynth simulate` runs "
               f"({sim_total / 60:.0f} min of simulate wall time in all; runs are cached, so a rerun only redoes "
               "runs whose command or fedsynth code changed), each scored in-process with "
-              "`fedsynth.evaluate.evaluate`, the code behind `fedsynth evaluate`.", ""]
+              "`fedsynth.evaluation.evaluate`, the code behind `fedsynth evaluate`.", ""]
     mc = machine()
     lines += [f"Machine: {mc['cores']} cores ({mc['cpu']}), shared with other jobs (load average 4 to 20 during "
               f"the runs, so wall times are loose); Python {mc['python']}, torch {mc['torch']}; {mc['date_utc']}.", ""]

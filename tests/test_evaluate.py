@@ -1,4 +1,4 @@
-"""Tests for fedsynth.evaluate on constructed data with known answers."""
+"""Tests for fedsynth.evaluation on constructed data with known answers."""
 
 import os
 import sys
@@ -8,11 +8,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fedsynth.data.preprocess import split_holdout  # noqa: E402
 from fedsynth.errors import InputError, ParameterError  # noqa: E402
-from fedsynth.evaluate import (  # noqa: E402
+from fedsynth.evaluation import (  # noqa: E402
     check_compatible,
     fidelity,
-    split_holdout,
     tstr,
 )
 
@@ -292,7 +292,7 @@ def _predict_logreg(X, y, X_test):
 
 
 def test_mmd_identical_is_zero_and_grows_with_shift():
-    from fedsynth.evaluate import mmd_rbf
+    from fedsynth.evaluation import mmd_rbf
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 10))
@@ -305,7 +305,7 @@ def test_mmd_identical_is_zero_and_grows_with_shift():
 
 
 def test_discriminator_identical_is_half_and_separable_is_one():
-    from fedsynth.evaluate import discriminator_auroc
+    from fedsynth.evaluation import discriminator_auroc
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(150, 8))
@@ -344,7 +344,7 @@ def test_fidelity_worst_gene_is_the_broken_one():
 def test_welch_t_matches_scipy():
     from scipy import stats
 
-    from fedsynth.evaluate import welch_t
+    from fedsynth.evaluation import welch_t
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(40, 5)) * np.arange(1, 6)
@@ -357,7 +357,7 @@ def test_welch_t_matches_scipy():
 
 
 def test_bh_qvalues_known():
-    from fedsynth.evaluate import bh_qvalues
+    from fedsynth.evaluation import bh_qvalues
 
     q = bh_qvalues([0.01, 0.04, 0.03, 0.2])
     np.testing.assert_allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
@@ -374,7 +374,7 @@ def _de_data(shifts, n=100, genes=20, seed=0):
 
 
 def test_de_recovery_identical_is_perfect():
-    from fedsynth.evaluate import de_recovery
+    from fedsynth.evaluation import de_recovery
 
     X, y = _de_data({0: 5, 1: 4.5, 2: 4, 3: 3.5})
     d = de_recovery(X, y, X, y, k=4)
@@ -387,7 +387,7 @@ def test_de_recovery_identical_is_perfect():
 
 
 def test_de_recovery_known_precision_and_recall():
-    from fedsynth.evaluate import de_recovery
+    from fedsynth.evaluation import de_recovery
 
     genes = [f"G{j}" for j in range(20)]
     X_real, y_real = _de_data({0: 5, 1: 4.5, 2: 4, 3: 3.5}, seed=0)
@@ -405,7 +405,7 @@ def test_de_recovery_known_precision_and_recall():
 
 
 def test_de_recovery_skips_tiny_class_and_defaults_k():
-    from fedsynth.evaluate import de_recovery, default_top_k
+    from fedsynth.evaluation import de_recovery, default_top_k
 
     X, y = _de_data({0: 3})
     y = y.astype(object)
@@ -417,7 +417,7 @@ def test_de_recovery_skips_tiny_class_and_defaults_k():
 
 
 def test_coexpression_identical_and_independent():
-    from fedsynth.evaluate import coexpression_recovery
+    from fedsynth.evaluation import coexpression_recovery
 
     rng = np.random.default_rng(3)
     Z = rng.normal(size=(300, 3))
@@ -450,7 +450,7 @@ def cohort():
 
 
 def test_evaluate_fresh_sample_is_useful_realistic_and_private(cohort):
-    from fedsynth.evaluate import evaluate
+    from fedsynth.evaluation import evaluate
 
     (Xt, yt), (Xh, yh) = cohort
     Xs, ys = _population(240, 3)
@@ -467,7 +467,7 @@ def test_evaluate_fresh_sample_is_useful_realistic_and_private(cohort):
 
 
 def test_evaluate_copy_of_training_data_is_flagged(cohort):
-    from fedsynth.evaluate import evaluate
+    from fedsynth.evaluation import evaluate
 
     (Xt, yt), (Xh, yh) = cohort
     m = evaluate(Xt.copy(), yt.copy(), Xt, yt, Xh, yh,
@@ -482,7 +482,7 @@ def test_evaluate_copy_of_training_data_is_flagged(cohort):
 
 
 def test_verdict_poor_utility_and_realism(cohort):
-    from fedsynth.evaluate import evaluate
+    from fedsynth.evaluation import evaluate
 
     (Xt, yt), (Xh, yh) = cohort
     rng = np.random.default_rng(9)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedsynth.errors import InputError, ParameterError
-from fedsynth.privacy_attacks import (
+from fedsynth.evaluation.attacks import (
     ATTACKS,
     auroc_ci,
     distance_to_closest_record,
@@ -156,7 +156,7 @@ def test_bad_inputs_are_refused(real):
 
 
 def test_leading_axes_randomized_matches_exact_on_structured_data():
-    from fedsynth.privacy_attacks import leading_axes
+    from fedsynth.evaluation.attacks import leading_axes
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(600, 3)) * [20, 10, 5] @ rng.normal(size=(3, 700)) + rng.normal(size=(600, 700))

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from fedsynth.cli import main as cli
 from fedsynth.errors import InputError
-from fedsynth.evaluate import evaluate_files
-from fedsynth.report import SECTIONS
+from fedsynth.evaluation import SECTIONS, evaluate_files
 
 GENES = [f"G{j}" for j in range(12)]
 CLASSES = ("LumA", "Basal", "<b>Her2&</b>")  # a label that must be escaped

@@ -1,4 +1,4 @@
-"""Validation, normalisation, gene harmonisation and site splitting.
+"""Validation, normalisation, gene harmonisation, site and holdout splitting.
 
 :func:`validate_and_normalise` turns a :class:`~fedsynth.data.io.RawTable` into a
 :class:`Cohort` (plain numpy arrays, log-scale expression) or raises a one-line
@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -22,6 +24,8 @@ __all__ = [
     "constant_genes",
     "harmonise_genes",
     "split_sites",
+    "split_holdout",
+    "as_labels",
 ]
 
 INPUT_KINDS = ("counts", "log")
@@ -377,3 +381,76 @@ def _split_by_column(df_expr, site_values, n_sites, min_per_site) -> list[tuple[
                          f"(e.g. {_examples(small)}); lower --n-sites to keep only larger sites")
     values = sites.to_numpy()
     return [(s, np.flatnonzero(values == s)) for s in order]
+
+
+def as_labels(y, n, what):
+    """``y`` as a 1-D array of ``n`` str labels; InputError naming ``what`` otherwise."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise InputError(f"{what} must be a 1-D array of labels")
+    if y.shape[0] != n:
+        raise InputError(f"{what} has {y.shape[0]} labels for {n} samples")
+    return y.astype(str)
+
+
+def split_holdout(n, labels, *, fraction=0.2, seed=0):
+    """Split ``n`` samples into a training and a held-out test part.
+
+    Stratified by label (:class:`sklearn.model_selection.StratifiedShuffleSplit`)
+    when every class has at least two members and the test and training parts
+    are each large enough to hold one sample of every class; otherwise a plain
+    random split. The same arguments always give the same split.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples.
+    labels : sequence of str, length ``n``
+        Label of each sample.
+    fraction : float, default 0.2
+        Fraction of samples held out for testing, ``0 < fraction < 1``. The
+        test part has ``ceil(fraction * n)`` samples (at least one, and at
+        least one sample is left for training).
+    seed : int, default 0
+        Random seed.
+
+    Returns
+    -------
+    train_idx, test_idx : ndarray of int
+        Sorted, disjoint sample indices whose union is ``range(n)``.
+
+    Raises
+    ------
+    ParameterError
+        If ``fraction`` is not strictly between 0 and 1, or ``n`` < 2.
+    InputError
+        If ``labels`` does not have ``n`` entries.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ParameterError(f"n must be an integer, got {n!r}")
+    n = int(n)
+    if n < 2:
+        raise ParameterError(f"n must be at least 2 to split, got {n}")
+    if not (isinstance(fraction, (int, float, np.floating))
+            and 0.0 < float(fraction) < 1.0):
+        raise ParameterError(
+            f"fraction must be strictly between 0 and 1, got {fraction!r}")
+    y = as_labels(labels, n, "labels")
+    n_test = min(max(1, math.ceil(float(fraction) * n)), n - 1)
+    counts = Counter(y.tolist())
+    n_classes = len(counts)
+    stratify = (min(counts.values()) >= 2 and n_test >= n_classes
+                and n - n_test >= n_classes)
+    if stratify:
+        # imported here: scikit-learn takes about a second to load and only
+        # this function of the data layer needs it
+        from sklearn.model_selection import StratifiedShuffleSplit
+
+        sss = StratifiedShuffleSplit(n_splits=1, test_size=n_test,
+                                     random_state=seed)
+        train_idx, test_idx = next(sss.split(np.zeros((n, 1)), y))
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        test_idx, train_idx = perm[:n_test], perm[n_test:]
+    return (np.sort(train_idx).astype(np.int64),
+            np.sort(test_idx).astype(np.int64))

@@ -6,8 +6,6 @@ The public surface:
 
 :func:`check_compatible`
     Refuse a synthetic/real pair whose genes or labels do not match.
-:func:`split_holdout`
-    A deterministic, stratified train/test split of the real data.
 :func:`tstr`
     Utility: train on synthetic, test on real (beside train on real),
     logistic regression and random forest; accuracy, macro-F1, AUROC,
@@ -51,15 +49,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sklearn.metrics.pairwise import euclidean_distances
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fedsynth.data.preprocess import as_labels as _as_labels
 from fedsynth.errors import InputError, ParameterError
 
 __all__ = [
     "check_compatible", "coexpression_recovery", "de_recovery", "discriminator_auroc", "evaluate",
-    "evaluate_files", "fidelity", "mmd_rbf", "split_holdout", "tstr", "verdict",
+    "evaluate_files", "fidelity", "mmd_rbf", "tstr", "verdict",
 ]
 
 MODELS = ("logreg", "rf")
@@ -178,79 +177,6 @@ def _as_matrix(X, what):
         bad = int(np.sum(~np.isfinite(X)))
         raise InputError(f"{what} has {bad} missing or non-finite value(s)")
     return X
-
-
-def _as_labels(y, n, what):
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise InputError(f"{what} must be a 1-D array of labels")
-    if y.shape[0] != n:
-        raise InputError(f"{what} has {y.shape[0]} labels for {n} samples")
-    return y.astype(str)
-
-
-# ---------------------------------------------------------------------------
-# holdout split
-# ---------------------------------------------------------------------------
-
-
-def split_holdout(n, labels, *, fraction=0.2, seed=0):
-    """Split ``n`` samples into a training and a held-out test part.
-
-    Stratified by label (:class:`sklearn.model_selection.StratifiedShuffleSplit`)
-    when every class has at least two members and the test and training parts
-    are each large enough to hold one sample of every class; otherwise a plain
-    random split. The same arguments always give the same split.
-
-    Parameters
-    ----------
-    n : int
-        Number of samples.
-    labels : sequence of str, length ``n``
-        Label of each sample.
-    fraction : float, default 0.2
-        Fraction of samples held out for testing, ``0 < fraction < 1``. The
-        test part has ``ceil(fraction * n)`` samples (at least one, and at
-        least one sample is left for training).
-    seed : int, default 0
-        Random seed.
-
-    Returns
-    -------
-    train_idx, test_idx : ndarray of int
-        Sorted, disjoint sample indices whose union is ``range(n)``.
-
-    Raises
-    ------
-    ParameterError
-        If ``fraction`` is not strictly between 0 and 1, or ``n`` < 2.
-    InputError
-        If ``labels`` does not have ``n`` entries.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ParameterError(f"n must be an integer, got {n!r}")
-    n = int(n)
-    if n < 2:
-        raise ParameterError(f"n must be at least 2 to split, got {n}")
-    if not (isinstance(fraction, (int, float, np.floating))
-            and 0.0 < float(fraction) < 1.0):
-        raise ParameterError(
-            f"fraction must be strictly between 0 and 1, got {fraction!r}")
-    y = _as_labels(labels, n, "labels")
-    n_test = min(max(1, math.ceil(float(fraction) * n)), n - 1)
-    counts = Counter(y.tolist())
-    n_classes = len(counts)
-    stratify = (min(counts.values()) >= 2 and n_test >= n_classes
-                and n - n_test >= n_classes)
-    if stratify:
-        sss = StratifiedShuffleSplit(n_splits=1, test_size=n_test,
-                                     random_state=seed)
-        train_idx, test_idx = next(sss.split(np.zeros((n, 1)), y))
-    else:
-        perm = np.random.default_rng(seed).permutation(n)
-        test_idx, train_idx = perm[:n_test], perm[n_test:]
-    return (np.sort(train_idx).astype(np.int64),
-            np.sort(test_idx).astype(np.int64))
 
 
 # ---------------------------------------------------------------------------
@@ -661,7 +587,7 @@ def discriminator_auroc(X_syn, X_real, *, models=DISCRIMINATORS, n_splits=5,
             clf = ExtraTreesClassifier(n_estimators=100, random_state=seed, n_jobs=1)
             Xm = X
             if X.shape[1] > _TREE_PCS:  # trees on the real data's leading axes
-                from .privacy_attacks import leading_axes
+                from .attacks import leading_axes
 
                 mean, vt, _ = leading_axes(B, _TREE_PCS, seed)
                 Xm = (X - mean) @ vt.T
@@ -1148,7 +1074,7 @@ def evaluate(X_syn, y_syn, X_train, y_train, X_holdout, y_holdout, *, genes=None
         (:func:`~fedsynth.privacy_attacks.membership_inference`)}, "n",
         "seconds"}``; with ``return_artifacts`` also a dict of arrays.
     """
-    from .privacy_attacks import distance_to_closest_record, membership_inference
+    from .attacks import distance_to_closest_record, membership_inference
 
     X_syn = _as_matrix(X_syn, "synthetic matrix")
     X_train = _as_matrix(X_train, "real training matrix")
@@ -1204,8 +1130,8 @@ def _load(path, label_column, meta_columns, input_kind, *, role):
     """Read and validate one input. The synthetic file need not carry the
     real data's metadata columns: any it has are set aside, any it lacks are
     ignored."""
-    from .data.io import read_expression
-    from .data.preprocess import validate_and_normalise
+    from fedsynth.data.io import read_expression
+    from fedsynth.data.preprocess import validate_and_normalise
 
     synthetic = role == "synthetic"
     try:
@@ -1254,7 +1180,7 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     """
     from pathlib import Path
 
-    from .data.io import atomic_write_json, atomic_write_text
+    from fedsynth.data.io import atomic_write_json, atomic_write_text
 
     meta_columns = tuple(meta_columns)
     syn = _load(synthetic, synthetic_label_column, meta_columns, input_kind, role="synthetic")
@@ -1299,7 +1225,7 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     out.mkdir(parents=True, exist_ok=True)
     dp = None
     if model is not None:
-        from .model import load_model
+        from fedsynth.model import load_model
 
         _, blob = load_model(model)
         dp = blob.get("dp")

@@ -131,7 +131,7 @@ def _plot_utility(m):
 
 def _plot_pca(a):
     Xr, yr, Xs, ys = a["X_train"], a["y_train"], a["X_syn"], a["y_syn"]
-    from .privacy_attacks import leading_axes
+    from .attacks import leading_axes
 
     mean, comps, s = leading_axes(Xr, 2)
     total = float(np.sum((Xr - mean) ** 2))
@@ -456,16 +456,16 @@ def _privacy(m, a):
 
 
 def _methods():
-    from . import evaluate as ev
+    from .fidelity import DISCRIMINATOR_FAIR, DISCRIMINATOR_GOOD, EPSILON_WEAK, MIA_LEAK, MIA_SIGNAL, UTILITY_FAIR, UTILITY_GOOD
 
     items = [
         "<b>Verdict.</b> Useful? logistic regression TSTR macro-F1 / TRTR macro-F1: GOOD at &ge; "
-        f"{ev.UTILITY_GOOD}, FAIR at &ge; {ev.UTILITY_FAIR} if also 0.1 above the majority-class macro-F1, else "
-        f"POOR. Realistic? discriminator AUROC (read as at least 0.5): GOOD at &le; {ev.DISCRIMINATOR_GOOD}, "
-        f"FAIR at &le; {ev.DISCRIMINATOR_FAIR}, else POOR. Private? POOR if the model is not differentially "
+        f"{UTILITY_GOOD}, FAIR at &ge; {UTILITY_FAIR} if also 0.1 above the majority-class macro-F1, else "
+        f"POOR. Realistic? discriminator AUROC (read as at least 0.5): GOOD at &le; {DISCRIMINATOR_GOOD}, "
+        f"FAIR at &le; {DISCRIMINATOR_FAIR}, else POOR. Private? POOR if the model is not differentially "
         "private, if a synthetic record copies a training record, or if the strongest membership attack has "
-        f"AUROC &ge; {ev.MIA_LEAK} with its 95% interval above 0.5 (the interval widened for the number of "
-        f"attacks, Bonferroni); FAIR if that AUROC is &ge; {ev.MIA_SIGNAL} with that interval above 0.5, if epsilon &gt; {ev.EPSILON_WEAK:g}, or without a DP record; else GOOD.",
+        f"AUROC &ge; {MIA_LEAK} with its 95% interval above 0.5 (the interval widened for the number of "
+        f"attacks, Bonferroni); FAIR if that AUROC is &ge; {MIA_SIGNAL} with that interval above 0.5, if epsilon &gt; {EPSILON_WEAK:g}, or without a DP record; else GOOD.",
         "<b>Utility.</b> Logistic regression (standardised genes) and a random forest (100 trees) trained on "
         "the synthetic or the real training data, tested on the real holdout. Macro-F1 is the unweighted mean "
         "of per-class F1; AUROC and average precision are one-vs-rest, averaged over the holdout's classes. "
