@@ -177,7 +177,7 @@ def site_holdout(raw, site_names: list[str], seed: int, fraction: float = 0.2):
     """simulate's split for ``--site-column site``: per named site, a stratified holdout.
 
     Returns (train_rows, test_rows) as integer positions in ``raw``, built
-    exactly as :func:`fedsynth.simulate.run_simulation` builds them.
+    exactly as :func:`fedsynth.workflows.simulate.run_simulation` builds them.
     """
     import numpy as np
 

@@ -10,7 +10,7 @@ synthetic data + LogisticRegression), on the sites' stratified holdouts.
 
 Bin geometries compared (release 1 is the same noisy histogram ``H~``):
 
-* ``dp``: :func:`fedsynth.pgm.bin_geometry` (isotonic noisy CDF, quantiles).
+* ``dp``: :func:`fedsynth.generators.pgm.bin_geometry` (isotonic noisy CDF, quantiles).
 * ``posterior``: per gene the posterior mean of a clipped, discretised normal
   ``N(mu, sd^2)`` given ``H~_g``, with the release's exact Gaussian likelihood
   ``log p(H~_g | mu, sd) = -||H~_g - n pi(mu, sd)||^2 / (2 s^2)`` (``s`` the
@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from _common import largest_sites, read_table, site_holdout  # noqa: E402
-from fedsynth import pgm  # noqa: E402
+from fedsynth.generators import pgm  # noqa: E402
 from fedsynth.evaluation import tstr  # noqa: E402
 
 

@@ -222,7 +222,7 @@ def main() -> None:
 
     import _common as c
 
-    from fedsynth.model import CVAE, CVAEConfig
+    from fedsynth.generators.cvae import CVAE, CVAEConfig
 
     grad_n = sum(p.numel() for p in CVAE(CVAEConfig(50, 5, 4, 32)).parameters())
     a.reps = a.reps or (3 if a.quick else 7)

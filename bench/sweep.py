@@ -6,7 +6,7 @@ Usage (from the repository root)::
 
 Federated, 3 natural sites (``--sites 3 --site-column site``: BH, A8, A2),
 epsilon 1, on data/brca_pam50_sites.csv; one option varied at a time around
-the current defaults (read from fedsynth.train.TrainConfig, so the sweep
+the current defaults (read from fedsynth.generators.cvae.CVAEGenerator.Config, so the sweep
 follows the code), each for every split seed. Also: ``--sites 5``
 at defaults (more data: the 5 largest sites), and ``--no-dp`` at defaults
 (the non-private ceiling).
@@ -34,9 +34,9 @@ import _common as c  # noqa: E402
 
 def current_defaults() -> dict:
     """The training defaults of the fedsynth code on disk (they move; the sweep follows them)."""
-    from fedsynth.train import TrainConfig
+    from fedsynth.generators.cvae import CVAEGenerator
 
-    d = TrainConfig()
+    d = CVAEGenerator.Config()
     return {"epochs": d.epochs, "batch-size": d.batch_size, "latent-dim": d.latent_dim,
             "hidden-dim": d.hidden_dim, "lr": d.lr, "stats-fraction": d.stats_fraction, "clip": d.clip}
 

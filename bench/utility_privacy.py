@@ -167,7 +167,7 @@ def run_cell(setting, eps, seed, ctx, fresh, re_evaluate=False, *, generator="cv
     """
     from fedsynth.data.preprocess import split_holdout
     from fedsynth.evaluation import distance_to_closest_record, evaluate, membership_inference
-    from fedsynth.synthesize import synthesize
+    from fedsynth.workflows.synthesize import synthesize
 
     raw, names = ctx["raw"], ctx["names"]
     outdir = cell_dir(setting, eps, seed, generator, work)
@@ -503,7 +503,7 @@ def render(results, ctx, epsilons, seeds, speed_res, showcase, args_line, starte
 
 
 def _fed_vs_local(results, cells, names, ctx) -> list[str]:
-    from fedsynth.train import clip_bounds
+    from fedsynth.generators.cvae import clip_bounds
 
     b = best_local(cells, 1.0, names)
     f = summary(cells.get(("federated", 1.0), {}).get("macro_f1", []))

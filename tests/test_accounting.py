@@ -8,14 +8,11 @@ import warnings
 import pytest
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedsynth.privacy.accounting import (
-    MAX_NOISE_MULTIPLIER,
-    Mechanism,
-    compose,
-    plan_budget,
-    validate_budget,
-)
+from types import SimpleNamespace
+
 from fedsynth.errors import BudgetError, ParameterError
+from fedsynth.privacy.accounting import MAX_NOISE_MULTIPLIER, Mechanism, PrivacyLedger, compose, validate_budget
+from fedsynth.privacy.release import ReleasePlan, ReleaseSpec
 
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
@@ -27,6 +24,16 @@ REGIMES = [
 ]
 
 STATS = ["class counts", "gene means", "class means", "log library size mean", "log library size spread"]
+
+
+def plan_budget(epsilon, delta, *, stat_names, sample_rate, steps, stats_fraction=0.2):
+    """The CVAE's plan through the one release plan: equal-share statistics, DP-SGD takes the rest."""
+    specs = [ReleaseSpec(n, 1.0, 1.0) for n in stat_names] + [ReleaseSpec("dp-sgd", 1.0, None, sample_rate, steps)]
+    plan = ReleasePlan.calibrate(specs, epsilon=epsilon, delta=delta, one_shot_fraction=stats_fraction)
+    z = plan.multipliers
+    return SimpleNamespace(stat_multiplier=z[stat_names[0]] if stat_names else 0.0, sgd_multiplier=z["dp-sgd"],
+                           sample_rate=sample_rate, steps=steps,
+                           ledger=lambda: PrivacyLedger(epsilon, delta, plan.mechanisms()))
 
 
 @pytest.mark.parametrize("epsilon,delta,q,steps", REGIMES)

@@ -107,7 +107,7 @@ def test_federated_equals_centralised_without_dp(launch_parties, site_data, secr
     assert fed_blob["genes"] == cen_blob["genes"] and fed_blob["classes"] == cen_blob["classes"]
 
     # the initial weights both runs started from (seed 7), to show training moved them
-    from fedsynth.model import CVAE, CVAEConfig
+    from fedsynth.generators.cvae import CVAE, CVAEConfig
 
     torch.manual_seed(7)
     init = CVAE(CVAEConfig(**fed_blob["config"])).state_dict()

@@ -106,7 +106,7 @@ def known_gaussian(n=4000, genes=8, seed=7):
 
 
 def test_fitted_model_and_samples_reproduce_a_known_gaussian(tmp_path):
-    from fedsynth.model import load_model
+    from fedsynth.generators.modelfile import load_model
 
     X, y, mu, C = known_gaussian()
     names = np.array(["A", "B"])
@@ -120,7 +120,8 @@ def test_fitted_model_and_samples_reproduce_a_known_gaussian(tmp_path):
     out = tmp_path / "model"
     p = one_site(tmp_path, data, out, GAUSS + ["--no-dp", "--components", "2"])
     assert wait_all([p], 120) == [0], describe([p])
-    model, blob = load_model(out / "model.pt")
+    generator, blob = load_model(out / "model.pt")
+    model = generator.model
     assert blob["classes"] == ["A", "B"]
     np.testing.assert_allclose(blob["statistics"]["class_proportions"], [np.mean(y == 0), np.mean(y == 1)])
     assert np.abs(model.expression_means() - mu).max() < 0.06

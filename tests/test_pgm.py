@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsynth import pgm
+from fedsynth.generators import pgm
 from testkit import BUNDLED, PY, describe, start_process, wait_all
 
 pytestmark = pytest.mark.timeout(600)

@@ -47,12 +47,15 @@ def files(tmp_path_factory):
 
 
 def _write_model(path, private=True):
-    from fedsynth.model import CVAE, CVAEConfig, save_model
+    from fedsynth.generators.cvae import CVAE, CVAEConfig, CVAEGenerator
+    from fedsynth.generators.modelfile import save_model
 
     dp = {"private": private, "epsilon": 1.0 if private else None, "epsilon_spent": 0.99, "delta": 1e-5,
           "max_colluders": 1, "k": 3, "sigma": 1.2, "sites": [{"name": "BH", "n": 87}, {"name": "A8", "n": 64}],
           "stat_sigma": None, "noise_multipliers": {"counts": 5.0, "means": 7.25} if private else None}
-    save_model(path, model=CVAE(CVAEConfig(n_genes=len(GENES), n_classes=3)), meta={"dp": dp})
+    generator = CVAEGenerator()
+    generator.model = CVAE(CVAEConfig(n_genes=len(GENES), n_classes=3))
+    save_model(path, generator, meta={"dp": dp})
 
 
 class _Parser(HTMLParser):

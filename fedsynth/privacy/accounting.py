@@ -11,14 +11,13 @@ total noise ``N(0, (z * Delta)^2)``. A mechanism is recorded as
 
 All of them are composed in one :class:`opacus.accountants.RDPAccountant`,
 whose Renyi-DP bound ``eps(alpha) = sum_j eps_j(alpha)`` is converted to
-``(epsilon, delta)``. Calibration (:func:`plan_budget`) happens before any
-data is touched:
+``(epsilon, delta)``. Calibration happens before any data is touched
+(:class:`fedsynth.privacy.release.ReleasePlan`):
 
-1. the statistics get ``stats_fraction * epsilon``: ``z_stat`` is the
-   smallest multiplier whose ``n_stats`` one-shot releases alone stay
-   within it;
-2. ``z_sgd`` is the smallest multiplier for which the *composition* of the
-   statistics and ``T`` DP-SGD steps stays within ``epsilon``.
+1. releases with a budget share split the privacy loss of their part of
+   epsilon (:func:`plan_release_split`);
+2. the one release that takes the rest (DP-SGD) gets the smallest multiplier
+   for which the *composition* of everything stays within ``epsilon``.
 
 A plan that cannot meet the target (or needs absurd noise) raises
 :class:`~fedsynth.errors.BudgetError`, and the run refuses to start.
@@ -111,27 +110,6 @@ def _smallest_multiplier(cost, target: float, *, lo: float = 0.05, hi: float = 1
     return hi
 
 
-@dataclass
-class BudgetPlan:
-    """Calibrated noise multipliers for a run."""
-
-    epsilon: float
-    delta: float
-    stat_multiplier: float
-    sgd_multiplier: float
-    sample_rate: float
-    steps: int
-    stat_names: list[str]
-
-    def ledger(self) -> PrivacyLedger:
-        led = PrivacyLedger(self.epsilon, self.delta)
-        for name in self.stat_names:
-            led.add(Mechanism(name, self.stat_multiplier))
-        if self.steps:
-            led.add(Mechanism("dp-sgd", self.sgd_multiplier, self.sample_rate, self.steps))
-        return led
-
-
 def validate_budget(epsilon: float, delta: float, n_total: int | None = None) -> None:
     """Reject impossible (epsilon, delta) before anything starts."""
     if not epsilon > 0:
@@ -143,55 +121,6 @@ def validate_budget(epsilon: float, delta: float, n_total: int | None = None) ->
             f"--delta {delta:g} is not below 1/n = {1 / n_total:.2g} for {n_total} records: "
             "such a guarantee can be met by publishing a record; lower --delta"
         )
-
-
-def plan_budget(
-    epsilon: float,
-    delta: float,
-    *,
-    stat_names: list[str],
-    sample_rate: float,
-    steps: int,
-    stats_fraction: float = 0.2,
-) -> BudgetPlan:
-    """Calibrate noise so that statistics + DP-SGD compose to exactly ``epsilon``.
-
-    Parameters
-    ----------
-    stat_names
-        One entry per one-shot statistic released (each sensitivity-normalised).
-    sample_rate, steps
-        Poisson rate ``q`` and number of DP-SGD steps ``T``.
-    stats_fraction
-        Share of epsilon the statistics may use on their own.
-    """
-    validate_budget(epsilon, delta)
-    if not 0 < stats_fraction < 1:
-        raise ParameterError(f"--stats-fraction must be in (0, 1) (got {stats_fraction})")
-    if not 0 < sample_rate <= 1:
-        raise ParameterError(f"sample rate must be in (0, 1] (got {sample_rate:g}); check --batch-size")
-
-    def stats_only(z):
-        return compose([Mechanism(n, z) for n in stat_names], delta)
-
-    z_stat = _smallest_multiplier(stats_only, stats_fraction * epsilon) if stat_names else 0.0
-    stats = [Mechanism(n, z_stat) for n in stat_names]
-
-    def total(z):
-        return compose(stats + [Mechanism("dp-sgd", z, sample_rate, steps)], delta)
-
-    z_sgd = _smallest_multiplier(total, epsilon, hi=MAX_NOISE_MULTIPLIER * 1.01) if steps else 0.0
-    if steps and z_sgd > MAX_NOISE_MULTIPLIER:
-        raise BudgetError(
-            f"epsilon {epsilon:g} cannot be met with {steps} DP-SGD steps at sample rate "
-            f"{sample_rate:.3g} without noise multiplier {z_sgd:.3g} > {MAX_NOISE_MULTIPLIER:g}; "
-            "raise --epsilon, lower --epochs or raise --batch-size"
-        )
-    plan = BudgetPlan(epsilon, delta, z_stat, z_sgd, sample_rate, steps, list(stat_names))
-    spent = plan.ledger().spent()
-    if spent > epsilon * (1 + 1e-9):
-        raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
-    return plan
 
 
 def plan_release_split(epsilon: float, delta: float, weights: dict[str, float],
