@@ -37,7 +37,10 @@ class OptionInfo:
     ``name`` is the option's name everywhere (``--pgm-bins``, ``params.pgm_bins``,
     Galaxy ``pgm_bins``); ``parse`` turns the CLI's text into the field's
     value and ``format`` back (for values that are not plain numbers,
-    strings or flags).
+    strings or flags); ``pattern`` (a regular expression) and
+    ``pattern_help`` check text values in the pipeline's schema and in the
+    Galaxy form; ``group`` places a shared option in those forms
+    (``privacy`` or ``federation``; a generator's own options go with it).
     """
 
     help: str
@@ -49,6 +52,9 @@ class OptionInfo:
     parse: Callable[[str], Any] | None = None
     format: Callable[[Any], str] | None = None
     label: str | None = None
+    pattern: str | None = None
+    pattern_help: str | None = None
+    group: str | None = None
 
 
 def option(default, help: str, **info) -> Any:

@@ -146,7 +146,8 @@ class PGMConfig:
     value_range: tuple[float, float] | None = option(
         None, "pgm: public value range of the genes, LO,HI; values outside are clipped into it; it must not "
         "depend on the data (default: 0,20 for log input, 0,14 for counts).", name="pgm_range", metavar="LO,HI",
-        parse=lambda text: parse_range(text), format=_format_range, label="Public value range LO,HI")
+        parse=lambda text: parse_range(text), format=_format_range, label="Public value range LO,HI",
+        pattern=r"^\s*-?[0-9.eE+-]+\s*,\s*-?[0-9.eE+-]+\s*$", pattern_help="two numbers LO,HI, e.g. 0,20")
     iters: int = option(1000, "pgm: mirror-descent iterations of the Private-PGM fit.", name="pgm_iters", minimum=1,
                         label="Mirror-descent iterations")
     tree: bool = option(True, "pgm: also release gene-pair marginals on a spanning tree (mst), or only "
@@ -156,7 +157,9 @@ class PGMConfig:
     split: tuple[float, float, float] = option(
         (0.3, 0.6, 0.1), "pgm: relative shares of epsilon for the bin edges, label x gene and gene-pair releases.",
         name="pgm_split", metavar="EDGES,MARGINALS,PAIRS", parse=lambda text: parse_split(text),
-        format=lambda v: ",".join(repr(float(x)) for x in v), label="Shares of epsilon: bin edges, label x gene, gene pairs")
+        format=lambda v: ",".join(repr(float(x)) for x in v), label="Shares of epsilon: bin edges, label x gene, gene pairs",
+        pattern=r"^\s*[0-9.eE+-]+\s*,\s*[0-9.eE+-]+\s*,\s*[0-9.eE+-]+\s*$",
+        pattern_help="three shares EDGES,MARGINALS,PAIRS, e.g. 0.3,0.6,0.1")
     block: int = option(50, "pgm: most genes per Private-PGM fit; more genes are cut into chains of at most this "
                         "many, fitted one by one.", name="pgm_block", minimum=2, label="Most genes per Private-PGM fit")
 

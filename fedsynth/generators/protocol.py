@@ -49,27 +49,29 @@ class TrainConfig:
 
     generator: str = option(registry.DEFAULT, "Generator: " + "; ".join(
         f"{n}: {registry.summary(n)}" for n in registry.names()) + ". Every generator spends the same --epsilon "
-        "in one accountant.", choices=tuple(registry.names()), metavar="|".join(registry.names()), label="Generator")
+        "in one accountant.", choices=tuple(registry.names()), metavar="|".join(registry.names()), label="Generator",
+        group="generator")
     epsilon: float = option(1.0, "Total privacy budget epsilon for everything the run reveals.", minimum=0,
-                            label="Privacy budget epsilon")
+                            label="Privacy budget epsilon", group="privacy")
     delta: float = option(1e-5, "Privacy parameter delta (< 1/N).", minimum=0, maximum=0.1,
-                          label="Privacy parameter delta")
+                          label="Privacy parameter delta", group="privacy")
     no_dp: bool = option(False, "Train WITHOUT differential privacy (baseline only: output is not private).",
-                         label="Turn differential privacy off (NOT private)")
+                         label="Turn differential privacy off (NOT private)", group="privacy")
     max_colluders: int = option(0, "t: sites that may pool their views; each site adds noise variance "
-                                "sigma^2 C^2/(k-t).", minimum=0, label="Sites that may collude (t)")
+                                "sigma^2 C^2/(k-t).", minimum=0, label="Sites that may collude (t)", group="privacy")
     genes: str = option("strict", "strict: all sites must have the same genes. intersect: use the genes all "
-                        "sites share.", choices=("strict", "intersect"), label="Genes")
+                        "sites share.", choices=("strict", "intersect"), label="Genes", group="federation")
     classes: tuple[str, ...] | None = option(
         None, "Comma-separated label vocabulary shared by all sites (e.g. LumA,LumB,Basal,Her2,NormalLike). "
         "Without it, each site's own label set is revealed to the others during schema agreement.",
-        parse=_parse_classes, format=lambda v: ",".join(v or ()), label="Label vocabulary shared by all sites")
+        parse=_parse_classes, format=lambda v: ",".join(v or ()), pattern=r"^[^'\"]*$",
+        pattern_help="Comma-separated labels, no quotes", label="Label vocabulary shared by all sites", group="federation")
     seed: int | None = option(None, "Fix sampling and initialisation (reproducibility/testing). Default: fresh "
-                              "OS randomness.", label="Seed")
+                              "OS randomness.", label="Seed", group="federation")
     step_timeout: float = option(120.0, "Deadline in seconds for every blocking step after joining (key "
-                                 "agreement, each aggregation).", minimum=1, label="Deadline of each blocking step (s)")
+                                 "agreement, each aggregation).", minimum=1, label="Deadline of each blocking step (s)", group="federation")
     rendezvous_timeout: float = option(300.0, "Deadline in seconds for all sites to join the session.", minimum=1,
-                                       label="Deadline for all sites to join (s)")
+                                       label="Deadline for all sites to join (s)", group="federation")
     #: the chosen generator's own config (its ``Config`` dataclass)
     options: object = field(default=None)
 
