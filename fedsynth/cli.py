@@ -385,12 +385,15 @@ def evaluate(synthetic, train_path, holdout, model_path, label_column, synthetic
     self-contained OUTDIR/report.html.
     """
     from .evaluation import evaluate_files
+    from .model import load_model
 
     setup_logging()
+    blob = load_model(model_path)[1] if model_path else None
+    dp = {"generator": blob.get("generator", "cvae"), **blob["dp"]} if blob and blob.get("dp") is not None else None
     metrics = evaluate_files(synthetic, train_path, holdout, outdir=outdir, label_column=label_column,
                              synthetic_label_column=synthetic_label_column or label_column,
                              meta_columns=[c for c in meta_columns.split(",") if c], input_kind=input_kind,
-                             model=model_path, overwrite=overwrite, seed=seed)
+                             dp=dp, overwrite=overwrite, seed=seed)
     for warning in metrics["warnings"]:
         click.echo(f"fedsynth evaluate: warning: {warning}", err=True)
     lr = metrics["utility"]["tstr"]["logreg"]

@@ -133,7 +133,7 @@ def _load(path, label_column, meta_columns, input_kind, *, role):
 
 
 def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", synthetic_label_column="label",
-                   meta_columns=(), input_kind="log", model=None, overwrite=False, seed=0, top_k=None,
+                   meta_columns=(), input_kind="log", dp: dict | None = None, overwrite=False, seed=0, top_k=None,
                    title=None, report=True) -> dict:
     """Score a synthetic matrix against this site's real training and holdout data.
 
@@ -149,9 +149,11 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     ``metrics["warnings"]``: a shared cohort may carry a rare subtype that
     only other hospitals hold.
 
-    Parameters beyond the files: ``model`` (model.pt, for its DP record),
-    ``seed``, ``top_k`` (DE recovery; default 20, at most a fifth of the
-    genes), ``title`` (report title), ``overwrite``.
+    Parameters beyond the files: ``dp`` (the model's DP record: the
+    ``"dp"`` dict of model.pt, which ``fedsynth evaluate --model`` reads and
+    completes with the file's ``"generator"``; ``None`` reports no formal
+    guarantee), ``seed``, ``top_k`` (DE recovery; default 20, at most a fifth
+    of the genes), ``title`` (report title), ``overwrite``.
 
     Raises
     ------
@@ -201,20 +203,11 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
         if (out / name).exists() and not overwrite:
             raise InputError(f"{out / name}: file exists; refusing to overwrite it (pass --overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    dp = None
-    if model is not None:
-        from fedsynth.model import load_model
-
-        _, blob = load_model(model)
-        dp = blob.get("dp")
-        if dp is not None:
-            dp = {"generator": blob.get("generator", "cvae"), **dp}
     metrics, art = evaluate(syn.X, syn.labels, tr.X, tr.labels, te.X, te.labels, genes=tr.genes, dp=dp,
                             seed=seed, top_k=top_k, return_artifacts=True)
     metrics["warnings"] = warnings
     metrics["inputs"] = {"synthetic": str(synthetic), "train": str(train), "holdout": str(holdout),
-                         "model": None if model is None else str(model), "input_kind": input_kind,
-                         "label_column": label_column, "seed": seed}
+                         "input_kind": input_kind, "label_column": label_column, "seed": seed}
     if report:
         t0 = time.perf_counter()
         html = render_report(metrics, art, title=title)
