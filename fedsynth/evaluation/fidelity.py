@@ -168,10 +168,10 @@ def discriminator_auroc(X_syn, X_real, *, models=DISCRIMINATORS, n_splits=5,
 
     Classifiers: ``"logreg"`` (logistic regression on standardised genes)
     and ``"extra_trees"`` (extremely randomised trees, 100 trees: a random
-    forest with random split points, as good a detector and several times
-    faster), the trees on the first 50 principal components of the real
-    records when there are more genes (for speed; the logistic regression
-    sees every gene).
+    forest with random split points), the trees on the first 50 principal
+    components of the real records when there are more genes (for speed; the
+    logistic regression sees every gene).
+    Why not a random forest: BENCHMARKS.md, "Evaluation: measured choices".
 
     Returns
     -------
