@@ -94,9 +94,9 @@ def git_state(extra: tuple = ()) -> dict:
 
 
 #: The modules whose code decides a simulate run's model and scores (not the report/attack modules).
-ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluation/fidelity.py", "io.py", "model.py", "data/preprocess.py",
-                   "secure_aggregation.py", "session.py", "simulate.py", "synthesize.py", "train.py",
-                   "_crypten_compat.py")
+ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluation/_inputs.py", "evaluation/utility.py", "io.py", "model.py",
+                   "data/preprocess.py", "secure_aggregation.py", "session.py", "simulate.py", "synthesize.py",
+                   "train.py", "_crypten_compat.py")
 
 
 #: The generator modules a ``--generator`` run also depends on (beside ALGORITHM_FILES): a change to

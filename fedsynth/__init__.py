@@ -7,7 +7,7 @@ Follow one run through these modules, one concept each:
 ``secure_aggregation`` (noisy secure sums over CrypTen shares) ->
 ``accounting`` (one RDP accountant for everything revealed) ->
 ``model`` (the conditional VAE and the model file) -> ``train`` (one site's
-protocol) -> ``synthesize`` -> ``evaluate``. ``cli`` and ``simulate`` are
+protocol) -> ``synthesize`` -> ``evaluation``. ``cli`` and ``simulate`` are
 thin shells; ``_crypten_compat`` holds every CrypTen 0.4.1 fix.
 """
 

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from fedsynth.cli import main as cli
 from fedsynth.errors import InputError
 from fedsynth.evaluation import SECTIONS, evaluate_files
+from fedsynth.model import load_model
 
 GENES = [f"G{j}" for j in range(12)]
 CLASSES = ("LumA", "Basal", "<b>Her2&</b>")  # a label that must be escaped
@@ -58,6 +59,12 @@ def _write_model(path, private=True):
     save_model(path, generator, meta={"dp": dp})
 
 
+def _dp_record(path):
+    """What ``fedsynth evaluate --model PATH`` passes as ``dp``: the file's DP record, naming its generator."""
+    _, blob = load_model(path)
+    return {"generator": blob.get("generator", "cvae"), **blob["dp"]}
+
+
 class _Parser(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -89,7 +96,7 @@ def report(files):
     out = d / "out"
     metrics = evaluate_files(d / "synthetic.csv", d / "train.csv", d / "holdout.csv", outdir=out,
                              label_column="pam50", synthetic_label_column="label", meta_columns=["age"],
-                             model=model, seed=0, title="Site BH <evaluation>")
+                             dp=_dp_record(model), seed=0, title="Site BH <evaluation>")
     html = (out / "report.html").read_text()
     p = _Parser()
     p.feed(html)
@@ -177,7 +184,7 @@ def test_report_without_model_and_without_dp(files, tmp_path):
     nodp = tmp_path / "nodp.pt"
     _write_model(nodp, private=False)
     m = evaluate_files(d / "synthetic.csv", d / "train.csv", d / "holdout.csv", outdir=tmp_path / "b",
-                       label_column="pam50", synthetic_label_column="label", meta_columns=["age"], model=nodp)
+                       label_column="pam50", synthetic_label_column="label", meta_columns=["age"], dp=_dp_record(nodp))
     assert m["verdict"]["privacy"]["level"] == "poor"
     assert "WITHOUT differential privacy" in (tmp_path / "b" / "report.html").read_text()
 

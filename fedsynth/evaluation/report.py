@@ -1,6 +1,6 @@
 """The evaluation report: one self-contained HTML file.
 
-:func:`render_report` turns the metrics of :func:`fedsynth.evaluate.evaluate`
+:func:`render_report` turns the metrics of :func:`fedsynth.evaluation.evaluate`
 (and the arrays it returns with ``return_artifacts=True``) into a single
 HTML page: a verdict block on top (useful? realistic? private?), then
 Utility, Fidelity, Biology and Privacy sections with tables and plots, and a
@@ -21,6 +21,17 @@ import html
 import io
 
 import numpy as np
+
+from .attacks import leading_axes
+from .verdict import (
+    DISCRIMINATOR_FAIR,
+    DISCRIMINATOR_GOOD,
+    EPSILON_WEAK,
+    MIA_LEAK,
+    MIA_SIGNAL,
+    UTILITY_FAIR,
+    UTILITY_GOOD,
+)
 
 __all__ = ["SECTIONS", "render_report"]
 
@@ -131,8 +142,6 @@ def _plot_utility(m):
 
 def _plot_pca(a):
     Xr, yr, Xs, ys = a["X_train"], a["y_train"], a["X_syn"], a["y_syn"]
-    from .attacks import leading_axes
-
     mean, comps, s = leading_axes(Xr, 2)
     total = float(np.sum((Xr - mean) ** 2))
     var = s ** 2 / max(total, 1e-300)
@@ -456,8 +465,6 @@ def _privacy(m, a):
 
 
 def _methods():
-    from .fidelity import DISCRIMINATOR_FAIR, DISCRIMINATOR_GOOD, EPSILON_WEAK, MIA_LEAK, MIA_SIGNAL, UTILITY_FAIR, UTILITY_GOOD
-
     items = [
         "<b>Verdict.</b> Useful? logistic regression TSTR macro-F1 / TRTR macro-F1: GOOD at &ge; "
         f"{UTILITY_GOOD}, FAIR at &ge; {UTILITY_FAIR} if also 0.1 above the majority-class macro-F1, else "
@@ -503,10 +510,10 @@ def render_report(metrics, artifacts, *, title=None) -> str:
     Parameters
     ----------
     metrics : dict
-        Output of :func:`fedsynth.evaluate.evaluate` (optionally with
-        ``warnings`` and ``inputs`` added, as :func:`~fedsynth.evaluate.evaluate_files` does).
+        Output of :func:`fedsynth.evaluation.evaluate` (optionally with
+        ``warnings`` and ``inputs`` added, as :func:`~fedsynth.evaluation.evaluate_files` does).
     artifacts : dict
-        The arrays :func:`~fedsynth.evaluate.evaluate` returns with
+        The arrays :func:`~fedsynth.evaluation.evaluate` returns with
         ``return_artifacts=True``.
     title : str, optional
         Page title (default "fedsynth evaluation").

@@ -12,5 +12,6 @@ from ..generators.modelfile import read_model
 
 def evaluate_site(synthetic, train, holdout, *, model=None, outdir, **kw) -> dict:
     """:func:`fedsynth.evaluation.evaluate_files` with the DP record of ``model`` (a model.pt path, optional)."""
-    dp = read_model(model)["dp"] if model else None
+    blob = read_model(model) if model else None
+    dp = {"generator": blob.get("generator", "cvae"), **blob["dp"]} if blob and blob.get("dp") is not None else None
     return evaluate_files(synthetic, train, holdout, outdir=outdir, dp=dp, **kw)
