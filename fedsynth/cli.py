@@ -29,6 +29,7 @@ log = logging.getLogger("fedsynth")
 
 
 def setup_logging(site: str | None = None, verbose: bool = False) -> None:
+    """Log to stderr as ``HH:MM:SS fedsynth [site] LEVEL: message``."""
     tag = f" [{site}]" if site else ""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s fedsynth{tag} %(levelname)s: %(message)s", "%H:%M:%S"))

@@ -20,6 +20,7 @@ log = logging.getLogger("fedsynth")
 
 @dataclass
 class Schema:
+    """The agreed public schema: genes, classes, input kind, each site's record count and name."""
     genes: list[str]
     classes: list[str]
     input_kind: str

@@ -101,6 +101,7 @@ COUNT_SHRINK = 2.0
 
 @dataclass
 class GaussianConfig:
+    """Shape of a fitted model (the model file's ``config``)."""
     n_genes: int
     n_classes: int
     components: int

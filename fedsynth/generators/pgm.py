@@ -409,6 +409,7 @@ def _import_mbi():
 
 
 def gene_attr(g: int) -> str:
+    """The attribute name of gene ``g`` in the ``mbi`` domain."""
     return f"g{g}"
 
 

@@ -26,14 +26,17 @@ DEFAULT = "cvae"
 
 
 def names() -> list[str]:
+    """The registered generator names, the default first."""
     return list(GENERATORS)
 
 
 def summary(name: str) -> str:
+    """The one-line description of generator ``name``."""
     return GENERATORS[name][2]
 
 
 def check_name(name: str) -> None:
+    """ParameterError unless ``name`` is a registered generator."""
     if name not in GENERATORS:
         raise ParameterError(f"--generator must be one of {', '.join(GENERATORS)} (got {name!r})")
 

@@ -99,6 +99,7 @@ def train_options() -> tuple[Option, ...]:
 
 
 def by_name() -> dict[str, Option]:
+    """The table as a dict by option name."""
     return {o.name: o for o in train_options()}
 
 

@@ -45,12 +45,14 @@ log = logging.getLogger("fedsynth")
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for the rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def write_secret(folder: Path) -> Path:
+    """A fresh 256-bit session secret in ``folder/session.key`` (mode 0600)."""
     path = folder / "session.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

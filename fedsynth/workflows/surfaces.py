@@ -80,6 +80,7 @@ def schema_group() -> dict:
 
 
 def nextflow_schema(text: str) -> str:
+    """``nextflow_schema.json`` with the ``training_options`` group regenerated."""
     schema = json.loads(text)
     defs = schema["$defs"]
     names = {o.name for o in train_options()}
@@ -111,6 +112,7 @@ def _groovy(value) -> str:
 
 
 def nextflow_config(text: str) -> str:
+    """``nextflow.config`` with the training options' params regenerated."""
     width = max(len(o.name) for o in train_options())
     lines = [f"    {o.name:<{width}} = {_groovy(_value(o) if o.name in PIPELINE_DEFAULTS else None)}"
              for o in train_options()]
@@ -119,6 +121,7 @@ def nextflow_config(text: str) -> str:
 
 
 def modules_config(text: str) -> str:
+    """``conf/modules.config`` with FEDERATED_TRAIN's training arguments regenerated."""
     lines = []
     width = max(len(o.name) for o in train_options())
     for o in train_options():
@@ -177,6 +180,7 @@ def _galaxy_arg(o: Option, ref: str) -> list[str]:
 
 
 def galaxy_macros(text: str) -> str:
+    """``macros.xml`` with the ``training_options`` form and ``@TRAIN_ARGS@`` regenerated."""
     rows = train_options()
     privacy = [o for o in rows if o.info.group == "privacy" and o.kind != "flag"]
     federation = [o for o in rows if o.info.group == "federation"]
@@ -255,6 +259,7 @@ def regenerate(root: Path = REPO, *, check: bool = False) -> list[str]:
 
 
 def main(argv=None) -> int:
+    """``python -m fedsynth.workflows.surfaces [--check]``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
     a = ap.parse_args(argv)
