@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from fedsynth.cli import main as cli
 from fedsynth.errors import InputError
 from fedsynth.evaluation import SECTIONS, evaluate_files
-from fedsynth.model import load_model
+from fedsynth.generators.modelfile import load_model
 
 GENES = [f"G{j}" for j in range(12)]
 CLASSES = ("LumA", "Basal", "<b>Her2&</b>")  # a label that must be escaped

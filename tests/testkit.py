@@ -248,8 +248,8 @@ def site_csvs(site_data):
 
 
 # ------------------------------------------------------- secure-sum parties
-def run_secure_sum_parties(workdir: Path, k: int, timeout: float = 180.0) -> list[dict]:
-    """Run ``tests/test_secure_sum.py`` as ``k`` real party processes; return their records."""
+def run_secure_sum_parties(workdir: Path, k: int, timeout: float = 180.0, script: str = "test_secure_sum.py") -> list[dict]:
+    """Run ``tests/<script>`` (default ``test_secure_sum.py``) as ``k`` real party processes; return their records."""
     import numpy as np
 
     workdir = Path(workdir)
@@ -258,7 +258,7 @@ def run_secure_sum_parties(workdir: Path, k: int, timeout: float = 180.0) -> lis
     procs, outs = [], []
     for r in range(k):
         out = workdir / f"party{r}.npz"
-        cmd = [PY, str(TESTS / "test_secure_sum.py"), "--rank", str(r), "--world-size", str(k),
+        cmd = [PY, str(TESTS / script), "--rank", str(r), "--world-size", str(k),
                "--port", str(port), "--secret", str(secret), "--out", str(out)]
         procs.append(start_process(cmd, workdir, f"party{r}"))
         outs.append(out)

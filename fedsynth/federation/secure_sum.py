@@ -77,6 +77,14 @@ class SecureSum:
         """This site's share of the noise: ``sigma_tot / sqrt(k - t)``."""
         return total_std / math.sqrt(self.world_size - self.max_colluders)
 
+    def released_noise_std(self, total_std: float) -> float:
+        """s.d. of the noise in the revealed sum: ``k`` local draws, ``sigma_tot sqrt(k / (k - t))``.
+
+        At least ``sigma_tot`` (what the guarantee needs from the honest
+        sites alone); equal to it when ``t = 0``.
+        """
+        return self.local_noise_std(total_std) * math.sqrt(self.world_size) if total_std > 0 else 0.0
+
     def sum(self, x: torch.Tensor, *, noise_std: float = 0.0, step: str) -> torch.Tensor:
         """Reveal ``sum_i (x_i + eta_i)`` to every site (float64, shape of ``x``).
 

@@ -78,7 +78,10 @@ class ReleaseSpec:
 class Measurement:
     """A revealed noisy sum: ``value = sum_i x_i + N(0, noise_sd^2)``.
 
-    ``noise_sd = z * sensitivity`` (0 without DP); ``round`` counts the
+    ``noise_sd`` is the s.d. of all the noise in ``value``: ``z * sensitivity``
+    times ``sqrt(k / (k - t))`` (each of the ``k`` sites adds its part sized
+    so that the ``k - t`` honest ones alone carry ``z * sensitivity``; 0
+    without DP). Post-processing should use it. ``round`` counts the
     repetitions of the release (1-based).
     """
 
@@ -151,7 +154,11 @@ class ReleasePlan:
         return cls(by_name, {n: 0.0 for n in by_name}, math.inf, delta, private=False)
 
     def noise_sd(self, name: str) -> float:
-        """Total noise s.d. of one repetition of release ``name``: ``z * Delta``."""
+        """Noise s.d. the guarantee rests on for one repetition of ``name``: ``z * Delta``.
+
+        (The honest sites' noise alone; the revealed value carries at least
+        this much, see :attr:`Measurement.noise_sd`.)
+        """
         z = self.multipliers[name]
         return z * self.specs[name].sensitivity if z else 0.0
 
@@ -209,7 +216,7 @@ class Releaser:
         total = self.secure_sum.sum(x, noise_std=sd, step=step)
         if self.plan.private:
             self._account(name, spec)
-        return Measurement(name, total.numpy(), sd, spec.sensitivity, done + 1)
+        return Measurement(name, total.numpy(), self.secure_sum.released_noise_std(sd), spec.sensitivity, done + 1)
 
     def _account(self, name: str, spec: ReleaseSpec) -> None:
         z = self.plan.multipliers[name]

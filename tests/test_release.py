@@ -1,0 +1,131 @@
+"""The one release path (:mod:`fedsynth.privacy.release`) over a real 2-party session.
+
+This file is also the party program (``python tests/test_release.py --rank R
+--world-size K --port P --secret F --out OUT.npz``): each party opens a
+:class:`~fedsynth.federation.session.Session`, calibrates one plan, makes its
+releases through :class:`~fedsynth.privacy.release.Releaser` and records
+what came back. The tests read the records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+NOISE_N = 20000
+EPSILON, DELTA, FRACTION = 1.0, 1e-5, 0.5
+
+
+def specs():
+    from fedsynth.privacy.release import ReleaseSpec
+
+    return [ReleaseSpec("a", 2.0, 1.0), ReleaseSpec("b", 1.0, 3.0, steps=2),
+            ReleaseSpec("sgd", 1.5, None, sample_rate=0.1, steps=5)]
+
+
+def party_main(argv: list[str]) -> None:
+    import argparse
+
+    import torch
+
+    from fedsynth.federation.secure_sum import SecureSum
+    from fedsynth.federation.session import Session, read_secret
+    from fedsynth.privacy.release import ReleasePlan, Releaser
+
+    ap = argparse.ArgumentParser()
+    for name in ("--rank", "--world-size", "--port"):
+        ap.add_argument(name, type=int, required=True)
+    ap.add_argument("--secret", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    res = {}
+    plan = ReleasePlan.calibrate(specs(), epsilon=EPSILON, delta=DELTA, n_total=1000, one_shot_fraction=FRACTION)
+    with Session(a.rank, a.world_size, f"tcp://127.0.0.1:{a.port}", read_secret(a.secret),
+                 rendezvous_timeout=90, step_timeout=90) as session:
+        release = Releaser(SecureSum(session, max_colluders=1), plan, "test")
+        m = release("a", np.zeros(NOISE_N))
+        res["a"], res["a_sd"] = m.value, np.array(m.noise_sd)
+        for i in range(2):
+            res[f"b{i}"] = release("b", torch.full((3,), float(a.rank + 1))).value
+        for i in range(5):
+            release("sgd", np.zeros(4))
+        errors = []
+        for name in ("b", "undeclared"):
+            try:
+                release(name, np.zeros(3))
+            except (RuntimeError, KeyError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+        res["errors"] = np.array(json.dumps(errors))
+        res["record"] = np.array(json.dumps(release.record()))
+        res["multipliers"] = np.array(json.dumps(plan.multipliers))
+        exact = Releaser(SecureSum(session), ReleasePlan.not_private(specs(), delta=DELTA), "exact")
+        res["exact"] = exact("b", np.arange(3.0) * (a.rank + 1)).value
+        res["exact_record"] = np.array(json.dumps(exact.record()))
+    np.savez(a.out, **res)
+
+
+if __name__ == "__main__":
+    party_main(sys.argv[1:])
+    sys.exit(0)
+
+
+# ------------------------------------------------------------------ tests
+pytestmark = pytest.mark.multiprocess
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory):
+    from testkit import run_secure_sum_parties
+
+    return run_secure_sum_parties(tmp_path_factory.mktemp("release"), 2, script="test_release.py")
+
+
+def test_noise_is_what_the_plan_says(parties):
+    z = json.loads(str(parties[0]["multipliers"]))
+    # z * sensitivity from the k - t = 1 honest site alone; both add it (t = 1): sqrt(2) times that in all
+    sd = float(parties[0]["a_sd"])
+    assert sd == pytest.approx(z["a"] * 2.0 * math.sqrt(2))
+    for p in parties:
+        assert np.std(p["a"]) == pytest.approx(sd, rel=0.03)
+    np.testing.assert_array_equal(parties[0]["a"], parties[1]["a"])  # every site sees the same noisy sum
+
+
+def test_shares_split_the_one_shot_budget_and_the_rest_fills_it():
+    from fedsynth.privacy.accounting import Mechanism, compose
+    from fedsynth.privacy.release import ReleasePlan
+
+    plan = ReleasePlan.calibrate(specs(), epsilon=EPSILON, delta=DELTA, one_shot_fraction=FRACTION)
+    z = plan.multipliers
+    # rho_b / rho_a = (2 / z_b^2) / (1 / z_a^2) = share_b / share_a = 3
+    assert (2 / z["b"] ** 2) / (1 / z["a"] ** 2) == pytest.approx(3.0, rel=1e-9)
+    one_shot = compose([Mechanism("a", z["a"]), Mechanism("b", z["b"], 1.0, 2)], DELTA)
+    assert 0.99 * FRACTION * EPSILON < one_shot <= FRACTION * EPSILON
+    assert 0.98 * EPSILON < compose(plan.mechanisms(), DELTA) <= EPSILON
+
+
+def test_ledger_records_every_release_as_made(parties):
+    rec = json.loads(str(parties[0]["record"]))
+    assert rec == json.loads(str(parties[1]["record"]))
+    z = json.loads(str(parties[0]["multipliers"]))
+    got = {m["name"]: (m["noise_multiplier"], m["sample_rate"], m["steps"], m["noise_sd"]) for m in rec["mechanisms"]}
+    assert got == {"a": (z["a"], 1.0, 1, z["a"] * 2.0), "b": (z["b"], 1.0, 2, z["b"] * 1.0),
+                   "sgd": (z["sgd"], 0.1, 5, z["sgd"] * 1.5)}
+    assert rec["sigma"] == z["sgd"] and rec["clip_norm"] == 1.5 and rec["steps"] == 5
+    assert 0.98 * EPSILON < rec["epsilon_spent"] <= EPSILON and rec["private"] is True
+
+
+def test_undeclared_or_extra_releases_are_refused(parties):
+    errors = json.loads(str(parties[0]["errors"]))
+    assert errors[0].startswith("RuntimeError") and "declared 2 time(s)" in errors[0]
+    assert errors[1].startswith("KeyError") and "not declared" in errors[1]
+
+
+def test_without_dp_the_sum_is_exact_and_nothing_is_accounted(parties):
+    np.testing.assert_allclose(parties[0]["exact"], np.arange(3.0) * 3, atol=1e-8)
+    rec = json.loads(str(parties[0]["exact_record"]))
+    assert rec["private"] is False and rec["mechanisms"] == [] and rec["epsilon_spent"] is None
+    assert math.isfinite(float(parties[0]["b0"][0]))
