@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fedsynth.generators import registry
 from testkit import BUNDLED, PY, describe, free_port, start_process, wait_all
 
 pytestmark = pytest.mark.timeout(400)
@@ -232,7 +233,7 @@ def test_unreachable_budget_refuses_to_start(tmp_path, site_data):
 
 @pytest.mark.parametrize("command", ["train", "simulate"])
 @pytest.mark.parametrize("args, expect", [
-    (["--generator", "gan"], "--generator must be one of cvae, gaussian, pgm (got 'gan')"),
+    (["--generator", "gan"], f"--generator must be one of {', '.join(registry.names())} (got 'gan')"),
     (["--generator", "gaussian", "--components", "-1"], "--components must be >= 0 (got -1)"),
 ])
 def test_bad_generator_options_one_line(tmp_path, site_data, command, args, expect):

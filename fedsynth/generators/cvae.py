@@ -360,5 +360,5 @@ class CVAEGenerator(Generator):
         gen.model = CVAE(CVAEConfig(**blob["config"]))
         gen.model.load_state_dict(blob["state_dict"])
         gen.model.eval()
-        gen.statistics = blob["statistics"]
+        gen.statistics = blob.get("statistics", {})
         return gen

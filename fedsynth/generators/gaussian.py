@@ -356,5 +356,5 @@ class GaussianGenerator(Generator):
     def from_state(cls, blob: dict) -> "GaussianGenerator":
         gen = cls(cls.Config(components=blob["config"]["components"]))
         gen.model = GaussianModel.from_blob(blob)
-        gen.statistics = blob["statistics"]
+        gen.statistics = blob.get("statistics", {})
         return gen

@@ -119,5 +119,5 @@ class MarginalsGenerator(Generator):
         shape = MarginalsShape(**blob["config"])
         gen = cls(cls.Config(bins=shape.bins))
         gen.shape, gen.probs = shape, blob["state_dict"]["probs"].numpy()
-        gen.statistics = blob["statistics"]
+        gen.statistics = blob.get("statistics", {})
         return gen

@@ -832,5 +832,5 @@ class PGMGenerator(Generator):
     def from_state(cls, blob: dict) -> "PGMGenerator":
         gen = cls(PGMConfig(bins=blob["config"]["bins"]))
         gen.model = PGMModel.from_blob(blob)
-        gen.statistics = blob["statistics"]
+        gen.statistics = blob.get("statistics", {})
         return gen

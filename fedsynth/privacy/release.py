@@ -30,7 +30,7 @@ raises. The DP record of the model file is built from the ledger
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -242,8 +242,10 @@ class Releaser:
     def record(self) -> dict:
         """The accounting part of the model file's ``dp`` record, from the ledger.
 
-        ``mechanisms`` lists every release made (name, noise multiplier,
-        sample rate, repetitions, sensitivity and noise s.d.); ``sigma``,
+        ``mechanisms`` lists every release made as the accountant composed it
+        (name, noise multiplier, sample rate, repetitions); ``noise_std`` and
+        ``sensitivity`` give each declared release's guaranteed noise s.d.
+        ``z * Delta`` and its ``Delta``; ``sigma``,
         ``sample_rate``, ``clip_norm`` and ``steps`` describe the release that
         took the remaining budget (DP-SGD), ``stat_sigma`` the largest
         one-shot multiplier.
@@ -252,9 +254,7 @@ class Releaser:
         rest = [s for s in self.plan.specs.values() if s.share is None]
         shots = {n: z for n, z in self.plan.multipliers.items() if self.plan.specs[n].share is not None}
         fill = rest[0] if rest else None
-        mechanisms = [dict(name=m.name, noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate,
-                           steps=m.steps, sensitivity=self.plan.specs[m.name].sensitivity,
-                           noise_sd=self.plan.noise_sd(m.name)) for m in self.ledger.mechanisms]
+        mechanisms = [asdict(m) for m in self.ledger.mechanisms]
         return {
             "private": private,
             "epsilon": self.plan.epsilon if private else None,
@@ -264,6 +264,7 @@ class Releaser:
             "stat_sigma": (max(shots.values()) if shots else None) if private else None,
             "noise_multipliers": shots if private else None,
             "noise_std": {n: self.plan.noise_sd(n) for n in self.plan.specs},
+            "sensitivity": {n: spec.sensitivity for n, spec in self.plan.specs.items()},
             "sample_rate": fill.sample_rate if fill else None,
             "clip_norm": fill.sensitivity if fill and private else None,
             "steps": self.rounds.get(fill.name, 0) if fill else 0,
