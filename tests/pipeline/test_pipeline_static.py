@@ -117,7 +117,7 @@ def test_profiles_and_nf_test_specs_exist():
     assert "plugins" not in re.sub(r"//.*|/\*.*?\*/", "", cfg, flags=re.S), "no plugins{} (offline)"
     specs = sorted(p.name for p in (REPO / "tests" / "nf-test").glob("*.nf.test"))
     assert specs, "tests/nf-test/*.nf.test"
-    for module in ("preprocess", "federated_train", "synthesize", "evaluate", "report"):
+    for module in ("split_sites", "preprocess", "federated_train", "synthesize", "evaluate", "report"):
         text = (REPO / "modules" / "local" / module / "main.nf").read_text()
         assert "tag " in text and "emit:" in text and "stub:" in text and "versions.yml" in text, module
 
@@ -129,6 +129,7 @@ MODULES = {
     "federated_train": ("train", "FEDERATED_TRAIN"),
     "synthesize": ("synthesize", "SYNTHESIZE"),
     "evaluate": ("evaluate", "EVALUATE"),
+    "split_sites": ("split-sites", "SPLIT_SITES"),
 }
 
 
@@ -164,3 +165,4 @@ def test_explicit_privacy_defaults_are_fedsynths():
     for name in ("epochs", "batch_size", "lr", "clip", "stats_fraction", "max_colluders", "step_timeout",
                  "rendezvous_timeout"):
         assert cfg[name] is None and name in defaults, name
+
