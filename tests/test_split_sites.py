@@ -126,6 +126,14 @@ def test_existing_site_files_are_kept_unless_overwrite(tmp_path):
     assert rows_of(out / "1__A8.csv") == [HEADER, ROWS["S2"], ROWS["S5"]]
 
 
+def test_an_outdir_that_cannot_be_made_is_one_line(tmp_path):
+    data = write(tmp_path / "cohort.csv", [HEADER, *ROWS.values()])
+    (tmp_path / "afile").write_text("x\n")
+    with pytest.raises(InputError, match=r"afile/sub: cannot write the site files \(--outdir\): Not a directory"):
+        split_sites_to_files(data, site_column="site", n_sites=2, outdir=tmp_path / "afile" / "sub", min_samples=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cohort.csv"]
+
+
 def test_cli_prints_one_summary_line_or_one_error_line(tmp_path):
     data = write(tmp_path / "cohort.csv", [HEADER, *ROWS.values()])
     cmd = [PY, "-m", "fedsynth", "split-sites", "--data", str(data), "--site-column", "site",

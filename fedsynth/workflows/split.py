@@ -117,17 +117,19 @@ def split_sites_to_files(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: not a directory (--outdir)")
     created = [d for d in (out, *out.parents) if not d.exists()]
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         # every file is written under a temporary name; all are renamed when all are written
         with contextlib.ExitStack() as stack:
             for file, (_, rows) in zip(files, parts):
                 tmp = stack.enter_context(atomic_path(file))
                 _write_rows(tmp, header, [body[i] for i in rows], delim, gz)
-    except BaseException:
+    except BaseException as exc:
         for d in created:  # leaf first; only folders this call made, and only if empty
             with contextlib.suppress(OSError):
                 d.rmdir()
+        if isinstance(exc, OSError):
+            raise InputError(f"{out}: cannot write the site files (--outdir): {exc.strerror or exc}") from None
         raise
     return files
 
