@@ -41,7 +41,7 @@ workflow.onComplete {
 workflow.onError {
     // Put fedsynth's own message (from the failed task's stderr) last, where
     // the user looks: e.g. "fedsynth: error: [site1] ... rank 2 ...".
-    def lines = (workflow.errorReport ?: '').readLines().findAll { it.contains('fedsynth: error:') || it.contains('fedsynth-split-sites: error:') }
+    def lines = (workflow.errorReport ?: '').readLines().findAll { it.contains('fedsynth: error:') }
     if (lines) {
         log.error "fedsynth pipeline failed: ${lines.unique().collect { it.trim() }.join('\n')}"
     }

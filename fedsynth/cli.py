@@ -291,5 +291,35 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
                f"samples, {private}{score}; {run['wall_seconds']['total']:.0f}s -> {outdir}")
 
 
+@main.command("split-sites")
+@click.option("--data", required=True, type=click.Path(),
+              help="One samples x genes CSV/TSV (optionally .gz) holding every site's samples.")
+@click.option("--site-column", required=True, help="Column naming each sample's site (e.g. the hospital).")
+@click.option("--n-sites", type=int, required=True, help="Keep the K largest sites (ties by name); rank 0 is the largest.")
+@click.option("--min-samples", type=int, default=4, show_default=True, help="Fewest samples a kept site may have.")
+@click.option("--meta-columns", default="",
+              help="Comma-separated numeric columns that are not genes (as for preprocess), e.g. age.")
+@click.option("--sample-id-column", default=None, help="Column holding the sample IDs (default: the first one).")
+@click.option("--outdir", required=True, type=click.Path(),
+              help="Folder for OUTDIR/<rank>__<site>.csv|tsv[.gz] (created if missing).")
+@click.option("--overwrite", is_flag=True, help="Replace site files that already exist in --outdir.")
+@user_errors
+def split_sites_command(data, site_column, n_sites, min_samples, meta_columns, sample_id_column, outdir, overwrite):
+    """Split one matrix into its K largest sites, one file per site.
+
+    For the pipeline's --mode local (K hospitals on one host). Each file holds
+    the header and the site's rows as read: every column, the same delimiter,
+    gzipped if --data is; no value is changed. On any error nothing is written.
+    """
+    from .workflows.split import split_sites_to_files
+
+    files = split_sites_to_files(data, site_column=site_column, n_sites=n_sites, outdir=outdir,
+                                 min_samples=min_samples, overwrite=overwrite,
+                                 meta_columns=[c.strip() for c in meta_columns.split(",") if c.strip()],
+                                 sample_id_column=sample_id_column)
+    click.echo(f"fedsynth split-sites: the {len(files)} largest sites of {data} by {site_column!r} -> "
+               + ", ".join(str(f) for f in files))
+
+
 if __name__ == "__main__":
     main()

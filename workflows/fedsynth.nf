@@ -45,7 +45,7 @@ workflow FEDSYNTH {
         ch_sites = SPLIT_SITES.out.sites
             .flatten()
             .map { f ->
-                def (rank, name) = f.name.replaceFirst(/\.[^.]+$/, '').split('__', 2)
+                def (rank, name) = f.name.replaceFirst(/\.(csv|tsv)(\.gz)?$/, '').split('__', 2)
                 [[id: name, rank: rank as int, n_sites: n_sites], f]
             }
         SESSION_SECRET()

@@ -41,7 +41,7 @@ def run_sites(run_nf, base, port, extra=()):
 def federation(run_nf, tmp_path_factory):
     base = tmp_path_factory.mktemp("sites")
     split = base / "split"
-    subprocess.run([str(REPO / "bin" / "fedsynth-split-sites"), "--input", str(DEMO), "--site-column", "site",
+    subprocess.run([str(REPO / "bin" / "fedsynth"), "split-sites", "--data", str(DEMO), "--site-column", "site",
                     "--n-sites", "3", "--outdir", str(split)], check=True, capture_output=True)
     good = write_secret(base / "shared.key")
     for i, s in enumerate(SITES):

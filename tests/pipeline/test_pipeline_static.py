@@ -117,7 +117,7 @@ def test_profiles_and_nf_test_specs_exist():
     assert "plugins" not in re.sub(r"//.*|/\*.*?\*/", "", cfg, flags=re.S), "no plugins{} (offline)"
     specs = sorted(p.name for p in (REPO / "tests" / "nf-test").glob("*.nf.test"))
     assert specs, "tests/nf-test/*.nf.test"
-    for module in ("preprocess", "federated_train", "synthesize", "evaluate", "report"):
+    for module in ("split_sites", "preprocess", "federated_train", "synthesize", "evaluate", "report"):
         text = (REPO / "modules" / "local" / module / "main.nf").read_text()
         assert "tag " in text and "emit:" in text and "stub:" in text and "versions.yml" in text, module
 
@@ -129,6 +129,7 @@ MODULES = {
     "federated_train": ("train", "FEDERATED_TRAIN"),
     "synthesize": ("synthesize", "SYNTHESIZE"),
     "evaluate": ("evaluate", "EVALUATE"),
+    "split_sites": ("split-sites", "SPLIT_SITES"),
 }
 
 
@@ -164,3 +165,74 @@ def test_explicit_privacy_defaults_are_fedsynths():
     for name in ("epochs", "batch_size", "lr", "clip", "stats_fraction", "max_colluders", "step_timeout",
                  "rendezvous_timeout"):
         assert cfg[name] is None and name in defaults, name
+
+
+# ------------------------------------------------- modules/local/*/meta.yml
+MODULE_DIRS = sorted(p.parent for p in (REPO / "modules" / "local").glob("*/main.nf"))
+
+
+def process_channels(main_nf: str) -> tuple[str, list, dict]:
+    """A process's name, its input channels (each a list of element names) and
+    its outputs (emit name -> element names), as main.nf declares them."""
+    name = re.search(r"^process (\w+) \{", main_nf, re.M).group(1)
+
+    def block(section):
+        m = re.search(rf"^    {section}:\n(.*?)(?=^    \w+:\n|\Z)", main_nf, re.S | re.M)
+        lines = [re.sub(r"//.*", "", line).strip() for line in (m.group(1).splitlines() if m else [])]
+        return [line for line in lines if line]
+
+    def elements(decl):
+        names = []
+        for item in re.sub(r"^tuple\s+", "", decl).split(","):
+            q = re.fullmatch(r"\s*(val|path|env|file)\s*(?:\(\s*(.+?)\s*\)|\s(.+?))\s*", item)
+            if q:
+                names.append((q.group(1), (q.group(2) or q.group(3)).strip().strip("'\"")))
+        return names
+
+    inputs = [elements(decl) for decl in block("input")]
+    outputs = {re.search(r"emit:\s*(\w+)", decl).group(1): elements(decl) for decl in block("output")}
+    return name, inputs, outputs
+
+
+def test_every_module_folder_has_a_meta_yml():
+    assert MODULE_DIRS, "modules/local/*/main.nf"
+    missing = [d.name for d in MODULE_DIRS if not (d / "meta.yml").is_file()]
+    assert not missing, f"modules/local/<name>/meta.yml missing for {missing}"
+
+
+#: channel element qualifier -> the meta.yml types that fit it
+QUALIFIER_TYPES = {"path": {"file", "directory"}, "val": {"map", "string", "integer", "float", "boolean", "list"}}
+
+
+def check_elements(where: str, elements: list, declared: list) -> None:
+    """meta.yml's elements of one channel: main.nf's names, in order, each typed, described (and a path with a pattern)."""
+    got = [next(iter(e.items())) for e in elements]
+    assert [n for n, _ in got] == [n for _, n in declared], f"{where}: meta.yml names differ from main.nf's"
+    for (kind, name), (_, spec) in zip(declared, got):
+        assert spec.get("description"), f"{where}: {name} has no description"
+        assert spec.get("type") in QUALIFIER_TYPES[kind], f"{where}: {name} is a {kind}, not a {spec.get('type')}"
+        assert name != "meta" or spec["type"] == "map", f"{where}: meta is a map"
+        assert kind != "path" or spec.get("pattern"), f"{where}: {name} has no pattern"
+
+
+@pytest.mark.parametrize("module", [d.name for d in MODULE_DIRS])
+def test_meta_yml_matches_the_process(module):
+    import yaml
+
+    folder = REPO / "modules" / "local" / module
+    process, inputs, outputs = process_channels((folder / "main.nf").read_text())
+    meta = yaml.safe_load((folder / "meta.yml").read_text())
+    assert meta["name"] == module and process == module.upper(), (meta["name"], process)
+    assert meta["description"].strip() and len(meta["keywords"]) >= 3
+    assert meta["authors"] and meta["maintainers"]
+    for tool in meta["tools"]:
+        (spec,) = tool.values()
+        assert spec["description"] and spec["homepage"] and spec["licence"], tool
+    meta_inputs = meta.get("input") or []
+    assert len(meta_inputs) == len(inputs), f"{module}: meta.yml has {len(meta_inputs)} input channels, main.nf {len(inputs)}"
+    for i, (elements, declared) in enumerate(zip(meta_inputs, inputs)):
+        check_elements(f"{module} input {i}", elements, declared)
+    meta_outputs = {name: elements for o in meta["output"] for name, elements in o.items()}
+    assert list(meta_outputs) == list(outputs), f"{module}: meta.yml output names differ from main.nf's emit: names"
+    for emit, declared in outputs.items():
+        check_elements(f"{module} emit {emit}", meta_outputs[emit], declared)

@@ -1,5 +1,6 @@
 process SPLIT_SITES {
-    // --mode local only: one matrix -> its n_sites largest sites (by --site_column)
+    // --mode local only: one matrix -> its n_sites largest sites (by --site_column),
+    // sites/<rank>__<site>.<csv|tsv>[.gz] with each site's rows copied verbatim
     tag "${data.name}"
     label 'process_single'
 
@@ -15,8 +16,8 @@ process SPLIT_SITES {
     script:
     def args = task.ext.args ?: ''
     """
-    fedsynth-split-sites \\
-        --input ${data} \\
+    fedsynth split-sites \\
+        --data ${data} \\
         --site-column '${site_column}' \\
         --n-sites ${n_sites} \\
         --outdir sites \\

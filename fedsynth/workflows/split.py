@@ -1,0 +1,162 @@
+"""One matrix holding every site's samples -> one file per site.
+
+The Nextflow pipeline's ``--mode local`` (and ``-profile test``) plays k
+hospitals on one host: :func:`split_sites_to_files` keeps the k largest
+sites of a site column and writes each one's rows, copied verbatim, to its
+own file. It is ``fedsynth split-sites`` on the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from fedsynth.data.io import atomic_path, read_expression
+from fedsynth.data.preprocess import split_sites
+from fedsynth.errors import FedsynthError, InputError, ParameterError
+
+__all__ = ["split_sites_to_files"]
+
+
+def split_sites_to_files(
+    data: str | os.PathLike,
+    *,
+    site_column: str,
+    n_sites: int,
+    outdir: str | os.PathLike,
+    min_samples: int = 4,
+    overwrite: bool = False,
+    meta_columns: Sequence[str] = (),
+    sample_id_column: str | None = None,
+) -> list[Path]:
+    """Write the ``n_sites`` largest sites of ``data`` to ``outdir``, one file each.
+
+    Parameters
+    ----------
+    data : str or PathLike
+        A samples-by-genes CSV or TSV/TXT file, optionally gzipped, with a
+        column naming each sample's site.
+    site_column : str
+        That column. Its values (stripped of surrounding blanks) are the site
+        names; every sample needs one.
+    n_sites : int
+        How many sites to keep: the largest ones, ties broken by name.
+    outdir : str or PathLike
+        Created if missing. Site ``s`` of rank ``r`` (0 = the largest) goes to
+        ``OUTDIR/<r>__<s>.<csv|tsv>[.gz]``; characters of ``s`` other than
+        letters, digits, ``.``, ``_`` and ``-`` become ``_``.
+    min_samples : int
+        Fewest samples a kept site may have.
+    overwrite : bool
+        Replace site files that already exist in ``outdir`` (other files there
+        are left alone).
+    meta_columns, sample_id_column
+        As for :func:`fedsynth.data.io.read_expression`: numeric columns that
+        are not genes, and the sample ID column (default: the first one).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, by rank.
+
+    Each file holds the header and the site's rows exactly as read (every
+    column, same delimiter, same order; gzipped if the input was); no value
+    is parsed or changed. The files appear together at the end: on any error
+    nothing is written.
+
+    Raises
+    ------
+    InputError
+        Unreadable or unsupported file, unknown column, a row with a wrong
+        number of fields, a sample without a site, fewer than ``min_samples``
+        samples in a kept site, an existing site file (without ``overwrite``).
+    ParameterError
+        ``n_sites`` or ``min_samples`` below 1, more sites asked for than the
+        column has.
+    """
+    path = Path(data)
+    if path.name.lower().endswith(".h5ad"):
+        raise InputError(f"{path}: split-sites copies the rows of a CSV/TSV file (optionally .gz), not .h5ad")
+    if not site_column:
+        raise ParameterError("--site-column must name the column that holds each sample's site")
+    for flag, value in (("--n-sites", n_sites), ("--min-samples", min_samples)):
+        if int(value) != value or value < 1:
+            raise ParameterError(f"{flag} must be a positive integer, not {value}")
+    raw = read_expression(path, orientation="samples-by-genes", meta_columns=(site_column, *meta_columns),
+                          sample_id_column=sample_id_column)
+    gz = path.name.lower().endswith(".gz")
+    delim = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
+    header, body = _read_rows(path, delim, gz)
+    col = header.index(site_column)
+    try:
+        parts = split_sites(raw.expr, [""] * len(body), mode="column", n_sites=n_sites,
+                            site_values=[row[col].strip() or None for row in body], min_per_site=min_samples)
+    except FedsynthError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+    names = {}
+    for site, _ in parts:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", site)
+        if safe in names:
+            raise InputError(f"{path}: sites {names[safe]!r} and {site!r} of column {site_column!r} "
+                             f"would both be named {safe!r}; rename one")
+        names[safe] = site
+    ext = ("csv" if delim == "," else "tsv") + (".gz" if gz else "")
+    out = Path(outdir)
+    files = [out / f"{rank}__{safe}.{ext}" for rank, safe in enumerate(names)]
+    clash = [f for f in files if f.exists()]
+    if clash and not (overwrite and all(f.is_file() for f in clash)):
+        raise InputError(f"{out}: already holds {', '.join(f.name for f in clash)}; choose another --outdir"
+                         + ("" if overwrite else " or pass --overwrite"))
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: not a directory (--outdir)")
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # every file is written under a temporary name; all are renamed when all are written
+        with contextlib.ExitStack() as stack:
+            for file, (_, rows) in zip(files, parts):
+                tmp = stack.enter_context(atomic_path(file))
+                _write_rows(tmp, header, [body[i] for i in rows], delim, gz)
+    except BaseException as exc:
+        for d in created:  # leaf first; only folders this call made, and only if empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError):
+            raise InputError(f"{out}: cannot write the site files (--outdir): {exc.strerror or exc}") from None
+        raise
+    return files
+
+
+def _read_rows(path: Path, delim: str, gz: bool) -> tuple[list[str], list[list[str]]]:
+    """The header and data rows of a delimited file, as strings (blank lines skipped)."""
+    try:
+        with (gzip.open if gz else open)(path, "rt", newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh, delimiter=delim)
+            header = next(reader)
+            body = []
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise InputError(f"{path}: line {reader.line_num} has {len(row)} fields, "
+                                     f"the header has {len(header)}")
+                if row:
+                    body.append(row)
+    except (csv.Error, UnicodeDecodeError, EOFError, OSError, StopIteration) as exc:
+        raise InputError(f"{path}: cannot read its rows: {str(exc).strip() or type(exc).__name__}") from None
+    return header, body
+
+
+def _write_rows(path: Path, header: list[str], rows: list[list[str]], delim: str, gz: bool) -> None:
+    """Write header and rows with ``delim``; gzip (no name, no time stamp: same bytes every run) if ``gz``."""
+    with open(path, "wb") as raw:
+        binary = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz else raw
+        with io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
+            writer = csv.writer(text, delimiter=delim, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
