@@ -22,6 +22,7 @@ from .workflows.common import prepare_outdir
 from .workflows.evaluate import evaluate_site
 from .workflows.preprocess import preprocess_file
 from .workflows.simulate import run_simulation
+from .workflows.split import split_sites_to_files
 from .workflows.synthesize import synthesize_to
 from .workflows.train import train_site
 
@@ -128,7 +129,9 @@ def main():
       preprocess   validate and normalise a matrix (also run inside train)
       train        this site's part of a federated run (all sites run it)
       synthesize   draw synthetic samples from a released model
+      evaluate     score synthetic data on this site's own real data (report.html)
       simulate     run k sites as k local processes on one machine (demo, benchmarks)
+      split-sites  split one matrix into its largest sites by a column (pipeline's local mode)
     """
 
 
@@ -311,8 +314,6 @@ def split_sites_command(data, site_column, n_sites, min_samples, meta_columns, s
     the header and the site's rows as read: every column, the same delimiter,
     gzipped if --data is; no value is changed. On any error nothing is written.
     """
-    from .workflows.split import split_sites_to_files
-
     files = split_sites_to_files(data, site_column=site_column, n_sites=n_sites, outdir=outdir,
                                  min_samples=min_samples, overwrite=overwrite,
                                  meta_columns=[c.strip() for c in meta_columns.split(",") if c.strip()],

@@ -42,9 +42,10 @@ def test_every_option_and_generator_reaches_nextflow_and_galaxy():
     ext_args = (REPO / "conf" / "modules.config").read_text()
     macros = ET.parse(REPO / "galaxy_tools" / "fedsynth" / "macros.xml").getroot()
     form = next(x for x in macros.iter("xml") if x.get("name") == "training_options")
-    galaxy = {p.get("name"): p for p in form.iter("param")}
+    galaxy = {p.get("name") or p.get("argument").lstrip("-").replace("-", "_"): p for p in form.iter("param")}
     args = next(t for t in macros.iter("token") if t.get("name") == "@TRAIN_ARGS@").text
     gen = form.find(".//conditional[@name='gen']")
+    assert gen.find("param").get("argument") == "--generator"
     assert [o.get("value") for o in gen.find("param").iter("option")] == registry.names()
     assert {w.get("value") for w in gen.iter("when")} == set(registry.names())
     for o in table:
@@ -54,4 +55,4 @@ def test_every_option_and_generator_reaches_nextflow_and_galaxy():
             assert o.flag in args, o.name
             assert galaxy[o.name].get("argument") == o.flag
         if o.owner is not None:  # a generator's own options sit in its branch of the form
-            assert gen.find(f"when[@value='{o.owner}']/param[@name='{o.name}']") is not None, o.name
+            assert gen.find(f"when[@value='{o.owner}']/param[@argument='{o.flag}']") is not None, o.name

@@ -138,7 +138,7 @@ def modules_config(text: str) -> str:
 
 # -------------------------------------------------------------------- Galaxy
 def _galaxy_param(o: Option, indent: str) -> str:
-    attrs = {"name": o.name, "argument": o.flag}
+    attrs = {"argument": o.flag}  # the name is the argument's (IUC: no redundant name)
     optional = o.default is None
     kind = "select" if o.choices else {"int": "integer", "float": "float", "str": "text", "flag": "boolean"}[o.kind]
     attrs["type"] = kind
@@ -193,7 +193,7 @@ def galaxy_macros(text: str) -> str:
             f"{i8}<when value=\"dp\">"]
     form += [_galaxy_param(o, i12) for o in privacy]
     form += [f"{i8}</when>", f"{i8}<when value=\"none\"/>", f"{i4}</conditional>", f"{i4}<conditional name=\"gen\">",
-             f"{i8}<param name=\"generator\" argument=\"--generator\" type=\"select\" label=\"Generator\" "
+             f"{i8}<param argument=\"--generator\" type=\"select\" label=\"Generator\" "
              f"help=\"Every generator spends the same epsilon in one accountant. All sites must choose the same.\">"]
     for name in registry.names():
         sel = ' selected="true"' if name == gen.default else ""

@@ -78,3 +78,16 @@ def test_each_site_evaluated_on_its_own_holdout(test_profile):
     info = results / "pipeline_info"
     assert (info / "software_versions.yml").read_text().count("fedsynth:") >= 5
     assert list(info.glob("execution_trace_*.txt"))
+
+
+def test_a_registered_generator_runs_through_the_pipeline_unedited(run_nf, tmp_path):
+    """The fourth generator (marginals) and its own option reach every site from the generated params."""
+    run = run_nf(["-profile", "test", "--generator", "marginals", "--marginals_bins", 5, "--skip_evaluation",
+                  "--outdir", tmp_path / "results"], tmp_path, timeout=1500)
+    assert run.returncode == 0, run.explain()
+    models = [load_model(tmp_path / "results" / site / "model" / "model.pt") for site in SITES]
+    for m in models:
+        assert m["generator"] == "marginals" and m["config"]["bins"] == 5
+        assert m["dp"]["epsilon"] == pytest.approx(1.0) and m["dp"]["k"] == 3
+        assert [x["name"] for x in m["dp"]["mechanisms"]] == ["class x gene histograms"]
+    assert same_model(models[0], models[1]) and same_model(models[0], models[2])
