@@ -94,15 +94,18 @@ def git_state(extra: tuple = ()) -> dict:
 
 
 #: The modules whose code decides a simulate run's model and scores (not the report/attack modules).
-ALGORITHM_FILES = ("accounting.py", "cli.py", "evaluation/_inputs.py", "evaluation/utility.py", "io.py", "model.py",
-                   "data/preprocess.py", "secure_aggregation.py", "session.py", "simulate.py", "synthesize.py",
-                   "train.py", "_crypten_compat.py")
+ALGORITHM_FILES = ("cli.py", "data/io.py", "data/preprocess.py", "federation/crypten_compat.py",
+                   "federation/schema.py", "federation/secure_sum.py", "federation/session.py",
+                   "privacy/accounting.py", "privacy/clip.py", "privacy/library_size.py", "privacy/release.py",
+                   "generators/base.py", "generators/modelfile.py", "generators/protocol.py",
+                   "generators/registry.py", "workflows/common.py", "workflows/options.py",
+                   "workflows/records.py", "workflows/simulate.py", "workflows/synthesize.py", "workflows/train.py",
+                   "evaluation/_inputs.py", "evaluation/utility.py")
 
 
 #: The generator modules a ``--generator`` run also depends on (beside ALGORITHM_FILES): a change to
 #: pgm.py must not invalidate cached gaussian runs, and the reverse.
-GENERATOR_FILES = {"cvae": ("generators.py",), "gaussian": ("generators.py", "gaussian.py"),
-                   "pgm": ("generators.py", "pgm.py")}
+GENERATOR_FILES = {name: (f"generators/{name}.py",) for name in ("cvae", "gaussian", "pgm", "marginals")}
 
 
 def code_hash(extra: tuple = ()) -> str:

@@ -97,7 +97,8 @@ def train_options(fn):
             kw["type"] = int if opt.kind == "int" else float
         if opt.info.metavar:
             kw["metavar"] = opt.info.metavar
-        fn = click.option(opt.flag, default=opt.text(opt.default), **kw)(fn)
+        default = opt.text(opt.default) if opt.info.format is not None else opt.default
+        fn = click.option(opt.flag, default=default, **kw)(fn)
     return fn
 
 

@@ -7,3 +7,4 @@ modules), not here: ``tests/pipeline/conftest.py`` is also a module named
 
 from testkit import *  # noqa: F401,F403  (fixtures)
 from testkit import _kill_leftover_processes  # noqa: F401  (autouse fixture)
+from testkit import pytest_runtest_call, pytest_runtest_setup  # noqa: F401  (marker check)

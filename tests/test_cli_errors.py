@@ -26,7 +26,7 @@ import pytest
 
 from testkit import PARTY_ENV, PY, REPO, free_port, write_secret
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(900)]
 
 TRACE_MARKERS = ("Traceback (most recent call last)", "frame #", "Exception raised from")
 

@@ -20,7 +20,7 @@ import torch
 
 from testkit import PARTY_ENV, PY, REPO, describe, free_port, start_process, wait_all
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(300)]
 
 
 def run_py(code: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:

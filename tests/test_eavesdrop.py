@@ -86,7 +86,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTY = ROOT / "tests" / "eavesdrop_party.py"

@@ -21,7 +21,7 @@ import torch
 
 from testkit import PY, describe, start_process, wait_all, write_secret
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(400)]
 
 FAST = ["--epochs", "2", "--batch-size", "32"]
 

@@ -24,7 +24,7 @@ import torch
 from fedsynth.generators import registry
 from testkit import BUNDLED, PY, describe, free_port, start_process, wait_all
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(400)]
 
 GAUSS = ["--generator", "gaussian"]
 

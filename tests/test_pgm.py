@@ -52,6 +52,7 @@ def nodp_run(site_data, tmp_path_factory):
     return [load_blob(p.outdir / "model.pt") for p in procs]
 
 
+@pytest.mark.multiprocess
 def test_federated_tables_equal_pooled_tables_without_dp(nodp_run, site_data):
     from fedsynth.data.io import read_expression
     from fedsynth.data.preprocess import validate_and_normalise
@@ -199,6 +200,7 @@ def simulated_pgm(tmp_path_factory):
     return d
 
 
+@pytest.mark.multiprocess
 def test_simulate_pgm_at_epsilon_1(simulated_pgm):
     out = simulated_pgm / "out"
     for name in ("model.pt", "synthetic.csv", "synthetic.h5ad", "run.json"):
@@ -224,6 +226,7 @@ def test_simulate_pgm_at_epsilon_1(simulated_pgm):
     assert np.isfinite(X).all() and X.min() >= lo and X.max() <= hi
 
 
+@pytest.mark.multiprocess
 def test_synthesize_on_a_pgm_model(simulated_pgm):
     model = simulated_pgm / "out" / "model.pt"
     procs = []
@@ -253,6 +256,7 @@ BAD = [
 ]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("extra,message", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_pgm_parameters_are_one_line_errors(tmp_path, extra, message):
     out = tmp_path / "out"
@@ -337,6 +341,7 @@ def test_chains_cover_every_gene_once_in_equal_blocks():
     assert abs(pos[int(iu[k])] - pos[int(ju[k])]) == 1
 
 
+@pytest.mark.multiprocess
 def test_simulate_pgm_in_blocks_releases_and_accounts_the_chain_pairs(tmp_path):
     """G > --pgm-block: 3 processes release only the G - m chain pairs, with noise z_3 sqrt(G - m)."""
     block = 20

@@ -23,6 +23,8 @@ import types
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.multiprocess
+
 NOISE_STD = 3.0
 NOISE_N = 20000
 EXACT_N = 1000

@@ -134,6 +134,7 @@ def test_an_outdir_that_cannot_be_made_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cohort.csv"]
 
 
+@pytest.mark.multiprocess
 def test_cli_prints_one_summary_line_or_one_error_line(tmp_path):
     data = write(tmp_path / "cohort.csv", [HEADER, *ROWS.values()])
     cmd = [PY, "-m", "fedsynth", "split-sites", "--data", str(data), "--site-column", "site",

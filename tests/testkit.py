@@ -281,3 +281,45 @@ def secure_sum_3(tmp_path_factory):
 def secure_sum_1(tmp_path_factory):
     """Records of one single-party (world size 1) secure-sum session."""
     return run_secure_sum_parties(tmp_path_factory.mktemp("securesum1"), 1)
+
+
+# ------------------------------------------------ the multiprocess marker is kept honest
+_started: list[int] = []
+_popen_init = subprocess.Popen.__init__
+
+
+#: what marks a command as one of ours: a site or CLI process, a party script, Nextflow, Galaxy
+_OURS = ("fedsynth", "nextflow", "planemo", "galaxy", str(TESTS))
+
+
+def _counting_init(self, *args, **kwargs):
+    cmd = args[0] if args else kwargs.get("args", "")
+    words = [cmd] if isinstance(cmd, (str, bytes, os.PathLike)) else list(cmd)
+    if any(mark in str(w) for w in words for mark in _OURS):  # not libraries' own helpers
+        _started.append(1)
+    return _popen_init(self, *args, **kwargs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """Count the processes an unmarked test starts (set-up of its fixtures included)."""
+    _started.clear()
+    subprocess.Popen.__init__ = _counting_init
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Fail a test that starts a process without ``@pytest.mark.multiprocess``.
+
+    ``-m "not multiprocess"`` promises the unit tests alone; a test that
+    starts site processes, Nextflow or Galaxy must say so.
+    """
+    try:
+        result = yield
+    finally:
+        subprocess.Popen.__init__ = _popen_init
+    if _started and item.get_closest_marker("multiprocess") is None:
+        pytest.fail(f"{item.nodeid} started {len(_started)} process(es) but is not marked "
+                    "@pytest.mark.multiprocess", pytrace=False)
+    return result

@@ -142,9 +142,11 @@ class Generator(ABC):
         return asdict(self.config)
 
     # ----------------------------------------------------------- the model
-    @abstractmethod
+    # Defaults for a generator whose fitted model is ``self.model``: an object with a
+    # ``cfg`` dataclass (its shape), ``state_dict()`` (tensors) and ``sample(y, rng)``.
     def sample(self, y: np.ndarray, rng) -> np.ndarray:
         """Log-expression (samples x genes) for class indices ``y``, drawn with ``rng``."""
+        return self.model.sample(y, rng)
 
     @classmethod
     def make_rng(cls, seed: int, n: int):
@@ -152,15 +154,23 @@ class Generator(ABC):
         del n
         return np.random.default_rng([int(seed), cls.stream])
 
-    @abstractmethod
     def model_config(self) -> dict:
         """The model's shape (the model file's ``config``)."""
+        return asdict(self.model.cfg)
 
-    @abstractmethod
     def state_dict(self) -> dict:
         """The fitted parameters as tensors (the model file's ``state_dict``)."""
+        return self.model.state_dict()
 
     @classmethod
     @abstractmethod
     def from_state(cls, blob: dict) -> "Generator":
         """Rebuild a fitted generator from a model file's content (``config``, ``state_dict``, ``statistics``)."""
+
+    @classmethod
+    def restored(cls, config, model, blob: dict) -> "Generator":
+        """A fitted generator with ``config`` and ``model``, and the model file's public statistics."""
+        gen = cls(config)
+        gen.model = model
+        gen.statistics = blob.get("statistics", {})
+        return gen

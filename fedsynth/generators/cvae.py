@@ -50,7 +50,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -348,17 +348,9 @@ class CVAEGenerator(Generator):
         torch.randperm(n, generator=gen)
         return gen
 
-    def model_config(self) -> dict:
-        return asdict(self.model.cfg)
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
     @classmethod
     def from_state(cls, blob: dict) -> "CVAEGenerator":
-        gen = cls()
-        gen.model = CVAE(CVAEConfig(**blob["config"]))
-        gen.model.load_state_dict(blob["state_dict"])
-        gen.model.eval()
-        gen.statistics = blob.get("statistics", {})
-        return gen
+        model = CVAE(CVAEConfig(**blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+        return cls.restored(cls.Config(latent_dim=model.cfg.latent_dim, hidden_dim=model.cfg.hidden_dim),
+                            model.eval(), blob)

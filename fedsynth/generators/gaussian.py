@@ -63,7 +63,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -342,19 +342,6 @@ class GaussianGenerator(Generator):
                 "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
                 "variance_floor": VARIANCE_FLOOR if private else VARIANCE_FLOOR_NO_DP}
 
-    def sample(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Log-expression for labels ``y`` (see :meth:`GaussianModel.sample`)."""
-        return self.model.sample(y, rng)
-
-    def model_config(self) -> dict:
-        return asdict(self.model.cfg)
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
     @classmethod
     def from_state(cls, blob: dict) -> "GaussianGenerator":
-        gen = cls(cls.Config(components=blob["config"]["components"]))
-        gen.model = GaussianModel.from_blob(blob)
-        gen.statistics = blob.get("statistics", {})
-        return gen
+        return cls.restored(cls.Config(components=blob["config"]["components"]), GaussianModel.from_blob(blob), blob)

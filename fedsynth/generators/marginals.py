@@ -117,7 +117,6 @@ class MarginalsGenerator(Generator):
     @classmethod
     def from_state(cls, blob: dict) -> "MarginalsGenerator":
         shape = MarginalsShape(**blob["config"])
-        gen = cls(cls.Config(bins=shape.bins))
+        gen = cls.restored(cls.Config(bins=shape.bins), None, blob)
         gen.shape, gen.probs = shape, blob["state_dict"]["probs"].numpy()
-        gen.statistics = blob.get("statistics", {})
         return gen

@@ -86,7 +86,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -818,19 +818,6 @@ class PGMGenerator(Generator):
         params["tree_edges"] = int(len(self.model.state["tree"]))
         return params
 
-    def sample(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Log-expression for labels ``y`` (see :meth:`PGMModel.sample`)."""
-        return self.model.sample(y, rng)
-
-    def model_config(self) -> dict:
-        return asdict(self.model.cfg)
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
     @classmethod
     def from_state(cls, blob: dict) -> "PGMGenerator":
-        gen = cls(PGMConfig(bins=blob["config"]["bins"]))
-        gen.model = PGMModel.from_blob(blob)
-        gen.statistics = blob.get("statistics", {})
-        return gen
+        return cls.restored(PGMConfig(bins=blob["config"]["bins"]), PGMModel.from_blob(blob), blob)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import galaxy_harness as gh  # noqa: E402
 
 pytestmark = [
+    pytest.mark.multiprocess,
     pytest.mark.skipif(os.environ.get("FEDSYNTH_SKIP_GALAXY") == "1", reason="FEDSYNTH_SKIP_GALAXY=1"),
     # setup (install on a fresh machine, server start, every tool test) is timed with the first test
     pytest.mark.timeout(2400),

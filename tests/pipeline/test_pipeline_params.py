@@ -10,6 +10,8 @@ import pytest
 
 from nfhelpers import JAVA_TRACE, REPO, write_secret
 
+pytestmark = pytest.mark.multiprocess
+
 GOOD = {
     "--label_column": "pam50",
     "--meta_columns": "age",

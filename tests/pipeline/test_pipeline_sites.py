@@ -20,6 +20,8 @@ import pytest
 
 from nfhelpers import DEMO, JAVA_TRACE, REPO, free_port, load_model, same_model, write_secret
 
+pytestmark = pytest.mark.multiprocess
+
 SITES = ["BH", "A8", "A2"]
 
 

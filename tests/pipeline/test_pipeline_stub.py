@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from nfhelpers import JAVA_TRACE, REPO, write_secret
 
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
 STEPS = ["PREPROCESS", "FEDERATED_TRAIN", "SYNTHESIZE", "EVALUATE", "REPORT"]
 
 

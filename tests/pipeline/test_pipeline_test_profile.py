@@ -14,6 +14,8 @@ import pytest
 
 from nfhelpers import JAVA_TRACE, PAM50, load_model, same_model
 
+pytestmark = pytest.mark.multiprocess
+
 SITES = ["BH", "A8", "A2"]
 N_SYNTHETIC = 200   # conf/test.config
 N_GENES = 50
