@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 BUNDLED = REPO / "data" / "brca_pam50_sites.csv"
 PY = sys.executable
+
+#: Every fedsynth process the tests start (directly, through Nextflow or simulate) keeps its
+#: lifetime privacy ledger here, not in the user's ~/.local/share/fedsynth/ledger.
+os.environ.setdefault("FEDSYNTH_LEDGER_DIR", tempfile.mkdtemp(prefix="fedsynth-test-ledger-"))
 
 #: Environment for every party / CLI process: one BLAS/OMP thread (2-core box),
 #: the repository importable, no user site packages.

@@ -26,6 +26,7 @@ from ..errors import ParameterError
 from ..federation.schema import Schema, join_schema
 from ..federation.secure_sum import SecureSum
 from ..privacy.accounting import validate_budget
+from ..privacy.lifetime import LifetimeLedger, default_dir
 from ..privacy.release import ReleasePlan, Releaser
 from . import registry
 from .base import FitContext, Generator, option, option_fields
@@ -72,6 +73,14 @@ class TrainConfig:
                                  "agreement, each aggregation).", minimum=1, label="Deadline of each blocking step (s)", group="federation")
     rendezvous_timeout: float = option(300.0, "Deadline in seconds for all sites to join the session.", minimum=1,
                                        label="Deadline for all sites to join (s)", group="federation")
+    ledger_dir: str | None = option(
+        None, "This site's lifetime privacy ledger: a folder that outlives runs (not a Nextflow work directory "
+        "or Galaxy's file store). Default: $FEDSYNTH_LEDGER_DIR, else ~/.local/share/fedsynth/ledger; "
+        "simulate: a throw-away one.", metavar="DIR", label="Lifetime ledger folder", group="site")
+    lifetime_epsilon: float | None = option(
+        None, "Refuse a run that would take this site's patients above this total epsilon over all runs "
+        "recorded in --ledger-dir (default: no cap; the spend is still recorded and reported).", minimum=0,
+        label="Lifetime epsilon of this site's patients", group="site")
     #: the chosen generator's own config (its ``Config`` dataclass)
     options: object = field(default=None)
 
@@ -101,7 +110,10 @@ class TrainConfig:
         registry.get(self.generator).validate(self.options)
 
     def to_dict(self) -> dict:
-        return {**{k: v for k, v in asdict(self).items() if k != "options"}, "options": asdict(self.options)}
+        """The shared options (what every site gave alike) and the generator's; no site-local setting."""
+        local = {name for name, info, _ in option_fields(type(self)) if info.group == "site"}
+        return {**{k: v for k, v in asdict(self).items() if k not in local | {"options"}},
+                "options": asdict(self.options)}
 
 
 @dataclass
@@ -111,6 +123,8 @@ class FitResult:
     generator: Generator
     meta: dict
     timings: dict = field(default_factory=dict)
+    #: this site's lifetime spend (site-local: run.json only, never the shared model file)
+    lifetime: dict | None = None
 
 
 def plan_releases(generator: Generator, schema: Schema, cfg: TrainConfig) -> ReleasePlan:
@@ -133,7 +147,12 @@ def federation_record(cfg: TrainConfig, schema: Schema, k: int) -> dict:
 
 
 def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> FitResult:
-    """Run this site's part of the protocol (module doc); every site ends with the same model."""
+    """Run this site's part of the protocol (module doc); every site ends with the same model.
+
+    Before the first release the run is checked against, and recorded in,
+    this site's lifetime ledger (:mod:`fedsynth.privacy.lifetime`), which
+    then journals every release before it is made.
+    """
     cfg.validate()
     t0 = time.monotonic()
     schema, cohort = join_schema(session, cohort, genes_mode=cfg.genes, classes=cfg.classes,
@@ -143,7 +162,13 @@ def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> 
         site=session.site_name, progress=progress, seed=cfg.seed, shared_seed=session.shared_seed))
     plan = plan_releases(generator, schema, cfg)
     generator.check_plan(plan)
-    release = Releaser(SecureSum(session, max_colluders=cfg.max_colluders), plan, generator.name)
+    ledger = LifetimeLedger(cfg.ledger_dir or default_dir(), cohort.sample_ids)
+    lifetime = ledger.begin(plan.mechanisms(), delta=cfg.delta, limit=cfg.lifetime_epsilon, generator=generator.name,
+                            private=plan.private)
+    log.info("lifetime ledger %s: these patients had spent epsilon %.3g; after this run %.3g%s", ledger.dir,
+             lifetime["spent_before"], lifetime["spent_after"],
+             "" if cfg.lifetime_epsilon is None else f" of {cfg.lifetime_epsilon:g}")
+    release = Releaser(SecureSum(session, max_colluders=cfg.max_colluders), plan, generator.name, ledger.record)
     generator.fit(release, cohort, schema)
     timings.update(generator.timings)
     dp = {**release.record(), **generator.dp_extra(), **federation_record(cfg, schema, session.world_size),
@@ -159,4 +184,4 @@ def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> 
         "train_config": cfg.to_dict(),
         "secure_sum_calls": release.calls,
     }
-    return FitResult(generator, meta, timings)
+    return FitResult(generator, meta, timings, lifetime)

@@ -195,6 +195,8 @@ class Releaser:
     secure_sum: object
     plan: ReleasePlan
     label: str
+    #: called as ``journal(name, noise_multiplier, sample_rate)`` before each release (the lifetime ledger)
+    journal: object = None
     ledger: PrivacyLedger = field(init=False)
     rounds: dict[str, int] = field(default_factory=dict, init=False)
 
@@ -212,6 +214,8 @@ class Releaser:
         self.rounds[name] = done + 1
         step = f"{self.label}: {name}" + (f" {done + 1}/{spec.steps}" if spec.steps > 1 else "")
         sd = self.plan.noise_sd(name)
+        if self.journal is not None:
+            self.journal(name, self.plan.multipliers[name], spec.sample_rate)
         x = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
         total = self.secure_sum.sum(x, noise_std=sd, step=step)
         if self.plan.private:

@@ -165,6 +165,8 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
         # the simulation knows the whole label vocabulary: declare it, so no site's label set is revealed
         if cfg.classes is None:
             cfg = dataclasses.replace(cfg, classes=tuple(sorted(set(labels))))
+        if cfg.ledger_dir is None:  # simulated sites are not a hospital's patients: a throw-away ledger
+            cfg = dataclasses.replace(cfg, ledger_dir=str(work / "ledger"))
         train_args = ["--input-kind", input_kind, *options.to_args(cfg)]
         all_train = np.concatenate([p[1] for p in parts])
         held = np.concatenate(test_idx) if test_idx else np.array([], int)
@@ -227,7 +229,8 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
             wall_seconds=timings, mode="centralised" if len(parts) == 1 else "federated", models_identical=True,
             model_sha256=digests.pop(), n_synthetic=n_syn, evaluation=evaluation,
             site_wall_seconds={r["site"]: r["wall_seconds"] for r in site_runs},
-            site_communication={r["site"]: r.get("communication") for r in site_runs})
+            site_communication={r["site"]: r.get("communication") for r in site_runs},
+            site_lifetime={r["site"]: r.get("lifetime") for r in site_runs})
         atomic_write_json(out / "run.json", run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
