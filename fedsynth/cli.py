@@ -125,6 +125,15 @@ def main():
     session: only noisy sums over all sites are ever revealed, and the
     released model and its samples are (epsilon, delta)-DP for every patient.
 
+    Unit of privacy: one sample (row) of one site. The guarantee assumes one
+    row per patient and no patient at two sites: merge a patient's rows into
+    one before training, and let sites that may share patients coordinate
+    (agree which site keeps each) first.
+
+    Shareable outputs: synthetic.csv / synthetic.h5ad, model.pt, run.json.
+    Site-internal: evaluate's report.html and metrics.json, preprocess's
+    validated matrices (they hold or show this site's real data).
+
     \b
     Commands, in the order a site uses them:
       preprocess   validate and normalise a matrix (also run inside train)
@@ -180,7 +189,13 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
 
     Every site runs this with its own --rank and data and the same
     --world-size, --rendezvous, secret and training options. Writes
-    OUTDIR/model.pt (weights, sampling info, DP record) and OUTDIR/run.json.
+    OUTDIR/model.pt (weights, sampling info, DP record) and OUTDIR/run.json,
+    both shareable.
+
+    Unit of privacy: one sample (row) of one site. The guarantee assumes one
+    row per patient and no patient at two sites: merge a patient's rows into
+    one before training, and let sites that may share patients coordinate
+    (agree which site keeps each) first.
     """
     site_name = site_name or f"site{rank}"
     setup_logging(site_name)
@@ -275,6 +290,11 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
     secret. Writes OUTDIR/model.pt, OUTDIR/synthetic.csv, OUTDIR/synthetic.h5ad
     and OUTDIR/run.json (epsilon, delta, each site's n, wall seconds per
     phase, train-on-synthetic/test-on-real scores on the held-out samples).
+
+    Unit of privacy: one sample (row) of one site. The guarantee assumes one
+    row per patient and no patient at two sites: merge a patient's rows into
+    one before training, and let sites that may share patients coordinate
+    (agree which site keeps each) first.
     """
     setup_logging("simulate")
     data_kw = _data_kw(kw)

@@ -109,6 +109,20 @@ def test_report_has_every_section_in_order(report):
     assert p.h2[0] == "Verdict"
 
 
+def test_report_and_metrics_are_marked_site_internal(report):
+    """report.html plots real training records: a banner before anything else, and the title, say so."""
+    _, html, p, out = report
+    banner = "Contains this site's real data: do not share"
+    body = html.split("<body>", 1)[1]
+    assert body.lstrip().startswith("<div class='internal' role='alert'>Contains this site&#x27;s real data: "
+                                    "do not share</div>")
+    assert banner in " ".join(p.text)
+    title = html.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert "do not share" in title and "real data" in title
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert next(iter(metrics)) == "shareable" and metrics["shareable"] is False
+
+
 def test_report_images_are_embedded_pngs(report):
     _, _, p, _ = report
     assert len(p.imgs) >= 6  # utility, PCA, marginals, heatmaps, DE, MIA ROC + DCR

@@ -33,7 +33,11 @@ from .verdict import (
     UTILITY_GOOD,
 )
 
-__all__ = ["SECTIONS", "render_report"]
+__all__ = ["SECTIONS", "SITE_INTERNAL", "render_report"]
+
+SITE_INTERNAL = "Contains this site's real data: do not share"
+"""The report's banner and title suffix: its plots show real training records (PCA scatter,
+per-gene means and variances), so it stays at the site, unlike the synthetic data, model and run record."""
 
 SECTIONS = ("Verdict", "Data", "Utility", "Fidelity", "Biology", "Privacy", "How to read this report")
 """The report's section headings (``<h2>``), in order."""
@@ -58,6 +62,8 @@ td.l,th.l{text-align:left}
 .card .q{font-size:130%;font-weight:bold} .card .h{font-size:105%;margin:6px 0}
 img{max-width:100%;display:block;margin:8px 0}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:6px}
+.internal{background:#cf222e;color:#fff;font-weight:bold;font-size:120%;text-align:center;padding:10px 14px;
+border-radius:6px;margin-bottom:14px}
 code{background:#f6f8fa;padding:0 3px}
 """
 
@@ -530,8 +536,12 @@ def render_report(metrics, artifacts, *, title=None) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_e(SITE_INTERNAL)} | {_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<div class='internal' role='alert'>{_e(SITE_INTERNAL)}</div>",
         f"<h1>{_e(title)}</h1><p class='muted'>{_e(sub)}</p>",
+        "<p class='warn'>This report plots real training records of this site (PCA scatter, per-gene means and "
+        "variances) and scores them against the synthetic data: it is not protected by differential privacy. "
+        "Share only synthetic.csv / synthetic.h5ad, model.pt and run.json.</p>",
         _verdict(metrics), _data(metrics), _utility(metrics), _fidelity(metrics, artifacts),
         _biology(metrics), _privacy(metrics, artifacts), _methods(),
         "</body></html>",

@@ -205,6 +205,10 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     out.mkdir(parents=True, exist_ok=True)
     metrics, art = evaluate(syn.X, syn.labels, tr.X, tr.labels, te.X, te.labels, genes=tr.genes, dp=dp,
                             seed=seed, top_k=top_k, return_artifacts=True)
+    # first in the file: like report.html, computed on this site's real records (scores, attack results)
+    metrics = {"shareable": False,
+               "note": "site-internal: computed on this site's real training and holdout data; do not share",
+               **metrics}
     metrics["warnings"] = warnings
     metrics["inputs"] = {"synthetic": str(synthetic), "train": str(train), "holdout": str(holdout),
                          "input_kind": input_kind, "label_column": label_column, "seed": seed}

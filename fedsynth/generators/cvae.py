@@ -31,13 +31,14 @@ profile around its class anchor, ``u = x - l(x) - a_y``. With one-hot label
 No BatchNorm (Opacus refuses it).
 
 **DP-SGD.** Each site Poisson-samples its records at rate ``q`` (record
-``j`` is in step ``s`` iff ``PRF(seed, s, id_j) < q``), Opacus computes and
+``j`` is in step ``s`` iff ``PRF(key, s, id_j) < q``, with a key of fresh
+OS randomness that is never stored: :func:`sampling_key`), Opacus computes and
 clips each per-sample gradient to ``C``, and the release of the clipped
 sums carries total noise ``N(0, z_sgd^2 C^2)``; every site applies the same
 update ``theta <- Adam(theta, (sum + noise) / (q N))``. Without DP there is
 no clipping and no noise: the update is the plain sum of gradients over the
 union batch, so a federated run equals a centralised run on the pooled data
-given the same seed (tested).
+given the same seed (tested; without DP ``--seed`` is the sampling key).
 
 **Sampling.** ``x = l + a_y + f(z, y) + exp(v(y)/2) e``, ``z, e ~ N(0, I)``.
 """
@@ -147,25 +148,42 @@ def clip_bounds(n_genes: int) -> tuple[float, float]:
     return 4.0 * math.sqrt(n_genes + 1), 0.4 * math.sqrt(n_genes)
 
 
-def _unit_hash(seed: int, step: int, ids: list[str], salt: str) -> np.ndarray:
-    """Uniform(0,1) numbers, one per record, from SHA-256(seed, step, id)."""
+def sampling_key(seed: int | None, private: bool) -> str:
+    """The key of DP-SGD's Poisson sampling and of the per-record reparameterisation noise.
+
+    With DP: ``SHA-256(seed-or-nothing || 32 bytes of os.urandom)``, fresh at
+    every run and never stored. Sample IDs are public (TCGA barcodes), so a
+    key anyone could know (a ``--seed`` written into the model or typed on a
+    shared command line) would tell which steps used which record, and the
+    amplification by subsampling the accountant counts on would be lost.
+    Without DP and with ``--seed``: the seed itself, so that ``--no-dp
+    --seed`` runs repeat bit for bit (tests/test_legacy_models.py).
+    """
+    if seed is not None and not private:
+        return str(int(seed))
+    material = (b"" if seed is None else str(int(seed)).encode()) + os.urandom(32)
+    return hashlib.sha256(material).hexdigest()
+
+
+def _unit_hash(key: str, step: int, ids: list[str], salt: str) -> np.ndarray:
+    """Uniform(0,1) numbers, one per record, from SHA-256(key, step, id)."""
     out = np.empty(len(ids))
     for j, sid in enumerate(ids):
-        h = hashlib.sha256(f"{salt}:{seed}:{step}:{sid}".encode()).digest()
+        h = hashlib.sha256(f"{salt}:{key}:{step}:{sid}".encode()).digest()
         out[j] = int.from_bytes(h[:8], "big") / 2.0**64
     return out
 
 
-def poisson_mask(seed: int, step: int, ids: list[str], rate: float) -> np.ndarray:
-    """Poisson sampling: each record independently with probability ``rate``."""
-    return _unit_hash(seed, step, ids, "sample") < rate
+def poisson_mask(key: str, step: int, ids: list[str], rate: float) -> np.ndarray:
+    """Poisson sampling: each record independently with probability ``rate`` (``key``: :func:`sampling_key`)."""
+    return _unit_hash(key, step, ids, "sample") < rate
 
 
-def record_noise(seed: int, step: int, ids: list[str], dim: int) -> torch.Tensor:
-    """Per-record reparameterisation noise, identical wherever the record lives."""
+def record_noise(key: str, step: int, ids: list[str], dim: int) -> torch.Tensor:
+    """Per-record reparameterisation noise under :func:`sampling_key`'s key (never stored either)."""
     rows = []
     for sid in ids:
-        h = hashlib.sha256(f"eps:{seed}:{step}:{sid}".encode()).digest()
+        h = hashlib.sha256(f"eps:{key}:{step}:{sid}".encode()).digest()
         g = torch.Generator().manual_seed(int.from_bytes(h[:8], "big") >> 1)
         rows.append(torch.randn(dim, generator=g))
     return torch.stack(rows) if rows else torch.zeros(0, dim)
@@ -270,13 +288,16 @@ class CVAEGenerator(Generator):
 
         n_total = schema.n_total
         rate, steps = self._schedule(n_total)
-        # identical initial weights at every site (public randomness)
+        # identical initial weights at every site (public randomness: --seed, else the session's shared seed)
         torch.manual_seed(ctx.seed if ctx.seed is not None else ctx.shared_seed)
         model = CVAE(CVAEConfig(len(schema.genes), len(schema.classes), cfg.latent_dim, cfg.hidden_dim))
         params = [p for p in model.parameters() if p.requires_grad]
-        sampling_seed = ctx.seed if ctx.seed is not None else int.from_bytes(os.urandom(8), "big")
+        if private:
+            torch.seed()  # nothing after the initial weights may follow from --seed
+        key = sampling_key(ctx.seed, private)
         if ctx.seed is not None and private:
-            log.warning("--seed fixes Poisson sampling: the DP guarantee assumes nobody else knows the seed")
+            log.info("--seed fixes the initial weights only: with DP the Poisson sampling key mixes in fresh OS "
+                     "randomness, so this run is not reproducible (--no-dp runs are)")
         profile, _ = row_centre(cohort.X)
         y_idx = torch.tensor(schema.label_index(cohort.labels))
         u_all = torch.tensor(profile - np.asarray(stats["class_anchors"])[y_idx.numpy()], dtype=torch.float32)
@@ -297,10 +318,10 @@ class CVAEGenerator(Generator):
         bar = tqdm(total=cfg.epochs, desc=f"[{ctx.site}] epochs", unit="epoch", disable=not ctx.progress, leave=False)
         step, losses = 0, []
         while step < steps:
-            idx = np.flatnonzero(poisson_mask(sampling_seed, step, ids, rate))
+            idx = np.flatnonzero(poisson_mask(key, step, ids, rate))
             (dpopt or adam).zero_grad(set_to_none=True)
             if len(idx):
-                eps = record_noise(sampling_seed, step, [ids[j] for j in idx], cfg.latent_dim)
+                eps = record_noise(key, step, [ids[j] for j in idx], cfg.latent_dim)
                 loss = net(u_all[idx], y_all[idx], eps)
                 loss.sum().backward()
                 losses.append(float(loss.detach().mean()))

@@ -33,7 +33,11 @@ from .base import FitContext, Generator, option, option_fields
 
 log = logging.getLogger("fedsynth")
 
-NOISE_SOURCE = "os.urandom Gaussian noise, split over k - max_colluders sites"
+#: the ``dp`` record's ``noise_source``: true of every generator, since every release goes through
+#: :class:`~fedsynth.privacy.release.Releaser` -> :meth:`SecureSum.sum <fedsynth.federation.secure_sum.SecureSum.sum>`
+NOISE_SOURCE = ("Gaussian noise drawn from os.urandom (Box-Muller, fedsynth.federation.secure_sum.csprng_normal) "
+                "at every site, variance sigma^2/(k - max_colluders) each; DP-SGD's Poisson sampling is keyed by "
+                "fresh os.urandom bytes that are never stored")
 
 
 def _parse_classes(text: str) -> tuple[str, ...] | None:
@@ -67,8 +71,10 @@ class TrainConfig:
         "Without it, each site's own label set is revealed to the others during schema agreement.",
         parse=_parse_classes, format=lambda v: ",".join(v or ()), pattern=r"^[^'\"]*$",
         pattern_help="Comma-separated labels, no quotes", label="Label vocabulary shared by all sites", group="federation")
-    seed: int | None = option(None, "Fix sampling and initialisation (reproducibility/testing). Default: fresh "
-                              "OS randomness.", label="Seed", group="federation")
+    seed: int | None = option(None, "With --no-dp: fixes initialisation and sampling, so runs repeat exactly "
+                              "(testing). With DP: fixes only the initial weights; the DP-SGD sampling always "
+                              "mixes in fresh OS randomness. Written to no output. Default: initial weights from "
+                              "a seed the sites agree on.", label="Seed", group="federation")
     step_timeout: float = option(120.0, "Deadline in seconds for every blocking step after joining (key "
                                  "agreement, each aggregation).", minimum=1, label="Deadline of each blocking step (s)", group="federation")
     rendezvous_timeout: float = option(300.0, "Deadline in seconds for all sites to join the session.", minimum=1,
@@ -110,10 +116,16 @@ class TrainConfig:
         registry.get(self.generator).validate(self.options)
 
     def to_dict(self) -> dict:
-        """The shared options (what every site gave alike) and the generator's; no site-local setting."""
-        local = {name for name, info, _ in option_fields(type(self)) if info.group == "site"}
-        return {**{k: v for k, v in asdict(self).items() if k not in local | {"options"}},
-                "options": asdict(self.options)}
+        """The model file's ``train_config``: the shared options and the generator's.
+
+        No site-local setting (the lifetime ledger), and not ``seed`` (only
+        whether one was given): with DP it keys nothing secret any more
+        (:func:`fedsynth.generators.cvae.sampling_key`), but a model file is
+        shared and ``--seed`` values are reused across runs.
+        """
+        drop = {name for name, info, _ in option_fields(type(self)) if info.group == "site"} | {"options", "seed"}
+        out = {k: v for k, v in asdict(self).items() if k not in drop}
+        return {**out, "seed_given": self.seed is not None, "options": asdict(self.options)}
 
 
 @dataclass

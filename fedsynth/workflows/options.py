@@ -135,11 +135,22 @@ def to_args(cfg: TrainConfig) -> list[str]:
     return args
 
 
+#: options whose value no output records (only whether one was given: ``<name>_given``)
+UNRECORDED = ("seed",)
+
+
 def record(cfg: TrainConfig) -> dict:
-    """The run record's ``options``: every shared option and the generator's own, by name."""
+    """The run record's ``options``: every shared option and the generator's own, by name.
+
+    ``--seed`` is left out (``seed_given`` says whether there was one), as in
+    the model file (:meth:`TrainConfig.to_dict`).
+    """
     out = {}
     for opt in train_options():
         if opt.owner in (None, cfg.generator):
             value = getattr(cfg if opt.owner is None else cfg.options, opt.field)
+            if opt.name in UNRECORDED:
+                out[f"{opt.name}_given"] = value is not None
+                continue
             out[opt.name] = list(value) if isinstance(value, tuple) else value
     return out

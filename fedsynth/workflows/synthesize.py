@@ -94,6 +94,8 @@ def synthesize_to(out, model_path, n: int, *, class_proportions: str | None = No
     """Sample and write ``OUT/synthetic.csv`` and ``OUT/synthetic.h5ad``; returns what :func:`synthesize` does."""
     expr, labels, meta = synthesize(model_path, n, class_proportions=class_proportions, seed=seed)
     dp = meta["dp"]
+    # "seed" is synthesize's own --seed, not train's: drawing from a released model is post-processing,
+    # so knowing it costs no privacy. Train's --seed is written to no output (TrainConfig.to_dict).
     uns = {"fedsynth": {"private": bool(dp["private"]), "epsilon": float(dp["epsilon"] or -1),
                         "delta": float(dp["delta"]), "max_colluders": int(dp["max_colluders"]),
                         "input_kind": meta["input_kind"], "seed": int(seed)}}

@@ -14,7 +14,8 @@ Run from the project root with the project's environment:
   with a 25% stratified holdout (seed 0): the preprocess tool's expected
   outputs and the evaluate tool's real inputs.
 - model.pt: `fedsynth simulate` over the three sites, epsilon 5, 20 epochs
-  (seed 1); synthetic.csv: 36 samples drawn from it (seed 0).
+  (seed 1: with DP that fixes only the initial weights, so a rerun gives
+  another model); synthetic.csv: 36 samples drawn from it (seed 0).
 - session.key / short_secret.txt: a test session secret and one too short.
 
 Keep every file small: the Galaxy tests upload each of them.
