@@ -143,10 +143,13 @@ def record(cfg: TrainConfig) -> dict:
     """The run record's ``options``: every shared option and the generator's own, by name.
 
     ``--seed`` is left out (``seed_given`` says whether there was one), as in
-    the model file (:meth:`TrainConfig.to_dict`).
+    the model file (:meth:`TrainConfig.to_dict`); so are site-local settings
+    (the lifetime ledger's folder: run.json's ``lifetime`` reports the spend).
     """
     out = {}
     for opt in train_options():
+        if opt.info.group == "site":
+            continue
         if opt.owner in (None, cfg.generator):
             value = getattr(cfg if opt.owner is None else cfg.options, opt.field)
             if opt.name in UNRECORDED:
