@@ -55,6 +55,10 @@ class OptionInfo:
     pattern: str | None = None
     pattern_help: str | None = None
     group: str | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+    #: the pipeline's message for a value its schema refuses (default: the schema checker's own)
+    error: str | None = None
 
 
 def option(default, help: str, **info) -> Any:

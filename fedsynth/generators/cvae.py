@@ -206,14 +206,15 @@ class CVAEGenerator(Generator):
         epochs: int = option(10, "cvae: passes over the data (expected).", minimum=1, label="Epochs")
         batch_size: int = option(128, "cvae: expected batch size over all sites; sample rate q = batch-size / N.",
                                  minimum=1, label="Expected batch size over all sites")
-        lr: float = option(3e-3, "cvae: Adam learning rate.", minimum=0, label="Adam learning rate")
-        clip: float = option(1.0, "cvae: per-sample gradient clip norm C.", minimum=0,
+        lr: float = option(3e-3, "cvae: Adam learning rate.", exclusive_minimum=0, label="Adam learning rate")
+        clip: float = option(1.0, "cvae: per-sample gradient clip norm C.", exclusive_minimum=0,
                              label="Per-sample gradient clip norm C")
         latent_dim: int = option(4, "cvae: latent dimension.", minimum=1, label="Latent dimension")
         hidden_dim: int = option(32, "cvae: hidden layer width.", minimum=1, label="Hidden layer width")
         stats_fraction: float = option(0.85, "cvae: share of epsilon for the released statistics (class counts, "
                                        "gene means, class anchors, library sizes); the rest goes to DP-SGD.",
-                                       minimum=0, maximum=1, label="Share of epsilon for the statistics")
+                                       exclusive_minimum=0, exclusive_maximum=1,
+                                       label="Share of epsilon for the statistics")
 
     @classmethod
     def validate(cls, config) -> None:

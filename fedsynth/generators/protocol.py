@@ -56,9 +56,10 @@ class TrainConfig:
         f"{n}: {registry.summary(n)}" for n in registry.names()) + ". Every generator spends the same --epsilon "
         "in one accountant.", choices=tuple(registry.names()), metavar="|".join(registry.names()), label="Generator",
         group="generator")
-    epsilon: float = option(1.0, "Total privacy budget epsilon for everything the run reveals.", minimum=0,
+    epsilon: float = option(1.0, "Total privacy budget epsilon for everything the run reveals.", exclusive_minimum=0,
+                            error="--epsilon must be a number greater than 0",
                             label="Privacy budget epsilon", group="privacy")
-    delta: float = option(1e-5, "Privacy parameter delta (< 1/N).", minimum=0, maximum=0.1,
+    delta: float = option(1e-5, "Privacy parameter delta (< 1/N).", exclusive_minimum=0, exclusive_maximum=1,
                           label="Privacy parameter delta", group="privacy")
     no_dp: bool = option(False, "Train WITHOUT differential privacy (baseline only: output is not private).",
                          label="Turn differential privacy off (NOT private)", group="privacy")
@@ -76,8 +77,8 @@ class TrainConfig:
                               "mixes in fresh OS randomness. Written to no output. Default: initial weights from "
                               "a seed the sites agree on.", label="Seed", group="federation")
     step_timeout: float = option(120.0, "Deadline in seconds for every blocking step after joining (key "
-                                 "agreement, each aggregation).", minimum=1, label="Deadline of each blocking step (s)", group="federation")
-    rendezvous_timeout: float = option(300.0, "Deadline in seconds for all sites to join the session.", minimum=1,
+                                 "agreement, each aggregation).", exclusive_minimum=0, label="Deadline of each blocking step (s)", group="federation")
+    rendezvous_timeout: float = option(300.0, "Deadline in seconds for all sites to join the session.", exclusive_minimum=0,
                                        label="Deadline for all sites to join (s)", group="federation")
     ledger_dir: str | None = option(
         None, "This site's lifetime privacy ledger: a folder that outlives runs (not a Nextflow work directory "

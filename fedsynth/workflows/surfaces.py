@@ -62,12 +62,15 @@ def schema_group() -> dict:
             spec["default"] = _value(opt)
         if opt.choices:
             spec["enum"] = list(opt.choices)
-        for key in ("minimum", "maximum"):
-            if getattr(opt.info, key) is not None and opt.kind in ("int", "float"):
-                spec[key] = getattr(opt.info, key)
+        for key, attr in (("minimum", "minimum"), ("maximum", "maximum"), ("exclusiveMinimum", "exclusive_minimum"),
+                          ("exclusiveMaximum", "exclusive_maximum")):
+            if getattr(opt.info, attr) is not None and opt.kind in ("int", "float"):
+                spec[key] = getattr(opt.info, attr)
         if opt.info.pattern:
             spec["pattern"] = opt.info.pattern
             spec["errorMessage"] = f"--{opt.name} must be {opt.info.pattern_help}"
+        if opt.info.error:
+            spec["errorMessage"] = opt.info.error
         default = "" if opt.name in PIPELINE_DEFAULTS or opt.kind == "flag" else (
             f" Unset: fedsynth train's default ({opt.text(opt.default)})." if opt.default is not None
             else " Unset: fedsynth train's default.")
@@ -146,10 +149,11 @@ def _galaxy_param(o: Option, indent: str) -> str:
         attrs["value"] = "" if optional else str(_value(o))
     if optional:
         attrs["optional"] = "true"
-    if kind in ("integer", "float"):
-        for key, attr in (("minimum", "min"), ("maximum", "max")):
-            if getattr(o.info, key) is not None:
-                attrs[attr] = repr(getattr(o.info, key))
+    if kind in ("integer", "float"):  # Galaxy's bounds are inclusive: an exclusive one is the nearest it can say
+        for keys, attr in ((("minimum", "exclusive_minimum"), "min"), (("maximum", "exclusive_maximum"), "max")):
+            bound = next((getattr(o.info, k) for k in keys if getattr(o.info, k) is not None), None)
+            if bound is not None:
+                attrs[attr] = repr(bound)
     attrs["label"] = o.info.label or o.name
     default_note = "" if o.default is None or kind == "select" else ""
     attrs["help"] = o.help + default_note + (" Empty: fedsynth's default." if optional else "")

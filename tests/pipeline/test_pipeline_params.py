@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from fedsynth.generators import registry
 from nfhelpers import JAVA_TRACE, REPO, write_secret
 
 pytestmark = pytest.mark.multiprocess
@@ -28,7 +29,7 @@ CASES = {
     "rendezvous_not_tcp": ({"--rendezvous": "127.0.0.1:29500"}, "--rendezvous must be tcp://HOST:PORT"),
     "epsilon_zero": ({"--epsilon": "0"}, "--epsilon must be a number greater than 0 (got 0)"),
     "epsilon_negative": ({"--epsilon": "-0.5"}, "--epsilon must be a number greater than 0 (got -0.5)"),
-    "generator_unknown": ({"--generator": "gan"}, "--generator must be one of cvae, gaussian, pgm (got 'gan')"),
+    "generator_unknown": ({"--generator": "gan"}, f"--generator must be one of {', '.join(registry.names())} (got 'gan')"),
     "pgm_split_malformed": ({"--pgm_split": "0.5,0.5"},
                             "--pgm_split must be three shares EDGES,MARGINALS,PAIRS, e.g. 0.3,0.6,0.1 (got '0.5,0.5')"),
 }
