@@ -115,3 +115,70 @@ def test_bad_delta_is_refused(delta):
 def test_bad_stats_fraction_is_refused(fraction):
     with pytest.raises(ParameterError, match="stats-fraction"):
         plan_budget(1.0, 1e-5, stat_names=STATS[:1], sample_rate=0.1, steps=10, stats_fraction=fraction)
+
+
+# ------------------------------------- cross-check against Google's dp-accounting
+def _dp_accounting_epsilon(mechanisms, delta):
+    """Epsilon of ``mechanisms`` in Google's ``dp_accounting`` RDP accountant at fedsynth's orders.
+
+    A one-shot Gaussian release is ``GaussianDpEvent(z)`` self-composed
+    ``steps`` times; a subsampled one is ``PoissonSampledDpEvent(q,
+    GaussianDpEvent(z))`` self-composed ``T`` times.
+    """
+    dp_accounting = pytest.importorskip("dp_accounting")
+    from dp_accounting.rdp import RdpAccountant
+
+    from fedsynth.privacy.accounting import ALPHAS
+
+    acc = RdpAccountant(orders=ALPHAS)
+    for m in mechanisms:
+        event = dp_accounting.GaussianDpEvent(m.noise_multiplier)
+        if m.sample_rate < 1:
+            event = dp_accounting.PoissonSampledDpEvent(m.sample_rate, event)
+        acc.compose(dp_accounting.SelfComposedDpEvent(event, m.steps))
+    return acc.get_epsilon(delta)
+
+
+def _generator_plan(name, input_kind, epsilon, delta=1e-5):
+    from fedsynth.federation.schema import Schema
+    from fedsynth.generators import registry
+
+    schema = Schema([f"g{i}" for i in range(50)], [f"c{i}" for i in range(5)], input_kind, [70, 70, 62],
+                    ["a", "b", "c"])
+    generator = registry.create(name)
+    return ReleasePlan.calibrate(generator.releases(schema), epsilon=epsilon, delta=delta,
+                                 n_total=schema.n_total, one_shot_fraction=generator.one_shot_fraction())
+
+
+def _generator_names():
+    from fedsynth.generators import registry
+
+    return registry.names()
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 4.0])
+@pytest.mark.parametrize("input_kind", ["log", "counts"])
+@pytest.mark.parametrize("name", _generator_names())
+def test_ledger_agrees_with_google_dp_accounting(name, input_kind, epsilon):
+    """Every generator's calibrated plan: fedsynth's ledger (Opacus) and dp_accounting agree within 5%."""
+    delta = 1e-5
+    plan = _generator_plan(name, input_kind, epsilon, delta)
+    ours = compose(plan.mechanisms(), delta)
+    google = _dp_accounting_epsilon(plan.mechanisms(), delta)
+    assert ours == pytest.approx(google, rel=0.05), (name, input_kind, epsilon, ours, google)
+    assert google <= epsilon * 1.05
+
+
+@pytest.mark.parametrize("name", _generator_names())
+def test_cross_check_catches_a_wrong_multiplier(name):
+    """The check has power: a ledger that recorded z 20% too large (noise it did not add) disagrees."""
+    delta = 1e-5
+    plan = _generator_plan(name, "counts", 1.0, delta)
+    mechanisms = plan.mechanisms()
+    wrong = [Mechanism(m.name, m.noise_multiplier * 1.2, m.sample_rate, m.steps) for m in mechanisms]
+    google = _dp_accounting_epsilon(mechanisms, delta)
+    assert compose(wrong, delta) != pytest.approx(google, rel=0.05)
+    # and one release left out of the ledger is caught too (when there is more than one)
+    if len(mechanisms) > 1:
+        assert compose(mechanisms[1:], delta) != pytest.approx(google, rel=0.05) or \
+            compose(mechanisms[:1], delta) != pytest.approx(google, rel=0.05)
