@@ -182,3 +182,66 @@ def test_cross_check_catches_a_wrong_multiplier(name):
     if len(mechanisms) > 1:
         assert compose(mechanisms[1:], delta) != pytest.approx(google, rel=0.05) or \
             compose(mechanisms[:1], delta) != pytest.approx(google, rel=0.05)
+
+
+# ------------------------------------------- epsilon against a participating site
+def test_epsilon_against_a_co_site_exceeds_the_target_only_without_colluder_protection():
+    """k = 3: with t = 0 one site that subtracts its own noise sees more than the target; t = 1 keeps it."""
+    from fedsynth.privacy.accounting import coalition_noise_scale, epsilon_against_coalition
+
+    delta = 1e-5
+    plan = _generator_plan("gaussian", "log", 1.0, delta)
+    mechanisms = plan.mechanisms()
+    spent = compose(mechanisms, delta)
+    assert coalition_noise_scale(3, 0, 1) == pytest.approx(math.sqrt(2 / 3))
+    at_t0 = epsilon_against_coalition(mechanisms, delta, k=3, t=0, c=1)
+    at_t1 = epsilon_against_coalition(mechanisms, delta, k=3, t=1, c=1)
+    assert at_t0 > 1.0 and at_t0 == pytest.approx(1.25, abs=0.01)  # issue 11's figure
+    assert at_t1 <= 1.0 and at_t1 == pytest.approx(spent)
+    # outsiders (c = 0) face at least the planned noise; a coalition beyond t faces less
+    assert epsilon_against_coalition(mechanisms, delta, k=3, t=1, c=0) < spent
+    assert epsilon_against_coalition(mechanisms, delta, k=3, t=1, c=2) > 1.0
+    for k, expected in ((2, 1.46), (5, 1.13)):
+        assert epsilon_against_coalition(mechanisms, delta, k=k, t=0) == pytest.approx(expected, abs=0.01)
+        assert epsilon_against_coalition(mechanisms, delta, k=k, t=1) <= 1.0
+    with pytest.raises(ParameterError):
+        epsilon_against_coalition(mechanisms, delta, k=3, t=3)
+
+
+def test_colluder_default_protects_against_one_co_site():
+    from fedsynth.generators.protocol import TrainConfig, resolve_colluders
+
+    assert TrainConfig().max_colluders is None
+    assert [resolve_colluders(None, k) for k in (1, 2, 3, 8)] == [0, 1, 1, 1]
+    assert resolve_colluders(0, 3) == 0 and resolve_colluders(2, 5) == 2
+
+
+def test_record_shows_epsilon_against_a_site():
+    """Releaser.record: epsilon_vs_site from the ledger as made, with k and t from the secure sum."""
+    from fedsynth.privacy.release import Releaser
+
+    class FakeSum:
+        def __init__(self, k, t):
+            self.world_size, self.max_colluders = k, t
+
+        def sum(self, x, *, noise_std, step):
+            return x
+
+        def released_noise_std(self, sd):
+            return sd
+
+    import numpy as np
+
+    specs = [ReleaseSpec("a", 1.0, 1.0), ReleaseSpec("b", 1.0, 2.0)]
+    plan = ReleasePlan.calibrate(specs, epsilon=1.0, delta=1e-5)
+    for (k, t), above in (((3, 0), True), ((3, 1), False), ((1, 0), None)):
+        rel = Releaser(FakeSum(k, t), plan, "t")
+        rel("a", np.zeros(2))
+        rel("b", np.zeros(2))
+        rec = rel.record()
+        if above is None:
+            assert rec["epsilon_vs_site"] is None and rec["epsilon_vs_coalition"] is None
+            continue
+        assert (rec["epsilon_vs_site"] > 1.0) is above
+        assert rec["epsilon_vs_coalition"]["1"] == rec["epsilon_vs_site"]
+        assert sorted(rec["epsilon_vs_coalition"]) == [str(c) for c in range(1, k)]

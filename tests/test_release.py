@@ -116,6 +116,9 @@ def test_ledger_records_every_release_as_made(parties):
     assert rec["noise_std"] == {"a": z["a"] * 2.0, "b": z["b"] * 1.0, "sgd": z["sgd"] * 1.5}
     assert rec["sigma"] == z["sgd"] and rec["clip_norm"] == 1.5 and rec["steps"] == 5
     assert 0.98 * EPSILON < rec["epsilon_spent"] <= EPSILON and rec["private"] is True
+    # k = 2, t = 1: the co-site sees the other site's noise, sigma^2 (k-1)/(k-t) = sigma^2: same epsilon
+    assert rec["epsilon_vs_site"] == pytest.approx(rec["epsilon_spent"]) and rec["epsilon_vs_coalition"] == {
+        "1": rec["epsilon_vs_site"]}
 
 
 def test_undeclared_or_extra_releases_are_refused(parties):
