@@ -28,23 +28,15 @@ def _under(rank: int, bound: float) -> np.ndarray:
 
 # --------------------------------------------------------------- the party
 def party_main(argv: list[str]) -> None:
-    import argparse
-
     import torch
+    from testkit import party_args, party_session
 
     from fedsynth.federation.secure_sum import SecureSum, max_abs_per_site
-    from fedsynth.federation.session import Session, read_secret
 
-    ap = argparse.ArgumentParser()
-    for name in ("--rank", "--world-size", "--port"):
-        ap.add_argument(name, type=int, required=True)
-    ap.add_argument("--secret", required=True)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    a = party_args(argv)
     bound = max_abs_per_site(a.world_size)
     res: dict[str, np.ndarray] = {"bound": np.array(bound)}
-    with Session(a.rank, a.world_size, f"tcp://127.0.0.1:{a.port}", read_secret(a.secret),
-                 rendezvous_timeout=120, step_timeout=120) as session:
+    with party_session(a, timeout=120) as session:
         agg = SecureSum(session)
         res["under"] = agg.sum(torch.tensor(_under(a.rank, bound)), step="just under the bound").numpy()
         errors = []
