@@ -115,3 +115,133 @@ def test_bad_delta_is_refused(delta):
 def test_bad_stats_fraction_is_refused(fraction):
     with pytest.raises(ParameterError, match="stats-fraction"):
         plan_budget(1.0, 1e-5, stat_names=STATS[:1], sample_rate=0.1, steps=10, stats_fraction=fraction)
+
+
+# ------------------------------------- cross-check against Google's dp-accounting
+def _dp_accounting_epsilon(mechanisms, delta):
+    """Epsilon of ``mechanisms`` in Google's ``dp_accounting`` RDP accountant at fedsynth's orders.
+
+    A one-shot Gaussian release is ``GaussianDpEvent(z)`` self-composed
+    ``steps`` times; a subsampled one is ``PoissonSampledDpEvent(q,
+    GaussianDpEvent(z))`` self-composed ``T`` times.
+    """
+    dp_accounting = pytest.importorskip("dp_accounting")
+    from dp_accounting.rdp import RdpAccountant
+
+    from fedsynth.privacy.accounting import ALPHAS
+
+    acc = RdpAccountant(orders=ALPHAS)
+    for m in mechanisms:
+        event = dp_accounting.GaussianDpEvent(m.noise_multiplier)
+        if m.sample_rate < 1:
+            event = dp_accounting.PoissonSampledDpEvent(m.sample_rate, event)
+        acc.compose(dp_accounting.SelfComposedDpEvent(event, m.steps))
+    return acc.get_epsilon(delta)
+
+
+def _generator_plan(name, input_kind, epsilon, delta=1e-5):
+    from fedsynth.federation.schema import Schema
+    from fedsynth.generators import registry
+
+    schema = Schema([f"g{i}" for i in range(50)], [f"c{i}" for i in range(5)], input_kind, [70, 70, 62],
+                    ["a", "b", "c"])
+    generator = registry.create(name)
+    return ReleasePlan.calibrate(generator.releases(schema), epsilon=epsilon, delta=delta,
+                                 n_total=schema.n_total, one_shot_fraction=generator.one_shot_fraction())
+
+
+def _generator_names():
+    from fedsynth.generators import registry
+
+    return registry.names()
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 4.0])
+@pytest.mark.parametrize("input_kind", ["log", "counts"])
+@pytest.mark.parametrize("name", _generator_names())
+def test_ledger_agrees_with_google_dp_accounting(name, input_kind, epsilon):
+    """Every generator's calibrated plan: fedsynth's ledger (Opacus) and dp_accounting agree within 5%."""
+    delta = 1e-5
+    plan = _generator_plan(name, input_kind, epsilon, delta)
+    ours = compose(plan.mechanisms(), delta)
+    google = _dp_accounting_epsilon(plan.mechanisms(), delta)
+    assert ours == pytest.approx(google, rel=0.05), (name, input_kind, epsilon, ours, google)
+    assert google <= epsilon * 1.05
+
+
+@pytest.mark.parametrize("name", _generator_names())
+def test_cross_check_catches_a_wrong_multiplier(name):
+    """The check has power: a ledger that recorded z 20% too large (noise it did not add) disagrees."""
+    delta = 1e-5
+    plan = _generator_plan(name, "counts", 1.0, delta)
+    mechanisms = plan.mechanisms()
+    wrong = [Mechanism(m.name, m.noise_multiplier * 1.2, m.sample_rate, m.steps) for m in mechanisms]
+    google = _dp_accounting_epsilon(mechanisms, delta)
+    assert compose(wrong, delta) != pytest.approx(google, rel=0.05)
+    # and one release left out of the ledger is caught too (when there is more than one)
+    if len(mechanisms) > 1:
+        assert compose(mechanisms[1:], delta) != pytest.approx(google, rel=0.05) or \
+            compose(mechanisms[:1], delta) != pytest.approx(google, rel=0.05)
+
+
+# ------------------------------------------- epsilon against a participating site
+def test_epsilon_against_a_co_site_exceeds_the_target_only_without_colluder_protection():
+    """k = 3: with t = 0 one site that subtracts its own noise sees more than the target; t = 1 keeps it."""
+    from fedsynth.privacy.accounting import coalition_noise_scale, epsilon_against_coalition
+
+    delta = 1e-5
+    plan = _generator_plan("gaussian", "log", 1.0, delta)
+    mechanisms = plan.mechanisms()
+    spent = compose(mechanisms, delta)
+    assert coalition_noise_scale(3, 0, 1) == pytest.approx(math.sqrt(2 / 3))
+    at_t0 = epsilon_against_coalition(mechanisms, delta, k=3, t=0, c=1)
+    at_t1 = epsilon_against_coalition(mechanisms, delta, k=3, t=1, c=1)
+    assert at_t0 > 1.0 and at_t0 == pytest.approx(1.25, abs=0.01)  # issue 11's figure
+    assert at_t1 <= 1.0 and at_t1 == pytest.approx(spent)
+    # outsiders (c = 0) face at least the planned noise; a coalition beyond t faces less
+    assert epsilon_against_coalition(mechanisms, delta, k=3, t=1, c=0) < spent
+    assert epsilon_against_coalition(mechanisms, delta, k=3, t=1, c=2) > 1.0
+    for k, expected in ((2, 1.46), (5, 1.13)):
+        assert epsilon_against_coalition(mechanisms, delta, k=k, t=0) == pytest.approx(expected, abs=0.01)
+        assert epsilon_against_coalition(mechanisms, delta, k=k, t=1) <= 1.0
+    with pytest.raises(ParameterError):
+        epsilon_against_coalition(mechanisms, delta, k=3, t=3)
+
+
+def test_colluder_default_protects_against_one_co_site():
+    from fedsynth.generators.protocol import TrainConfig, resolve_colluders
+
+    assert TrainConfig().max_colluders is None
+    assert [resolve_colluders(None, k) for k in (1, 2, 3, 8)] == [0, 1, 1, 1]
+    assert resolve_colluders(0, 3) == 0 and resolve_colluders(2, 5) == 2
+
+
+def test_record_shows_epsilon_against_a_site():
+    """Releaser.record: epsilon_vs_site from the ledger as made, with k and t from the secure sum."""
+    from fedsynth.privacy.release import Releaser
+
+    class FakeSum:
+        def __init__(self, k, t):
+            self.world_size, self.max_colluders = k, t
+
+        def sum(self, x, *, noise_std, step):
+            return x
+
+        def released_noise_std(self, sd):
+            return sd
+
+    import numpy as np
+
+    specs = [ReleaseSpec("a", 1.0, 1.0), ReleaseSpec("b", 1.0, 2.0)]
+    plan = ReleasePlan.calibrate(specs, epsilon=1.0, delta=1e-5)
+    for (k, t), above in (((3, 0), True), ((3, 1), False), ((1, 0), None)):
+        rel = Releaser(FakeSum(k, t), plan, "t")
+        rel("a", np.zeros(2))
+        rel("b", np.zeros(2))
+        rec = rel.record()
+        if above is None:
+            assert rec["epsilon_vs_site"] is None and rec["epsilon_vs_coalition"] is None
+            continue
+        assert (rec["epsilon_vs_site"] > 1.0) is above
+        assert rec["epsilon_vs_coalition"]["1"] == rec["epsilon_vs_site"]
+        assert sorted(rec["epsilon_vs_coalition"]) == [str(c) for c in range(1, k)]

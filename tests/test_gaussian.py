@@ -170,7 +170,10 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     dp = blob["dp"]
     assert blob["generator"] == "gaussian"
     assert dp["private"] is True and dp["epsilon"] == 1.0 and dp["delta"] == 1e-5
-    assert dp["k"] == 3 and dp["max_colluders"] == 0
+    # the colluder default protects against one curious co-site: t = 1 at k = 3, and the record says so
+    assert dp["k"] == 3 and dp["max_colluders"] == 1 and run["max_colluders"] == 1
+    assert dp["epsilon_vs_site"] == pytest.approx(dp["epsilon_spent"]) and run["epsilon_vs_site"] == dp["epsilon_vs_site"]
+    assert dp["epsilon_vs_coalition"]["2"] > dp["epsilon"]
     assert [s["n"] for s in dp["sites"]] == [s["n"] for s in run["sites"]]
     assert {m["name"]: m["noise_multiplier"] for m in dp["mechanisms"]} == dp["noise_multipliers"]
     # the accountant, re-run on the recorded mechanisms, agrees with the record

@@ -343,7 +343,7 @@ def test_chains_cover_every_gene_once_in_equal_blocks():
 
 @pytest.mark.multiprocess
 def test_simulate_pgm_in_blocks_releases_and_accounts_the_chain_pairs(tmp_path):
-    """G > --pgm-block: 3 processes release only the G - m chain pairs, with noise z_3 sqrt(G - m)."""
+    """G > --pgm-block: 3 processes release only the G - m chain pairs, with noise z_3 sqrt(G - m) sqrt(k/(k-t))."""
     block = 20
     cmd = [PY, "-m", "fedsynth", "simulate", "--data", str(BUNDLED), "--label-column", "pam50",
            "--meta-columns", "age", "--site-column", "site", "--sites", "3", "--generator", "pgm",
@@ -360,6 +360,11 @@ def test_simulate_pgm_in_blocks_releases_and_accounts_the_chain_pairs(tmp_path):
     tree = blob["state_dict"]["tree"].numpy()
     assert tree.shape == (G - m, 2) and blob["state_dict"]["released_pairs"].shape[0] == G - m
     z = pgm.plan(pgm.PGMConfig(block=block), 1.0, run["delta"], "log")
-    assert blob["dp"]["noise_std"]["gene pair marginals"] == pytest.approx(z["gene pair marginals"] * math.sqrt(G - m))
+    # pgm records the noise its fit saw: all k sites' draws, sqrt(k / (k - t)) times the guaranteed z * Delta
+    # (t = 1 by default at k = 3)
+    k, t = blob["dp"]["k"], blob["dp"]["max_colluders"]
+    assert (k, t) == (3, 1)
+    assert blob["dp"]["noise_std"]["gene pair marginals"] == pytest.approx(
+        z["gene pair marginals"] * math.sqrt(G - m) * math.sqrt(k / (k - t)))
     # every gene in exactly one chain: each is a child at most once, m chain roots
     assert len(set(tree[:, 1].tolist())) == G - m

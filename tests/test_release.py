@@ -28,24 +28,16 @@ def specs():
 
 
 def party_main(argv: list[str]) -> None:
-    import argparse
-
     import torch
+    from testkit import party_args, party_session
 
     from fedsynth.federation.secure_sum import SecureSum
-    from fedsynth.federation.session import Session, read_secret
     from fedsynth.privacy.release import ReleasePlan, Releaser
 
-    ap = argparse.ArgumentParser()
-    for name in ("--rank", "--world-size", "--port"):
-        ap.add_argument(name, type=int, required=True)
-    ap.add_argument("--secret", required=True)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    a = party_args(argv)
     res = {}
     plan = ReleasePlan.calibrate(specs(), epsilon=EPSILON, delta=DELTA, n_total=1000, one_shot_fraction=FRACTION)
-    with Session(a.rank, a.world_size, f"tcp://127.0.0.1:{a.port}", read_secret(a.secret),
-                 rendezvous_timeout=90, step_timeout=90) as session:
+    with party_session(a) as session:
         release = Releaser(SecureSum(session, max_colluders=1), plan, "test")
         m = release("a", np.zeros(NOISE_N))
         res["a"], res["a_sd"] = m.value, np.array(m.noise_sd)
@@ -116,6 +108,9 @@ def test_ledger_records_every_release_as_made(parties):
     assert rec["noise_std"] == {"a": z["a"] * 2.0, "b": z["b"] * 1.0, "sgd": z["sgd"] * 1.5}
     assert rec["sigma"] == z["sgd"] and rec["clip_norm"] == 1.5 and rec["steps"] == 5
     assert 0.98 * EPSILON < rec["epsilon_spent"] <= EPSILON and rec["private"] is True
+    # k = 2, t = 1: the co-site sees the other site's noise, sigma^2 (k-1)/(k-t) = sigma^2: same epsilon
+    assert rec["epsilon_vs_site"] == pytest.approx(rec["epsilon_spent"]) and rec["epsilon_vs_coalition"] == {
+        "1": rec["epsilon_vs_site"]}
 
 
 def test_undeclared_or_extra_releases_are_refused(parties):

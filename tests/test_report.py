@@ -52,7 +52,7 @@ def _write_model(path, private=True):
     from fedsynth.generators.modelfile import save_model
 
     dp = {"private": private, "epsilon": 1.0 if private else None, "epsilon_spent": 0.99, "delta": 1e-5,
-          "max_colluders": 1, "k": 3, "sigma": 1.2, "sites": [{"name": "BH", "n": 87}, {"name": "A8", "n": 64}],
+          "epsilon_vs_site": 0.99 if private else None, "max_colluders": 1, "k": 3, "sigma": 1.2, "sites": [{"name": "BH", "n": 87}, {"name": "A8", "n": 64}],
           "stat_sigma": None, "noise_multipliers": {"counts": 5.0, "means": 7.25} if private else None}
     generator = CVAEGenerator()
     generator.model = CVAE(CVAEConfig(n_genes=len(GENES), n_classes=3))
@@ -174,7 +174,13 @@ def test_metrics_json_matches_and_is_strict_json(report):
     assert dp["max_colluders"] == 1 and dp["generator"] == "cvae"
     assert "stat_sigma" not in dp, "fields the model leaves empty are not reported"
     assert dp["noise_multipliers"] == {"counts": 5.0, "means": 7.25}
-    assert "counts 5, means 7.25" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "counts 5, means 7.25" in html
+    # both guarantees: against outsiders (and up to t colluders) and against a participating site
+    assert dp["epsilon_vs_site"] == 0.99
+    assert "epsilon against outsiders and up to 1 colluding site(s): 0.99" in html
+    assert "epsilon against a participating site (it knows its own noise draw): 0.99" in html
+    assert "epsilon against a participating site 0.99" in on_disk["verdict"]["privacy"]["headline"]
     assert on_disk["n"] == {"synthetic": 150, "train": 150, "holdout": 60, "genes": 12}
     assert "report" in on_disk["seconds"]
 

@@ -253,6 +253,26 @@ def site_csvs(site_data):
 
 
 # ------------------------------------------------------- secure-sum parties
+def party_args(argv: list[str]):
+    """A party script's arguments, as :func:`run_secure_sum_parties` passes them."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    for name in ("--rank", "--world-size", "--port"):
+        ap.add_argument(name, type=int, required=True)
+    ap.add_argument("--secret", required=True)
+    ap.add_argument("--out", required=True)
+    return ap.parse_args(argv)
+
+
+def party_session(a, timeout: float = 90):
+    """The :class:`~fedsynth.federation.session.Session` of a party script's arguments (``party_args``)."""
+    from fedsynth.federation.session import Session, read_secret
+
+    return Session(a.rank, a.world_size, f"tcp://127.0.0.1:{a.port}", read_secret(a.secret),
+                   rendezvous_timeout=timeout, step_timeout=timeout)
+
+
 def run_secure_sum_parties(workdir: Path, k: int, timeout: float = 180.0, script: str = "test_secure_sum.py") -> list[dict]:
     """Run ``tests/<script>`` (default ``test_secure_sum.py``) as ``k`` real party processes; return their records."""
     import numpy as np

@@ -434,6 +434,15 @@ def _privacy(m, a):
                 return ", ".join(f"{k_} {cell(x)}" for k_, x in v.items())
             return v
 
+        if dp.get("private", True) and dp.get("epsilon_spent") is not None:
+            t = dp.get("max_colluders") or 0
+            vs = dp.get("epsilon_vs_site")
+            out += (f"<p>epsilon against outsiders and up to {t} colluding site(s): {dp['epsilon_spent']:.3g}<br>"
+                    "epsilon against a participating site (it knows its own noise draw): "
+                    + (f"{vs:.3g}" if vs is not None else "n/a (one site)")
+                    + ("" if vs is None or vs <= dp["epsilon_spent"] * (1 + 1e-6) else
+                       " <span class='warn'>above the target: rerun with --max-colluders 1 or more</span>")
+                    + "</p>")
         rows = [[k, cell(v)] for k, v in dp.items() if k != "sites"]
         if dp.get("sites"):
             rows.append(["sites", ", ".join(f"{s.get('name', '?')} (n={s.get('n', '?')})" for s in dp["sites"])])

@@ -12,7 +12,7 @@ from ._inputs import _json_safe
 
 __all__ = ["dp_summary", "verdict"]
 
-_DP_KEYS = ("generator", "private", "epsilon", "epsilon_spent", "delta", "max_colluders", "k", "sigma",
+_DP_KEYS = ("generator", "private", "epsilon", "epsilon_spent", "epsilon_vs_site", "delta", "max_colluders", "k", "sigma",
             "stat_sigma", "noise_multipliers", "budget_split", "sample_rate", "clip_norm", "steps", "epochs",
             "accountant", "sites")
 
@@ -113,6 +113,8 @@ def verdict(metrics, *, model="logreg"):
         t = dp.get("max_colluders") or 0
         formal = (f"(epsilon {_g(dp.get('epsilon'))}, delta {_g(dp.get('delta'))})-DP, "
                   + (f"assuming at most {t} colluding site(s)" if t else "assuming no colluding sites"))
+        if dp.get("epsilon_vs_site") is not None:
+            formal += f" (epsilon against a participating site {dp['epsilon_vs_site']:.3g})"
     eps = dp.get("epsilon") if dp else None
     if leak or (dp is not None and not dp.get("private", True)):
         level = "poor"

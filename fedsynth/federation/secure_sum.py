@@ -32,10 +32,24 @@ import numpy as np
 import torch
 
 from . import crypten_compat as _crypten_compat
-from ..errors import ParameterError
+from ..errors import InputError, ParameterError
 
-# Largest |value| a 32-fractional-bit int64 can hold with headroom for k sites.
-_MAX_ABS = 2.0**29
+#: The revealed sum is decoded from an int64 with 32 fractional bits: it must stay below 2^63 / 2^32.
+SUM_LIMIT = 2.0**31
+
+
+def max_abs_per_site(k: int) -> float:
+    """Largest ``|value|`` one of ``k`` sites may share (its own noise included): ``2^30 / k``.
+
+    Each site's fixed-point share is ``round(v * 2^32)`` in int64, and the
+    shares are added modulo ``2^64``; the total decodes correctly only while
+    ``|sum| < 2^31``. With every site below ``2^31 / k`` the sum of ``k``
+    values cannot wrap; the bound takes half of that (a factor 2 of
+    headroom), so ``k`` values that each just pass still sum to below
+    ``2^30``. Without a bound that follows ``k`` (a fixed ``2^29`` before)
+    five or more sites near the limit could wrap the sum silently.
+    """
+    return SUM_LIMIT / 2.0 / max(int(k), 1)
 
 
 def csprng_normal(n: int, std: float) -> torch.Tensor:
@@ -99,8 +113,11 @@ class SecureSum:
         if noise_std > 0:
             local += csprng_normal(local.numel(), self.local_noise_std(noise_std))
         peak = float(local.abs().max()) if local.numel() else 0.0
-        if not peak < _MAX_ABS:
-            raise ValueError(f"{step}: value {peak:g} too large for fixed-point sharing")
+        bound = max_abs_per_site(self.world_size)
+        if not peak < bound:  # also NaN; the value itself is not named (error text may cross sites)
+            raise InputError(f"{step}: a value of this site (noise included) is not below the fixed-point bound "
+                             f"{bound:.6g} = 2^30/k for k={self.world_size} sites (the sum must stay below 2^31); "
+                             "scale or normalise the input")
         encoder = FixedPointEncoder(precision_bits=_crypten_compat.PRECISION_BITS)
         with self.session.step(step):
             share = self.session.przs_mask(local.numel(), self.session.next_mask_counter()) + encoder.encode(local)

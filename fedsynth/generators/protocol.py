@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import ParameterError
 from ..federation.schema import Schema, join_schema
@@ -63,8 +63,13 @@ class TrainConfig:
                           label="Privacy parameter delta", group="privacy")
     no_dp: bool = option(False, "Train WITHOUT differential privacy (baseline only: output is not private).",
                          label="Turn differential privacy off (NOT private)", group="privacy")
-    max_colluders: int = option(0, "t: sites that may pool their views; each site adds noise variance "
-                                "sigma^2 C^2/(k-t).", minimum=0, label="Sites that may collude (t)", group="privacy")
+    max_colluders: int | None = option(
+        None, "t: sites that may pool their views; each site adds noise variance sigma^2 C^2/(k-t), so the "
+        "k-t others' noise alone carries the budget. Default: 1 with two or more sites (0 with one), so that "
+        "epsilon also holds against one curious participating site; with t=0 a site that subtracts its own "
+        "noise sees epsilon 1.46/1.25/1.13 at k=2/3/5 for a target of 1. The price: the released noise is "
+        "k/(k-t) times the planned variance (1.5x at k=3), so utility falls a little.",
+        minimum=0, label="Sites that may collude (t)", group="privacy")
     genes: str = option("strict", "strict: all sites must have the same genes. intersect: use the genes all "
                         "sites share.", choices=("strict", "intersect"), label="Genes", group="federation")
     classes: tuple[str, ...] | None = option(
@@ -110,7 +115,7 @@ class TrainConfig:
         registry.check_name(self.generator)
         if not self.no_dp:
             validate_budget(self.epsilon, self.delta)
-        if self.max_colluders < 0:
+        if self.max_colluders is not None and self.max_colluders < 0:
             raise ParameterError(f"--max-colluders must be >= 0 (got {self.max_colluders})")
         if self.genes not in ("strict", "intersect"):
             raise ParameterError(f"--genes must be strict or intersect (got {self.genes})")
@@ -127,6 +132,36 @@ class TrainConfig:
         drop = {name for name, info, _ in option_fields(type(self)) if info.group == "site"} | {"options", "seed"}
         out = {k: v for k, v in asdict(self).items() if k not in drop}
         return {**out, "seed_given": self.seed is not None, "options": asdict(self.options)}
+
+
+def resolve_colluders(max_colluders: int | None, k: int) -> int:
+    """``--max-colluders`` for a run of ``k`` sites: the user's ``t``, or by default ``min(1, k - 1)``.
+
+    Why 1 by default. Each site adds ``N(0, sigma^2 / (k - t))``. Against
+    outsiders (and any ``t`` colluders) the ``k - t`` other draws carry
+    ``sigma^2``, as planned. A participating site knows its own draw, so
+    what it sees of the others carries ``sigma^2 (k - 1) / (k - t)``
+    (:func:`~fedsynth.privacy.accounting.coalition_noise_scale`): less than
+    planned when ``t = 0``. Against one curious co-site, for every
+    generator at a target epsilon of 1 (delta 1e-5; the ledger's releases
+    composed with each multiplier scaled by ``sqrt((k - 1) / (k - t))``):
+
+    ====  ===========  ===========
+    k     t = 0        t = 1
+    ====  ===========  ===========
+    2     1.46         1.00
+    3     1.25         1.00
+    5     1.13         1.00
+    ====  ===========  ===========
+
+    So ``t = 1`` keeps the stated epsilon against a participating site; the
+    cost is noise variance ``k / (k - 1)`` times the planned one in the
+    released sums (2x at k = 2, 1.5x at k = 3, 1.25x at k = 5). With one
+    site there is no co-site and ``t`` must be 0.
+    """
+    if max_colluders is None:
+        return min(1, k - 1)
+    return int(max_colluders)
 
 
 @dataclass
@@ -154,8 +189,8 @@ def plan_releases(generator: Generator, schema: Schema, cfg: TrainConfig) -> Rel
 
 
 def federation_record(cfg: TrainConfig, schema: Schema, k: int) -> dict:
-    """The part of the ``dp`` record that names the federation."""
-    return {"k": k, "max_colluders": cfg.max_colluders,
+    """The part of the ``dp`` record that names the federation (``max_colluders`` as resolved)."""
+    return {"k": k, "max_colluders": resolve_colluders(cfg.max_colluders, k),
             "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))]}
 
 
@@ -167,6 +202,7 @@ def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> 
     then journals every release before it is made.
     """
     cfg.validate()
+    cfg = replace(cfg, max_colluders=resolve_colluders(cfg.max_colluders, session.world_size))
     t0 = time.monotonic()
     schema, cohort = join_schema(session, cohort, genes_mode=cfg.genes, classes=cfg.classes,
                                  max_colluders=cfg.max_colluders)

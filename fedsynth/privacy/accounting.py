@@ -184,3 +184,42 @@ def plan_release_split(epsilon: float, delta: float, weights: dict[str, float],
     if spent > epsilon * (1 + 1e-9):
         raise BudgetError(f"calibrated plan spends epsilon {spent:.4f} > target {epsilon:g}")
     return z
+
+
+def coalition_noise_scale(k: int, t: int, c: int) -> float:
+    """Factor on every noise multiplier as seen by a coalition of ``c`` of the ``k`` sites.
+
+    Each site adds ``N(0, sigma^2 / (k - t))`` to its share (``t`` =
+    ``--max-colluders``), so the released sum carries ``k sigma^2 / (k - t)``.
+    A coalition of ``c`` participating sites knows its own ``c`` draws and
+    subtracts them; what it sees of everyone else carries the other
+    ``k - c`` draws:
+
+    .. math::
+
+        \\mathrm{Var}_c = \\frac{(k - c)\\,\\sigma^2}{k - t}, \\qquad
+        z_c = z \\sqrt{\\frac{k - c}{k - t}}.
+
+    ``c = 0`` (an outsider) sees ``k / (k - t) >= 1`` times the planned
+    variance; ``c <= t`` sees at least ``sigma^2`` (the guarantee holds with
+    the planned ``z``); ``c = t + 1`` sees ``(k - t - 1) / (k - t)`` of it,
+    less than planned. In particular with ``t = 0`` one curious co-site sees
+    ``z sqrt((k - 1) / k)``. This assumes the masks hide each site's share
+    from the coalition (issue 11 item 1); ``c = k`` sees no noise.
+    """
+    if not 0 <= t < k or not 0 <= c < k:
+        raise ParameterError(f"coalition of {c} of {k} sites with --max-colluders {t}: need 0 <= t, c < k")
+    return math.sqrt((k - c) / (k - t))
+
+
+def epsilon_against_coalition(mechanisms: list[Mechanism], delta: float, *, k: int, t: int, c: int = 1) -> float:
+    """Epsilon at ``delta`` of the same releases against a coalition of ``c`` participating sites.
+
+    The ledger's ``mechanisms`` (planned multipliers ``z``, what an outsider
+    and any ``t`` colluders face) composed in the same accountant with every
+    ``z`` scaled by :func:`coalition_noise_scale`. Equal to or below the
+    ledger's epsilon for ``c <= t``, above it for ``c > t``.
+    """
+    scale = coalition_noise_scale(k, t, c)
+    return compose([Mechanism(m.name, m.noise_multiplier * scale, m.sample_rate, m.steps) for m in mechanisms],
+                   delta)

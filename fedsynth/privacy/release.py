@@ -42,6 +42,7 @@ from .accounting import (
     PrivacyLedger,
     _smallest_multiplier,
     compose,
+    epsilon_against_coalition,
     plan_release_split,
     validate_budget,
 )
@@ -253,16 +254,35 @@ class Releaser:
         ``sample_rate``, ``clip_norm`` and ``steps`` describe the release that
         took the remaining budget (DP-SGD), ``stat_sigma`` the largest
         one-shot multiplier.
+
+        ``epsilon_spent`` is the guarantee against outsiders and against any
+        coalition of up to ``t`` (``--max-colluders``) sites: the ``k - t``
+        other sites' noise alone has variance ``(z Delta)^2``.
+        ``epsilon_vs_site`` is the epsilon of the same releases against one
+        participating site, which knows its own noise draw: it sees the
+        others' noise at variance ``(k - 1) / (k - t)`` of the planned one
+        (:func:`~fedsynth.privacy.accounting.coalition_noise_scale`), so it
+        equals ``epsilon_spent`` at ``t = 1``, is below it at ``t >= 2`` and
+        above it at ``t = 0`` (1.46 / 1.25 / 1.13 at k = 2 / 3 / 5 for a
+        target of 1). ``epsilon_vs_coalition`` maps each coalition size
+        ``c = 1 .. k-1`` to its epsilon (above the target from ``c = t + 1``
+        on). Both are ``None`` without DP or with one site.
         """
         private = self.plan.private
         rest = [s for s in self.plan.specs.values() if s.share is None]
         shots = {n: z for n, z in self.plan.multipliers.items() if self.plan.specs[n].share is not None}
         fill = rest[0] if rest else None
         mechanisms = [asdict(m) for m in self.ledger.mechanisms]
+        k = int(getattr(self.secure_sum, "world_size", 1))
+        t = int(getattr(self.secure_sum, "max_colluders", 0))
+        vs = ({c: epsilon_against_coalition(self.ledger.mechanisms, self.plan.delta, k=k, t=t, c=c)
+               for c in range(1, k)} if private and k > 1 else {})
         return {
             "private": private,
             "epsilon": self.plan.epsilon if private else None,
             "epsilon_spent": self.spent() if private else None,
+            "epsilon_vs_site": vs.get(1),
+            "epsilon_vs_coalition": {str(c): e for c, e in vs.items()} or None,
             "delta": self.plan.delta,
             "sigma": self.plan.multipliers[fill.name] if fill else None,
             "stat_sigma": (max(shots.values()) if shots else None) if private else None,

@@ -24,6 +24,8 @@ def run_record(command: str, cfg: TrainConfig, meta: dict, *, sites: list[dict],
                          for m in dp.get("mechanisms", [])],
         "epsilon": dp["epsilon"],
         "epsilon_spent": dp["epsilon_spent"],
+        # against one participating site (it knows its own noise); None without DP or with one site
+        "epsilon_vs_site": dp.get("epsilon_vs_site"),
         "delta": dp["delta"],
         "private": dp["private"],
         "max_colluders": dp["max_colluders"],
