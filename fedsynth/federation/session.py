@@ -11,15 +11,17 @@ One :class:`Session` per site process. Opening it runs, in order:
    knowledge of the pre-shared secret ``s`` by publishing
    ``HMAC-SHA256(s, "auth" || T || rank)``. A rank whose proof does not verify
    is refused by every other rank, which says so and exits non-zero. Pairwise
-   keys are ``K_ij = HKDF(X25519(sk_i, pk_j), salt=SHA-256(s), info=T, i, j)``:
+   keys are ``K_ij = HKDF(X25519(sk_i, pk_j), salt=SHA-256(s), info=T, i, j)``
+   (``i < j``, each a 4-byte big-endian integer):
    an eavesdropper who records everything (but holds neither the secret nor
    a private key) cannot compute them, and a man in the middle who swaps
    public keys cannot produce valid proofs.
 3. **Process group**: gloo over the same store, with ``step_timeout`` as the
    deadline of every collective; CrypTen adopts it, its generators are
    seeded from the pairwise keys (never sent, unlike CrypTen's default), and
-   the masks of every secure sum come from :meth:`Session.przs_mask`, a
-   ChaCha20 stream keyed by the 256-bit pairwise keys.
+   the masks of every secure sum come from :meth:`Session.przs_mask`,
+   ChaCha20 streams keyed by all k-1 of the site's 256-bit pairwise keys
+   (so no coalition of up to k-2 other sites can unmask its share).
 
 Every blocking step runs inside :meth:`Session.step`, which records progress
 in the store and, when something fails or times out, names the step and the
@@ -57,7 +59,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import crypten_compat as _crypten_compat
 from ..errors import InputError, ParameterError, SessionError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: masks from all pairwise keys, 4-byte ranks in the pair-key info
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 DEFAULT_STEP_TIMEOUT = 120.0
 _HEARTBEAT_SECONDS = 1.0
@@ -256,7 +258,7 @@ class Session:
                 continue
             shared = sk.exchange(X25519PublicKey.from_public_bytes(bytes.fromhex(h["pub"])))
             lo, hi = min(r, self.rank), max(r, self.rank)
-            info = b"fedsynth-pair-v1" + self.transcript + bytes([lo, hi])
+            info = b"fedsynth-pair-v2" + self.transcript + lo.to_bytes(4, "big") + hi.to_bytes(4, "big")
             self.pair_keys[r] = _hkdf(shared, salt, info)
         group_key = _hkdf(self._secret, self.transcript, b"fedsynth-group-v1")
         self._group_key = group_key
@@ -293,30 +295,39 @@ class Session:
         return self._mask_calls - 1
 
     def przs_mask(self, n: int, counter: int):
-        """A pseudo-random sharing of zero over Z_{2^64}: ``r(prev->me) - r(me->next)``.
+        """A pseudo-random sharing of zero over Z_{2^64} built from *all* pairwise keys.
 
-        ``r(i->j)`` is the ChaCha20 key stream (a cryptographic PRG) under a
-        per-call subkey ``HKDF(K_ij, "przs-mask i->j #counter")``; rank i's
-        ``r(i->i+1)`` is rank i+1's ``r(i->i+1)``, so the masks of all ranks
-        sum to zero. This replaces CrypTen's PRZS, whose torch Mersenne
-        Twister generators take 32-bit seeds: a neighbour holding one of a
-        site's two keys could search the other in 2**32 steps. ``counter``
+        .. math::
+
+            m_i = \\sum_{j > i} r(i \\to j) - \\sum_{j < i} r(j \\to i)
+
+        ``r(i->j)`` (``i < j``) is the ChaCha20 key stream (a cryptographic
+        PRG) under a per-call subkey ``HKDF(K_ij, "przs-mask i->j #counter")``
+        (ranks and counter written out in decimal with fixed separators, so
+        the string is unambiguous for any k). Sites i and j derive the same
+        ``r(i->j)``: i adds it and j subtracts it, so the masks of all ranks
+        sum to zero. Unmasking site i's share takes all k-1 of its pairwise
+        keys: a coalition of up to k-2 other sites (e.g. its two ring
+        neighbours in gloo's all-reduce) lacks at least one of them. The
+        previous mask used only the two ring keys ``K(i-1,i)``, ``K(i,i+1)``,
+        which site i's two neighbours together hold
+        (``tests/test_collusion.py``). This replaces CrypTen's PRZS, whose
+        torch Mersenne Twister generators take 32-bit seeds. ``counter``
         must advance identically at every site (one per secure sum).
         """
         import torch
 
         self.secure_sum_values += n
-        k = self.world_size
-        if k == 1:
-            return torch.zeros(n, dtype=torch.int64)
-
-        def stream(src: int, dst: int):
-            key = self.pair_keys[dst if src == self.rank else src]
-            sub = _hkdf(key, b"", f"przs-mask {src}->{dst} #{counter}".encode())
+        mask = torch.zeros(n, dtype=torch.int64)
+        for j in range(self.world_size):
+            if j == self.rank:
+                continue
+            lo, hi = min(self.rank, j), max(self.rank, j)
+            sub = _hkdf(self.pair_keys[j], b"", f"przs-mask {lo}->{hi} #{counter}".encode())
             enc = Cipher(algorithms.ChaCha20(sub, bytes(16)), mode=None).encryptor()
-            return torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
-
-        return stream((self.rank - 1) % k, self.rank) - stream(self.rank, (self.rank + 1) % k)
+            stream = torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
+            mask = mask + stream if j > self.rank else mask - stream
+        return mask
 
     def _start_process_group(self) -> None:
         import torch.distributed as dist
