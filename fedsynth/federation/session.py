@@ -28,6 +28,11 @@ in the store and, when something fails or times out, names the step and the
 rank(s) that went silent, crashed or aborted. A heartbeat thread lets the
 survivors tell a dead party from a slow one.
 
+A site that fails tells the others only an error *code* (:func:`error_code`:
+``input``, ``parameter``, ``budget``, ``session``, ``internal``, ...) and the
+step it failed in, never the message: messages can hold sample IDs, values
+or labels. The full message stays in that site's own log and stderr.
+
 What stays trusted (also in the README): the store and gloo traffic is neither encrypted nor integrity-protected, so
 sites on different networks must use a VPN or SSH tunnel; gloo needs
 full-mesh TCP reachability between all sites.
@@ -57,7 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import crypten_compat as _crypten_compat
-from ..errors import InputError, ParameterError, SessionError
+from ..errors import BudgetError, FedsynthError, InputError, ParameterError, SessionError
 
 PROTOCOL_VERSION = 2  # 2: masks from all pairwise keys, 4-byte ranks in the pair-key info
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
@@ -102,6 +107,39 @@ def _hkdf(key: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
 def _seed(b: bytes) -> int:
     """A 63-bit torch seed from key material."""
     return int.from_bytes(b[:8], "big") >> 1
+
+
+#: the error codes that cross sites (everything else reads as "unknown")
+ERROR_CODES = ("input", "parameter", "budget", "session", "error", "interrupted", "internal")
+
+
+def error_code(exc: BaseException | None) -> str:
+    """The short fixed code that tells other sites what kind of error ended this one."""
+    for cls, code in ((InputError, "input"), (ParameterError, "parameter"), (BudgetError, "budget"),
+                      (SessionError, "session"), (FedsynthError, "error")):
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return "internal"
+
+
+def _abort_notice(code: str, step: str) -> bytes:
+    """What crosses sites when one fails: the code and the step, nothing else."""
+    return json.dumps({"code": code, "step": step[:80]}).encode()
+
+
+def _read_abort_notice(raw: bytes) -> tuple[str, str]:
+    """(code, step) of another site's notice; anything unexpected is shown as "unknown", never echoed."""
+    try:
+        notice = json.loads(raw.decode())
+        code, step = notice["code"], notice["step"]
+    except Exception:  # noqa: BLE001 - e.g. free text from an older version: never print it
+        return "unknown", "unknown"
+    code = code if code in ERROR_CODES else "unknown"
+    # step names are protocol names, the same at every site (release names, gene pairs of the schema)
+    step = "".join(c if c.isprintable() else "?" for c in step)[:80] if isinstance(step, str) and step else "unknown"
+    return code, step
 
 
 def _ranks(ranks) -> str:
@@ -160,6 +198,7 @@ class Session:
         self.pair_keys: dict[int, bytes] = {}
         self.shared_seed: int | None = None
         self.transcript: bytes | None = None
+        self.site_names: dict[int, str] = {}  # public once the hellos are exchanged
         self.bytes_sent = 0
         self._mask_calls = 0
         self.secure_sum_values = 0  # int64 share values this site put into secure sums (one mask each)
@@ -231,6 +270,7 @@ class Session:
                     f"world size {h.get('world_size')}; this site runs v{PROTOCOL_VERSION} "
                     f"with world size {self.world_size}"
                 )
+        self.site_names = {h["rank"]: str(h.get("site")) for h in hellos if isinstance(h.get("rank"), int)}
         canon = b"".join(json.dumps(h, sort_keys=True).encode() for h in hellos)
         self.transcript = hashlib.sha256(canon).digest()
         proofs = self.exchange("proof", self._proof(self.rank).hex(), step=step)
@@ -418,12 +458,17 @@ class Session:
                 raise SessionError(f"{step}: {_ranks(ranks)} {what} within {timeout:g}s")
             time.sleep(0.05)
 
+    def _aborted(self, r: int) -> str:
+        """Rank r's abort notice as one phrase: its rank (and public site name), code and step."""
+        code, step = _read_abort_notice(self._store.get(f"abort/{r}"))
+        who = f"rank {r}" + (f" ({self.site_names[r]})" if r in self.site_names else "")
+        return f"{who} aborted with a{'n' if code[0] in 'aeiou' else ''} {code} error at its step '{step}' (details in that site's log)"
+
     def _raise_if_aborted(self, step: str) -> None:
         others = [r for r in range(self.world_size) if r != self.rank]
         for r in others:
             if self._store.check([f"abort/{r}"]):
-                reason = self._store.get(f"abort/{r}").decode()
-                raise SessionError(f"{step}: rank {r} aborted: {reason}")
+                raise SessionError(f"{step}: {self._aborted(r)}")
 
     # ----------------------------------------------------------------- steps
     @contextlib.contextmanager
@@ -443,7 +488,7 @@ class Session:
             others = [r for r in range(self.world_size) if r != self.rank]
             for r in others:
                 if self._store.check([f"abort/{r}"]):
-                    return f"rank {r} aborted: {self._store.get(f'abort/{r}').decode()}"
+                    return self._aborted(r)
             before = {r: self._store.add(f"beat/{r}", 0) for r in others}
             time.sleep(2.5 * _HEARTBEAT_SECONDS)
             after = {r: self._store.add(f"beat/{r}", 0) for r in others}
@@ -454,12 +499,16 @@ class Session:
             return f"{_ranks(silent)} stopped responding (crashed or killed)"
         return f"{_ranks(others)} did not complete the step within {self.step_timeout:g}s"
 
-    def abort(self, reason: str) -> None:
-        """Tell the other sites why this site is leaving (best effort)."""
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Tell the other sites that this site is leaving (best effort).
+
+        Only :func:`error_code` of ``exc`` and the current step cross sites,
+        never the message (it stays in this site's log).
+        """
         if self._store is None:
             return
         with contextlib.suppress(Exception):
-            self._store.set(f"abort/{self.rank}", reason[:500])
+            self._store.set(f"abort/{self.rank}", _abort_notice(error_code(exc), self.current_step))
 
     def linger(self) -> None:
         """After a failure, rank 0 keeps hosting the store until every other rank has
@@ -514,7 +563,7 @@ class Session:
         try:
             return self.open()
         except BaseException as e:
-            self.abort(str(e))
+            self.abort(e)
             self.linger()
             self.close()
             raise
@@ -523,7 +572,7 @@ class Session:
         if exc is None:
             self.finish()
         else:
-            self.abort(str(exc))
+            self.abort(exc)
             self.linger()
         self.close()
 
@@ -557,11 +606,14 @@ def _tcp_socket_bytes() -> tuple[int | None, int | None, int]:
     return sent, received, n
 
 
-def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3.0) -> bool:
-    """Best effort, before joining: tell a waiting session why this rank won't come.
+def announce_failure(rendezvous: str, rank: int, exc: BaseException, step: str = "setup",
+                     timeout: float = 3.0) -> bool:
+    """Best effort, before joining: tell a waiting session that this rank won't come.
 
     Used when a site fails locally (bad input) before it joins; the other
-    sites then stop with this reason instead of waiting for the deadline.
+    sites then stop at once, told the rank, :func:`error_code` of ``exc`` and
+    ``step``, instead of waiting for the deadline. The message of ``exc``
+    never leaves this site.
     Returns whether the notice was delivered (it cannot be if rank 0 is the
     one failing, or is not up).
     """
@@ -579,7 +631,7 @@ def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3
             pass
         store = dist.TCPStore(host, port, None, is_master=False,
                               timeout=timedelta(seconds=timeout), wait_for_workers=False)
-        dist.PrefixStore("fedsynth/", store).set(f"abort/{rank}", reason[:500])
+        dist.PrefixStore("fedsynth/", store).set(f"abort/{rank}", _abort_notice(error_code(exc), step))
         return True
     except Exception:  # noqa: BLE001 - best effort only
         return False
