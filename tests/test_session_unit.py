@@ -111,3 +111,110 @@ def test_free_text_in_an_abort_key_is_never_echoed():
     s0._store.set("abort/2", b"x.csv: sample TCGA-ZZ-9999 is broken")
     msg = s0._aborted(2)
     assert "TCGA" not in msg and "unknown error at its step 'unknown'" in msg
+
+
+# ------------------------------------------------------- item 9: smaller defects
+class _Tampering(Session):
+    """A session that replaces one of its own exchange payloads (a broken or hostile peer)."""
+
+    def __init__(self, *args, replace: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._replace = replace
+
+    def exchange(self, name, payload, **kwargs):
+        if name in self._replace:
+            payload = self._replace[name](payload)
+        return super().exchange(name, payload, **kwargs)
+
+
+def _authenticate_pair(replace: dict) -> dict:
+    """Authenticate rank 0 (honest) and rank 1 (tampering) over one in-process store, in threads."""
+    import threading
+
+    import torch.distributed as dist
+
+    store, secret = dist.HashStore(), b"correct horse battery staple 0123456789"
+    honest = Session(0, 2, "tcp://127.0.0.1:1", secret, step_timeout=20)
+    broken = _Tampering(1, 2, "tcp://127.0.0.1:1", secret, step_timeout=20, replace=replace)
+    outcome = {}
+
+    def run(s):
+        s._store = store
+        try:
+            s._authenticate()
+            outcome[s.rank] = None
+        except Exception as e:  # noqa: BLE001 - judged by the caller
+            outcome[s.rank] = e
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (honest, broken)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return outcome
+
+
+@pytest.mark.parametrize("bad_proof", ["not hex at all", "abcd", 12345, None, "zz" * 32])
+def test_malformed_proof_is_a_session_error(bad_proof):
+    """A proof that is not 32 hex bytes is refused like a wrong one (SessionError), not a ValueError."""
+    from fedsynth.errors import SessionError
+
+    outcome = _authenticate_pair({"proof": lambda p: bad_proof})
+    assert isinstance(outcome[0], SessionError), repr(outcome[0])
+    assert "authentication: rank 1 could not prove knowledge of the session secret" in str(outcome[0])
+
+
+def test_malformed_hello_is_a_session_error():
+    from fedsynth.errors import SessionError
+
+    outcome = _authenticate_pair({"hello": lambda h: dict(h, pub="not a key")})
+    for r in (0, 1):
+        assert isinstance(outcome[r], SessionError), repr(outcome[r])
+        assert "authentication: rank 1 sent a malformed hello" in str(outcome[r])
+
+
+def test_the_honest_pair_authenticates():
+    """Control for the two tests above: untampered, both ranks agree the same pair key."""
+    outcome = _authenticate_pair({})
+    assert outcome == {0: None, 1: None}
+
+
+@pytest.mark.multiprocess
+def test_finish_does_not_raise_when_rank_0_has_left(tmp_path):
+    """A slower site whose rank 0 already exited (store gone) finishes cleanly and keeps its model.
+
+    Rank 0's store is hosted by a real child process, killed (by its PID) to play rank 0 leaving.
+    """
+    import subprocess
+    import sys
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from testkit import PARTY_ENV, free_port, kill_by_pid, start_process
+
+    port = free_port()
+    host = start_process([sys.executable, "-c", (
+        "import time, datetime, torch.distributed as d; "
+        f"s = d.TCPStore('127.0.0.1', {port}, None, is_master=True, wait_for_workers=False); "
+        "s.set('up', b'1'); time.sleep(600)")], tmp_path, "store_host", env=PARTY_ENV)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = dist.TCPStore("127.0.0.1", port, None, is_master=False, wait_for_workers=False,
+                                   timeout=timedelta(seconds=5))
+            client.get("up")
+            break
+        except Exception:  # noqa: BLE001 - not up yet (torch logs the refused connection)
+            assert host.poll() is None and time.monotonic() < deadline, host.stderr_text()
+            time.sleep(0.3)
+    s = Session(1, 2, f"tcp://127.0.0.1:{port}", os.urandom(32))
+    s._store = dist.PrefixStore("fedsynth/", client)
+    kill_by_pid(host)  # rank 0 exits: its store server goes with it
+    with pytest.raises(Exception):
+        s._store.check(["probe"])  # the store really is gone
+    with pytest.raises(Exception):
+        s._store.set("done/1", b"1")  # what made finish() raise before
+    s.finish()  # and finishing does not raise
+    assert isinstance(host, subprocess.Popen)

@@ -142,6 +142,11 @@ def _read_abort_notice(raw: bytes) -> tuple[str, str]:
     return code, step
 
 
+def _is_hex(value, nbytes: int) -> bool:
+    """Whether ``value`` is a string of exactly ``nbytes`` bytes in hex."""
+    return isinstance(value, str) and re.fullmatch(f"[0-9a-fA-F]{{{2 * nbytes}}}", value) is not None
+
+
 def _ranks(ranks) -> str:
     ranks = sorted(ranks)
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
@@ -263,7 +268,11 @@ class Session:
             "pub": pub.hex(),
         }
         hellos = self.exchange("hello", hello, step=step)
-        for h in hellos:
+        for r, h in enumerate(hellos):
+            if not (isinstance(h, dict) and h.get("rank") == r and _is_hex(h.get("pub"), 32)
+                    and _is_hex(h.get("nonce"), 32)):
+                raise SessionError(f"{step}: rank {r} sent a malformed hello; refused before any "
+                                   "share was exchanged")
             if h.get("v") != PROTOCOL_VERSION or h.get("world_size") != self.world_size:
                 raise SessionError(
                     f"{step}: rank {h.get('rank')} runs protocol v{h.get('v')} with "
@@ -274,10 +283,10 @@ class Session:
         canon = b"".join(json.dumps(h, sort_keys=True).encode() for h in hellos)
         self.transcript = hashlib.sha256(canon).digest()
         proofs = self.exchange("proof", self._proof(self.rank).hex(), step=step)
-        bad = [
+        bad = [  # a malformed proof (not 32 hex bytes) is a proof that does not verify
             r
             for r, p in enumerate(proofs)
-            if r != self.rank and not hmac.compare_digest(bytes.fromhex(p), self._proof(r))
+            if r != self.rank and not (_is_hex(p, 32) and hmac.compare_digest(bytes.fromhex(p), self._proof(r)))
         ]
         if bad:
             if len(bad) == self.world_size - 1 and self.world_size > 2:
@@ -538,10 +547,18 @@ class Session:
             time.sleep(0.1)
 
     def finish(self) -> None:
-        """Leave cleanly; rank 0 keeps the store up until every rank is done."""
+        """Leave cleanly; rank 0 keeps the store up until every rank is done.
+
+        Never raises: the session's work is complete, so a rank 0 that has
+        already left (its store gone) must not cost a slower site its model.
+        """
         if self._store is None:
             return
-        self._store.set(f"done/{self.rank}", b"1")
+        try:
+            self._store.set(f"done/{self.rank}", b"1")
+        except Exception as e:  # noqa: BLE001 - rank 0 (the store host) already exited
+            log.info("finish: rank 0 has already left the session (%s); nothing is lost", _short(e))
+            return
         if self.rank == 0:
             with contextlib.suppress(SessionError):
                 self._wait_for(
