@@ -83,23 +83,15 @@ def old_two_key_mask(session, n: int, counter: int):
 
 
 def party_main(argv: list[str]) -> None:
-    import argparse
-
     import torch
     import torch.distributed as dist
     import torch.distributed.distributed_c10d as c10d
 
     import fedsynth.federation.secure_sum as ss
     from fedsynth.federation.session import Session, read_secret
+    from testkit import parse_party_args
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rank", type=int, required=True)
-    ap.add_argument("--world-size", type=int, required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--secret", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--masks", default="old,new", help="mask designs, one noisy sum each, in order")
-    a = ap.parse_args(argv)
+    a = parse_party_args(argv, masks=("old,new", "mask designs, one noisy sum each, in order"))
     rank, k = a.rank, a.world_size
 
     # wire tap: what this party hands to the revealing all-reduce (before it runs)

@@ -105,6 +105,20 @@ def test_abort_codes(exc, code):
     assert f" {code} error at its step 'schema agreement'" in msg and "42" not in msg and "(A2)" not in msg
 
 
+def test_a_session_error_passes_on_the_ranks_it_blames():
+    """A site that timed out waiting for rank 2 tells the others whom it waited for (ranks only)."""
+    from fedsynth.errors import SessionError
+
+    s0, s1, _ = _store_pair()
+    s0.current_step = "rendezvous"
+    s0.abort(SessionError("rendezvous: rank 2 did not join within 5s (host x.example)", ranks=[2]))
+    msg = s1._aborted(0)
+    assert msg == ("rank 0 aborted with a session error at its step 'rendezvous', naming rank 2 "
+                   "(details in that site's log)")
+    s0._store.set("abort/0", b'{"code": "session", "step": "x", "ranks": ["TCGA-1", true, -1]}')
+    assert "TCGA" not in s1._aborted(0) and "naming" not in s1._aborted(0)
+
+
 def test_free_text_in_an_abort_key_is_never_echoed():
     """A notice that is not fedsynth's (an older version's free text, a stray write) reads as unknown."""
     s0, _, _ = _store_pair()

@@ -248,6 +248,25 @@ def site_csvs(site_data):
 
 
 # ------------------------------------------------------- secure-sum parties
+def parse_party_args(argv: list[str], **options):
+    """The command line :func:`run_secure_sum_parties` gives a party program.
+
+    ``--rank``, ``--world-size``, ``--port``, ``--secret``, ``--out``; each of
+    ``options`` (``name=(default, help)``) adds an optional ``--name``.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--world-size", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--secret", required=True)
+    ap.add_argument("--out", required=True)
+    for name, (default, text) in options.items():
+        ap.add_argument(f"--{name}", default=default, help=text)
+    return ap.parse_args(argv)
+
+
 def run_secure_sum_parties(workdir: Path, k: int, timeout: float = 180.0, script: str = "test_secure_sum.py") -> list[dict]:
     """Run ``tests/<script>`` (default ``test_secure_sum.py``) as ``k`` real party processes; return their records."""
     import numpy as np

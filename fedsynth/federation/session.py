@@ -29,9 +29,10 @@ rank(s) that went silent, crashed or aborted. A heartbeat thread lets the
 survivors tell a dead party from a slow one.
 
 A site that fails tells the others only an error *code* (:func:`error_code`:
-``input``, ``parameter``, ``budget``, ``session``, ``internal``, ...) and the
-step it failed in, never the message: messages can hold sample IDs, values
-or labels. The full message stays in that site's own log and stderr.
+``input``, ``parameter``, ``budget``, ``session``, ``internal``, ...), the
+step it failed in and the ranks a session error blames (e.g. one that never
+joined), never the message: messages can hold sample IDs, values or labels.
+The full message stays in that site's own log and stderr.
 
 What stays trusted (also in the README): the store and gloo traffic is neither encrypted nor integrity-protected, so
 sites on different networks must use a VPN or SSH tunnel; gloo needs
@@ -124,22 +125,24 @@ def error_code(exc: BaseException | None) -> str:
     return "internal"
 
 
-def _abort_notice(code: str, step: str) -> bytes:
-    """What crosses sites when one fails: the code and the step, nothing else."""
-    return json.dumps({"code": code, "step": step[:80]}).encode()
+def _abort_notice(code: str, step: str, ranks=()) -> bytes:
+    """What crosses sites when one fails: the code, the step and the ranks a session error blames."""
+    return json.dumps({"code": code, "step": step[:80], "ranks": [int(r) for r in ranks]}).encode()
 
 
-def _read_abort_notice(raw: bytes) -> tuple[str, str]:
-    """(code, step) of another site's notice; anything unexpected is shown as "unknown", never echoed."""
+def _read_abort_notice(raw: bytes) -> tuple[str, str, list[int]]:
+    """(code, step, blamed ranks) of another site's notice; anything unexpected reads as "unknown", never echoed."""
     try:
         notice = json.loads(raw.decode())
         code, step = notice["code"], notice["step"]
     except Exception:  # noqa: BLE001 - e.g. free text from an older version: never print it
-        return "unknown", "unknown"
+        return "unknown", "unknown", []
+    ranks = notice.get("ranks")
+    ranks = sorted({r for r in ranks if type(r) is int and 0 <= r < 1_000_000}) if isinstance(ranks, list) else []
     code = code if code in ERROR_CODES else "unknown"
     # step names are protocol names, the same at every site (release names, gene pairs of the schema)
     step = "".join(c if c.isprintable() else "?" for c in step)[:80] if isinstance(step, str) and step else "unknown"
-    return code, step
+    return code, step, ranks
 
 
 def _is_hex(value, nbytes: int) -> bool:
@@ -272,7 +275,7 @@ class Session:
             if not (isinstance(h, dict) and h.get("rank") == r and _is_hex(h.get("pub"), 32)
                     and _is_hex(h.get("nonce"), 32)):
                 raise SessionError(f"{step}: rank {r} sent a malformed hello; refused before any "
-                                   "share was exchanged")
+                                   "share was exchanged", ranks=[r])
             if h.get("v") != PROTOCOL_VERSION or h.get("world_size") != self.world_size:
                 raise SessionError(
                     f"{step}: rank {h.get('rank')} runs protocol v{h.get('v')} with "
@@ -299,7 +302,7 @@ class Session:
                     f"{step}: {_ranks(bad)} could not prove knowledge of the session "
                     "secret; refused before any share was exchanged"
                 )
-            raise SessionError(msg)
+            raise SessionError(msg, ranks=bad)
         salt = hashlib.sha256(self._secret).digest()
         for h in hellos:
             r = h["rank"]
@@ -464,14 +467,16 @@ class Session:
             self._raise_if_aborted(step)
             if time.monotonic() > deadline:
                 ranks = [int(k.rsplit("/", 1)[1]) for k in missing]
-                raise SessionError(f"{step}: {_ranks(ranks)} {what} within {timeout:g}s")
+                raise SessionError(f"{step}: {_ranks(ranks)} {what} within {timeout:g}s", ranks=ranks)
             time.sleep(0.05)
 
     def _aborted(self, r: int) -> str:
         """Rank r's abort notice as one phrase: its rank (and public site name), code and step."""
-        code, step = _read_abort_notice(self._store.get(f"abort/{r}"))
+        code, step, blamed = _read_abort_notice(self._store.get(f"abort/{r}"))
         who = f"rank {r}" + (f" ({self.site_names[r]})" if r in self.site_names else "")
-        return f"{who} aborted with a{'n' if code[0] in 'aeiou' else ''} {code} error at its step '{step}' (details in that site's log)"
+        blame = f", naming {_ranks(blamed)}" if blamed else ""
+        return (f"{who} aborted with a{'n' if code[0] in 'aeiou' else ''} {code} error at its step "
+                f"'{step}'{blame} (details in that site's log)")
 
     def _raise_if_aborted(self, step: str) -> None:
         others = [r for r in range(self.world_size) if r != self.rank]
@@ -511,13 +516,15 @@ class Session:
     def abort(self, exc: BaseException | None = None) -> None:
         """Tell the other sites that this site is leaving (best effort).
 
-        Only :func:`error_code` of ``exc`` and the current step cross sites,
-        never the message (it stays in this site's log).
+        Only :func:`error_code` of ``exc``, the current step and, for a
+        :class:`SessionError`, the ranks it blames cross sites, never the
+        message (it stays in this site's log).
         """
         if self._store is None:
             return
         with contextlib.suppress(Exception):
-            self._store.set(f"abort/{self.rank}", _abort_notice(error_code(exc), self.current_step))
+            self._store.set(f"abort/{self.rank}", _abort_notice(error_code(exc), self.current_step,
+                                                                getattr(exc, "ranks", ())))
 
     def linger(self) -> None:
         """After a failure, rank 0 keeps hosting the store until every other rank has
