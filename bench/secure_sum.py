@@ -95,7 +95,7 @@ def worker(a) -> None:
             s._start_process_group()
             t3 = time.monotonic()
         except BaseException as e:
-            s.abort(str(e))
+            s.abort(e)
             s.close()
             raise
         # the first session's clock starts at the common go signal (wall clock, same host)

@@ -34,7 +34,12 @@ class BudgetError(FedsynthError):
 class SessionError(FedsynthError):
     """The MPC session failed: refused, timed out, or a party went away.
 
-    The message names the protocol step and the rank(s) responsible.
+    The message names the protocol step and the rank(s) responsible;
+    ``ranks`` holds those ranks (the only detail of it other sites are told).
     """
 
     exit_code = 4
+
+    def __init__(self, message: str = "", ranks=()):
+        super().__init__(message)
+        self.ranks = tuple(int(r) for r in ranks)

@@ -206,3 +206,57 @@ def test_bad_input_on_a_non_host_rank_is_one_line(site_data, tmp_path):
     assert r.returncode != 0
     assert len(errs) == 1 and lines[-1] == errs[0] and str(bad) in errs[0] and "NaN" in errs[0], r.stderr
     assert not any(m in r.stderr for m in TRACE_MARKERS), r.stderr[:3000]
+
+
+def test_bad_input_at_rank_1_reaches_rank_0_as_a_code_and_step_only(site_data, tmp_path):
+    """Issue #11 item 6: error text stays at its site; only the code and the step cross.
+
+    Rank 0 (valid data) hosts the rendezvous and waits; rank 1's file has a
+    NaN in the row of a sample whose ID is distinctive. Rank 1's own error
+    names that sample (its local stderr), and it announces its failure to
+    rank 0, which stops at once, exits non-zero naming rank 1, the code and
+    the step, and never shows the sample ID (or the gene) anywhere it writes.
+    """
+    import socket
+
+    from testkit import start_process, wait_all, describe
+
+    secret = write_secret(tmp_path / "s.key")
+    sample_id, df = "PATIENT-4711-PRIVATE", _site_frame(site_data)
+    df.loc[3, "sample_id"] = sample_id
+    gene = df.columns[5]
+    df.loc[3, gene] = np.nan
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    port = free_port()
+    c0 = {"data": site_data["sites"][0], "secret": secret, "outdir": tmp_path / "out0", "args": [], "rank": 0}
+    c1 = {"data": bad, "secret": secret, "outdir": tmp_path / "out1", "args": [], "rank": 1}
+    cmd0 = train_args(c0, port)
+    cmd0[cmd0.index("--rendezvous-timeout") + 1] = "120"  # rank 0 waits: rank 1's notice, not the deadline, ends it
+    rank0 = start_process(cmd0, tmp_path / "logs", "rank0")
+    deadline = time.monotonic() + 120
+    while True:  # rank 1 may only fail once rank 0's store listens, or its notice has nowhere to go
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert rank0.poll() is None, describe([rank0])
+            assert time.monotonic() < deadline, "rank 0 never listened"
+            time.sleep(0.2)
+    started = time.monotonic()
+    rank1 = start_process(train_args(c1, port), tmp_path / "logs", "rank1")
+    codes = wait_all([rank1, rank0], 150)
+    assert codes[0] == 2 and codes[1] != 0, describe([rank0, rank1])
+    assert time.monotonic() - started < 100, "rank 0 waited for its deadline instead of stopping"
+    # rank 1: the full message, locally
+    err1 = [ln for ln in rank1.stderr_text().splitlines() if ln.startswith("fedsynth: error:")]
+    assert len(err1) == 1 and sample_id in err1[0] and "NaN" in err1[0], rank1.stderr_text()
+    # rank 0: the rank, the code and the step; not the sample, the gene, the value or the file
+    text0 = rank0.stderr_text() + rank0.stdout_text()
+    err0 = [ln for ln in rank0.stderr_text().splitlines() if ln.startswith("fedsynth: error:")]
+    assert len(err0) == 1, rank0.stderr_text()
+    assert "rank 1" in err0[0] and "input error" in err0[0] and "'setup'" in err0[0], err0[0]
+    for secret_text in (sample_id, gene, "NaN", str(bad)):
+        assert secret_text not in text0, f"{secret_text!r} reached rank 0:\n{text0[-3000:]}"
+    out0 = tmp_path / "out0"
+    assert not out0.exists() or not any(out0.iterdir())

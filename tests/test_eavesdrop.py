@@ -32,9 +32,11 @@ wire, rebuilds the generators as CrypTen does, regenerates the masks with
 all-reduce share and decodes at 32 fractional bits: every input, exactly.
 
 The attack on fedsynth: its mask is
-:meth:`fedsynth.federation.session.Session.przs_mask`, ``r(prev->me) - r(me->next)``
-with ``r(i->j)`` the ChaCha20 key stream under
-``HKDF(K_ij, "przs-mask i->j #counter")``, where ``K_ij`` is the 256-bit
+:meth:`fedsynth.federation.session.Session.przs_mask`,
+``m_i = sum_{j>i} r(i->j) - sum_{j<i} r(j->i)`` (with three sites: the
+streams of its two pairwise keys, i.e. with its ring predecessor and
+successor, signed by which rank is lower) with ``r(i->j)`` the ChaCha20 key
+stream under ``HKDF(K_ij, "przs-mask i->j #counter")``, where ``K_ij`` is the 256-bit
 pairwise key (X25519 agreement, HKDF salted with the session secret, bound to
 the transcript) and ``counter`` the index of the secure sum in the session
 (0 here: the first ``SecureSum.sum``). The attacker re-implements that
@@ -256,11 +258,13 @@ def candidate_seeds(taps: list[dict]) -> np.ndarray:
     return np.fromiter(out, dtype=np.uint64, count=len(out))
 
 
-def _pair_search(a_prev: np.ndarray, a_next: np.ndarray, tap: dict, first_value: float) -> list[tuple[int, int]]:
-    """Index pairs (i, j) with ``share[0] - a_prev[i] + a_next[j]`` decoding to ``first_value``.
+def _pair_search(a_prev: np.ndarray, a_next: np.ndarray, tap: dict, first_value: float,
+                 signs: tuple[int, int] = (1, -1)) -> list[tuple[int, int]]:
+    """Index pairs (i, j) with ``share[0] - (s_p a_prev[i] + s_n a_next[j])`` decoding to ``first_value``.
 
     ``a_prev[i]`` / ``a_next[j]`` are the first mask word (uint64) candidate
-    i / j would give the ``prev`` / ``next`` stream. The attacker is handed an
+    i / j would give the ``prev`` / ``next`` stream, ``signs = (s_p, s_n)``
+    how the mask combines them (CrypTen's PRZS: ``prev - next``). The attacker is handed an
     oracle for ``x[0]`` (stronger than reality); it needs ``a_next[j]`` within
     +-eps of ``a_prev[i] + d`` (mod 2**64), found for all pairs at once by
     binary search. The caller checks surviving pairs on the whole vector.
@@ -270,8 +274,10 @@ def _pair_search(a_prev: np.ndarray, a_next: np.ndarray, tap: dict, first_value:
     eps = np.uint64(int(TOL * SCALE) + 1)
     order = np.argsort(a_next)
     next_sorted = a_next[order]
+    s_p, s_n = signs
     with np.errstate(over="ignore"):
-        centre = a_prev + (target0 - share0)
+        rest = (share0 - target0) - (a_prev if s_p > 0 else np.uint64(0) - a_prev)  # = s_n * a_next
+        centre = rest if s_n > 0 else np.uint64(0) - rest
         lo, hi = centre - eps, centre + eps
     j0 = np.searchsorted(next_sorted, lo, side="left")
     j1 = np.searchsorted(next_sorted, hi, side="right")
@@ -336,10 +342,20 @@ def directed_stream(pair_key: bytes, src: int, dst: int, counter: int, n: int = 
     return torch.frombuffer(bytearray(_keystream(pair_key, src, dst, counter, 8 * n)), dtype=torch.int64)
 
 
+def mask_term(rank: int, other: int) -> tuple[int, int, int]:
+    """(sign, src, dst) of the stream ``rank``'s key with ``other`` adds to its mask:
+    ``+r(rank->other)`` if ``other > rank``, else ``-r(other->rank)``."""
+    return (1, rank, other) if other > rank else (-1, other, rank)
+
+
 def fedsynth_mask(rank: int, key_prev: bytes, key_next: bytes, counter: int, n: int = N) -> torch.Tensor:
-    """``r(prev->rank) - r(rank->next)`` over Z_{2^64}, as Session.przs_mask."""
-    prev, nxt = (rank - 1) % WORLD, (rank + 1) % WORLD
-    return directed_stream(key_prev, prev, rank, counter, n) - directed_stream(key_next, rank, nxt, counter, n)
+    """``sum_{j>rank} r(rank->j) - sum_{j<rank} r(j->rank)`` over Z_{2^64}, as Session.przs_mask
+    (three sites: j runs over the ring predecessor and successor)."""
+    mask = torch.zeros(n, dtype=torch.int64)
+    for other, key in (((rank - 1) % WORLD, key_prev), ((rank + 1) % WORLD, key_next)):
+        sign, src, dst = mask_term(rank, other)
+        mask = mask + sign * directed_stream(key, src, dst, counter, n)
+    return mask
 
 
 def reconstruct_fedsynth(tap: dict, key_prev: bytes, key_next: bytes, counter: int = 0) -> torch.Tensor:
@@ -354,14 +370,13 @@ def candidate_keys(blobs: list[bytes]) -> list[bytes]:
 
 
 class KeyTable:
-    """Candidate pair keys with the first mask word each gives every ring edge."""
+    """Candidate pair keys with the first mask word each gives every pair's stream ``r(src->dst)``, src < dst."""
 
     def __init__(self, keys: list[bytes], counter: int = 0):
         self.keys = keys
         self.counter = counter
         self.first = {}
-        for src in range(WORLD):
-            dst = (src + 1) % WORLD
+        for src, dst in ((i, j) for i in range(WORLD) for j in range(i + 1, WORLD)):
             self.first[(src, dst)] = np.array(
                 [int.from_bytes(_keystream(k, src, dst, counter, 8), "little") for k in keys],
                 dtype=np.uint64,
@@ -374,9 +389,11 @@ class KeyTable:
 def key_window_search(table: KeyTable, tap: dict, first_value: float) -> list[tuple[bytes, bytes]]:
     """All (K_prev, K_next) candidate pairs that reconstruct ``x[0]`` of ``tap``'s party."""
     r = tap["rank"]
-    a_prev = table.first[((r - 1) % WORLD, r)]
-    a_next = table.first[(r, (r + 1) % WORLD)]
-    return [(table.keys[i], table.keys[j]) for i, j in _pair_search(a_prev, a_next, tap, first_value)]
+    s_p, *e_prev = mask_term(r, (r - 1) % WORLD)
+    s_n, *e_next = mask_term(r, (r + 1) % WORLD)
+    a_prev, a_next = table.first[tuple(e_prev)], table.first[tuple(e_next)]
+    hits = _pair_search(a_prev, a_next, tap, first_value, signs=(s_p, s_n))
+    return [(table.keys[i], table.keys[j]) for i, j in hits]
 
 
 def hellos_on_wire(taps: list[dict]) -> tuple[list[dict], dict[int, bytes]]:
@@ -402,7 +419,7 @@ def derive_pair_key(secret: bytes, hellos: list[dict], i: int, j: int, dh) -> by
     """``K_ij`` as fedsynth derives it; ``dh(lo, hi)`` stands in for the X25519
     shared secret of sites lo < hi."""
     lo, hi = min(i, j), max(i, j)
-    info = b"fedsynth-pair-v1" + transcript_of(hellos) + bytes([lo, hi])
+    info = b"fedsynth-pair-v2" + transcript_of(hellos) + lo.to_bytes(4, "big") + hi.to_bytes(4, "big")
     return _hkdf(dh(lo, hi), hashlib.sha256(secret).digest(), info)
 
 

@@ -29,12 +29,12 @@ def specs():
 
 def party_main(argv: list[str]) -> None:
     import torch
-    from testkit import party_args, party_session
+    from testkit import parse_party_args, party_session
 
     from fedsynth.federation.secure_sum import SecureSum
     from fedsynth.privacy.release import ReleasePlan, Releaser
 
-    a = party_args(argv)
+    a = parse_party_args(argv)
     res = {}
     plan = ReleasePlan.calibrate(specs(), epsilon=EPSILON, delta=DELTA, n_total=1000, one_shot_fraction=FRACTION)
     with party_session(a) as session:

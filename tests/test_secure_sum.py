@@ -32,19 +32,14 @@ EXACT_N = 1000
 
 # --------------------------------------------------------------- the party
 def party_main(argv: list[str]) -> None:
-    import argparse
     import json
 
     import torch
     import torch.distributed as dist
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rank", type=int, required=True)
-    ap.add_argument("--world-size", type=int, required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--secret", required=True)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    from testkit import parse_party_args
+
+    a = parse_party_args(argv)
     rank, k = a.rank, a.world_size
 
     calls = {"isend": 0, "send": 0, "setup_prng": 0, "sync_seeds": 0}

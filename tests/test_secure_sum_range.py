@@ -29,11 +29,11 @@ def _under(rank: int, bound: float) -> np.ndarray:
 # --------------------------------------------------------------- the party
 def party_main(argv: list[str]) -> None:
     import torch
-    from testkit import party_args, party_session
+    from testkit import parse_party_args, party_session
 
     from fedsynth.federation.secure_sum import SecureSum, max_abs_per_site
 
-    a = party_args(argv)
+    a = parse_party_args(argv)
     bound = max_abs_per_site(a.world_size)
     res: dict[str, np.ndarray] = {"bound": np.array(bound)}
     with party_session(a, timeout=120) as session:

@@ -253,20 +253,27 @@ def site_csvs(site_data):
 
 
 # ------------------------------------------------------- secure-sum parties
-def party_args(argv: list[str]):
-    """A party script's arguments, as :func:`run_secure_sum_parties` passes them."""
+def parse_party_args(argv: list[str], **options):
+    """The command line :func:`run_secure_sum_parties` gives a party program.
+
+    ``--rank``, ``--world-size``, ``--port``, ``--secret``, ``--out``; each of
+    ``options`` (``name=(default, help)``) adds an optional ``--name``.
+    """
     import argparse
 
     ap = argparse.ArgumentParser()
-    for name in ("--rank", "--world-size", "--port"):
-        ap.add_argument(name, type=int, required=True)
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--world-size", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--secret", required=True)
     ap.add_argument("--out", required=True)
+    for name, (default, text) in options.items():
+        ap.add_argument(f"--{name}", default=default, help=text)
     return ap.parse_args(argv)
 
 
 def party_session(a, timeout: float = 90):
-    """The :class:`~fedsynth.federation.session.Session` of a party script's arguments (``party_args``)."""
+    """The :class:`~fedsynth.federation.session.Session` of a party script's arguments (``parse_party_args``)."""
     from fedsynth.federation.session import Session, read_secret
 
     return Session(a.rank, a.world_size, f"tcp://127.0.0.1:{a.port}", read_secret(a.secret),

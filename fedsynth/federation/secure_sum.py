@@ -12,9 +12,10 @@ where ``t`` is ``max_colluders``: the ``k - t`` honest sites alone contribute
 noise of variance at least ``sigma_tot**2``, which is what the accountant
 assumes. Each site encodes ``x_i + eta_i`` in fixed point (32 fractional
 bits) and adds a pseudo-random sharing of zero
-(:meth:`~fedsynth.federation.session.Session.przs_mask`: ChaCha20 streams keyed by the
-session's pairwise keys), so its share is uniformly random in Z_{2^64} to
-anyone who lacks both of its pairwise keys. CrypTen's arithmetic shared
+(:meth:`~fedsynth.federation.session.Session.przs_mask`: one ChaCha20 stream
+per pairwise key, all k-1 of them), so its share is uniformly random in
+Z_{2^64} to anyone who lacks any one of its pairwise keys: a coalition of
+``t <= k - 2`` other sites, ring neighbours included, learns nothing from it. CrypTen's arithmetic shared
 tensor reveals the sum with one gloo all-reduce of the shares; nothing else
 leaves the site.
 

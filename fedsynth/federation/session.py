@@ -11,20 +11,28 @@ One :class:`Session` per site process. Opening it runs, in order:
    knowledge of the pre-shared secret ``s`` by publishing
    ``HMAC-SHA256(s, "auth" || T || rank)``. A rank whose proof does not verify
    is refused by every other rank, which says so and exits non-zero. Pairwise
-   keys are ``K_ij = HKDF(X25519(sk_i, pk_j), salt=SHA-256(s), info=T, i, j)``:
+   keys are ``K_ij = HKDF(X25519(sk_i, pk_j), salt=SHA-256(s), info=T, i, j)``
+   (``i < j``, each a 4-byte big-endian integer):
    an eavesdropper who records everything (but holds neither the secret nor
    a private key) cannot compute them, and a man in the middle who swaps
    public keys cannot produce valid proofs.
 3. **Process group**: gloo over the same store, with ``step_timeout`` as the
    deadline of every collective; CrypTen adopts it, its generators are
    seeded from the pairwise keys (never sent, unlike CrypTen's default), and
-   the masks of every secure sum come from :meth:`Session.przs_mask`, a
-   ChaCha20 stream keyed by the 256-bit pairwise keys.
+   the masks of every secure sum come from :meth:`Session.przs_mask`,
+   ChaCha20 streams keyed by all k-1 of the site's 256-bit pairwise keys
+   (so no coalition of up to k-2 other sites can unmask its share).
 
 Every blocking step runs inside :meth:`Session.step`, which records progress
 in the store and, when something fails or times out, names the step and the
 rank(s) that went silent, crashed or aborted. A heartbeat thread lets the
 survivors tell a dead party from a slow one.
+
+A site that fails tells the others only an error *code* (:func:`error_code`:
+``input``, ``parameter``, ``budget``, ``session``, ``internal``, ...), the
+step it failed in and the ranks a session error blames (e.g. one that never
+joined), never the message: messages can hold sample IDs, values or labels.
+The full message stays in that site's own log and stderr.
 
 What stays trusted (also in the README): the store and gloo traffic is neither encrypted nor integrity-protected, so
 sites on different networks must use a VPN or SSH tunnel; gloo needs
@@ -55,9 +63,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import crypten_compat as _crypten_compat
-from ..errors import InputError, ParameterError, SessionError
+from ..errors import BudgetError, FedsynthError, InputError, ParameterError, SessionError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: masks from all pairwise keys, 4-byte ranks in the pair-key info
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 DEFAULT_STEP_TIMEOUT = 120.0
 _HEARTBEAT_SECONDS = 1.0
@@ -100,6 +108,46 @@ def _hkdf(key: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
 def _seed(b: bytes) -> int:
     """A 63-bit torch seed from key material."""
     return int.from_bytes(b[:8], "big") >> 1
+
+
+#: the error codes that cross sites (everything else reads as "unknown")
+ERROR_CODES = ("input", "parameter", "budget", "session", "error", "interrupted", "internal")
+
+
+def error_code(exc: BaseException | None) -> str:
+    """The short fixed code that tells other sites what kind of error ended this one."""
+    for cls, code in ((InputError, "input"), (ParameterError, "parameter"), (BudgetError, "budget"),
+                      (SessionError, "session"), (FedsynthError, "error")):
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return "internal"
+
+
+def _abort_notice(code: str, step: str, ranks=()) -> bytes:
+    """What crosses sites when one fails: the code, the step and the ranks a session error blames."""
+    return json.dumps({"code": code, "step": step[:80], "ranks": [int(r) for r in ranks]}).encode()
+
+
+def _read_abort_notice(raw: bytes) -> tuple[str, str, list[int]]:
+    """(code, step, blamed ranks) of another site's notice; anything unexpected reads as "unknown", never echoed."""
+    try:
+        notice = json.loads(raw.decode())
+        code, step = notice["code"], notice["step"]
+    except Exception:  # noqa: BLE001 - e.g. free text from an older version: never print it
+        return "unknown", "unknown", []
+    ranks = notice.get("ranks")
+    ranks = sorted({r for r in ranks if type(r) is int and 0 <= r < 1_000_000}) if isinstance(ranks, list) else []
+    code = code if code in ERROR_CODES else "unknown"
+    # step names are protocol names, the same at every site (release names, gene pairs of the schema)
+    step = "".join(c if c.isprintable() else "?" for c in step)[:80] if isinstance(step, str) and step else "unknown"
+    return code, step, ranks
+
+
+def _is_hex(value, nbytes: int) -> bool:
+    """Whether ``value`` is a string of exactly ``nbytes`` bytes in hex."""
+    return isinstance(value, str) and re.fullmatch(f"[0-9a-fA-F]{{{2 * nbytes}}}", value) is not None
 
 
 def _ranks(ranks) -> str:
@@ -158,6 +206,7 @@ class Session:
         self.pair_keys: dict[int, bytes] = {}
         self.shared_seed: int | None = None
         self.transcript: bytes | None = None
+        self.site_names: dict[int, str] = {}  # public once the hellos are exchanged
         self.bytes_sent = 0
         self._mask_calls = 0
         self.secure_sum_values = 0  # int64 share values this site put into secure sums (one mask each)
@@ -222,20 +271,25 @@ class Session:
             "pub": pub.hex(),
         }
         hellos = self.exchange("hello", hello, step=step)
-        for h in hellos:
+        for r, h in enumerate(hellos):
+            if not (isinstance(h, dict) and h.get("rank") == r and _is_hex(h.get("pub"), 32)
+                    and _is_hex(h.get("nonce"), 32)):
+                raise SessionError(f"{step}: rank {r} sent a malformed hello; refused before any "
+                                   "share was exchanged", ranks=[r])
             if h.get("v") != PROTOCOL_VERSION or h.get("world_size") != self.world_size:
                 raise SessionError(
                     f"{step}: rank {h.get('rank')} runs protocol v{h.get('v')} with "
                     f"world size {h.get('world_size')}; this site runs v{PROTOCOL_VERSION} "
                     f"with world size {self.world_size}"
                 )
+        self.site_names = {h["rank"]: str(h.get("site")) for h in hellos if isinstance(h.get("rank"), int)}
         canon = b"".join(json.dumps(h, sort_keys=True).encode() for h in hellos)
         self.transcript = hashlib.sha256(canon).digest()
         proofs = self.exchange("proof", self._proof(self.rank).hex(), step=step)
-        bad = [
+        bad = [  # a malformed proof (not 32 hex bytes) is a proof that does not verify
             r
             for r, p in enumerate(proofs)
-            if r != self.rank and not hmac.compare_digest(bytes.fromhex(p), self._proof(r))
+            if r != self.rank and not (_is_hex(p, 32) and hmac.compare_digest(bytes.fromhex(p), self._proof(r)))
         ]
         if bad:
             if len(bad) == self.world_size - 1 and self.world_size > 2:
@@ -248,7 +302,7 @@ class Session:
                     f"{step}: {_ranks(bad)} could not prove knowledge of the session "
                     "secret; refused before any share was exchanged"
                 )
-            raise SessionError(msg)
+            raise SessionError(msg, ranks=bad)
         salt = hashlib.sha256(self._secret).digest()
         for h in hellos:
             r = h["rank"]
@@ -256,7 +310,7 @@ class Session:
                 continue
             shared = sk.exchange(X25519PublicKey.from_public_bytes(bytes.fromhex(h["pub"])))
             lo, hi = min(r, self.rank), max(r, self.rank)
-            info = b"fedsynth-pair-v1" + self.transcript + bytes([lo, hi])
+            info = b"fedsynth-pair-v2" + self.transcript + lo.to_bytes(4, "big") + hi.to_bytes(4, "big")
             self.pair_keys[r] = _hkdf(shared, salt, info)
         group_key = _hkdf(self._secret, self.transcript, b"fedsynth-group-v1")
         self._group_key = group_key
@@ -293,30 +347,39 @@ class Session:
         return self._mask_calls - 1
 
     def przs_mask(self, n: int, counter: int):
-        """A pseudo-random sharing of zero over Z_{2^64}: ``r(prev->me) - r(me->next)``.
+        """A pseudo-random sharing of zero over Z_{2^64} built from *all* pairwise keys.
 
-        ``r(i->j)`` is the ChaCha20 key stream (a cryptographic PRG) under a
-        per-call subkey ``HKDF(K_ij, "przs-mask i->j #counter")``; rank i's
-        ``r(i->i+1)`` is rank i+1's ``r(i->i+1)``, so the masks of all ranks
-        sum to zero. This replaces CrypTen's PRZS, whose torch Mersenne
-        Twister generators take 32-bit seeds: a neighbour holding one of a
-        site's two keys could search the other in 2**32 steps. ``counter``
+        .. math::
+
+            m_i = \\sum_{j > i} r(i \\to j) - \\sum_{j < i} r(j \\to i)
+
+        ``r(i->j)`` (``i < j``) is the ChaCha20 key stream (a cryptographic
+        PRG) under a per-call subkey ``HKDF(K_ij, "przs-mask i->j #counter")``
+        (ranks and counter written out in decimal with fixed separators, so
+        the string is unambiguous for any k). Sites i and j derive the same
+        ``r(i->j)``: i adds it and j subtracts it, so the masks of all ranks
+        sum to zero. Unmasking site i's share takes all k-1 of its pairwise
+        keys: a coalition of up to k-2 other sites (e.g. its two ring
+        neighbours in gloo's all-reduce) lacks at least one of them. The
+        previous mask used only the two ring keys ``K(i-1,i)``, ``K(i,i+1)``,
+        which site i's two neighbours together hold
+        (``tests/test_collusion.py``). This replaces CrypTen's PRZS, whose
+        torch Mersenne Twister generators take 32-bit seeds. ``counter``
         must advance identically at every site (one per secure sum).
         """
         import torch
 
         self.secure_sum_values += n
-        k = self.world_size
-        if k == 1:
-            return torch.zeros(n, dtype=torch.int64)
-
-        def stream(src: int, dst: int):
-            key = self.pair_keys[dst if src == self.rank else src]
-            sub = _hkdf(key, b"", f"przs-mask {src}->{dst} #{counter}".encode())
+        mask = torch.zeros(n, dtype=torch.int64)
+        for j in range(self.world_size):
+            if j == self.rank:
+                continue
+            lo, hi = min(self.rank, j), max(self.rank, j)
+            sub = _hkdf(self.pair_keys[j], b"", f"przs-mask {lo}->{hi} #{counter}".encode())
             enc = Cipher(algorithms.ChaCha20(sub, bytes(16)), mode=None).encryptor()
-            return torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
-
-        return stream((self.rank - 1) % k, self.rank) - stream(self.rank, (self.rank + 1) % k)
+            stream = torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
+            mask = mask + stream if j > self.rank else mask - stream
+        return mask
 
     def _start_process_group(self) -> None:
         import torch.distributed as dist
@@ -404,15 +467,22 @@ class Session:
             self._raise_if_aborted(step)
             if time.monotonic() > deadline:
                 ranks = [int(k.rsplit("/", 1)[1]) for k in missing]
-                raise SessionError(f"{step}: {_ranks(ranks)} {what} within {timeout:g}s")
+                raise SessionError(f"{step}: {_ranks(ranks)} {what} within {timeout:g}s", ranks=ranks)
             time.sleep(0.05)
+
+    def _aborted(self, r: int) -> str:
+        """Rank r's abort notice as one phrase: its rank (and public site name), code and step."""
+        code, step, blamed = _read_abort_notice(self._store.get(f"abort/{r}"))
+        who = f"rank {r}" + (f" ({self.site_names[r]})" if r in self.site_names else "")
+        blame = f", naming {_ranks(blamed)}" if blamed else ""
+        return (f"{who} aborted with a{'n' if code[0] in 'aeiou' else ''} {code} error at its step "
+                f"'{step}'{blame} (details in that site's log)")
 
     def _raise_if_aborted(self, step: str) -> None:
         others = [r for r in range(self.world_size) if r != self.rank]
         for r in others:
             if self._store.check([f"abort/{r}"]):
-                reason = self._store.get(f"abort/{r}").decode()
-                raise SessionError(f"{step}: rank {r} aborted: {reason}")
+                raise SessionError(f"{step}: {self._aborted(r)}")
 
     # ----------------------------------------------------------------- steps
     @contextlib.contextmanager
@@ -432,7 +502,7 @@ class Session:
             others = [r for r in range(self.world_size) if r != self.rank]
             for r in others:
                 if self._store.check([f"abort/{r}"]):
-                    return f"rank {r} aborted: {self._store.get(f'abort/{r}').decode()}"
+                    return self._aborted(r)
             before = {r: self._store.add(f"beat/{r}", 0) for r in others}
             time.sleep(2.5 * _HEARTBEAT_SECONDS)
             after = {r: self._store.add(f"beat/{r}", 0) for r in others}
@@ -443,12 +513,18 @@ class Session:
             return f"{_ranks(silent)} stopped responding (crashed or killed)"
         return f"{_ranks(others)} did not complete the step within {self.step_timeout:g}s"
 
-    def abort(self, reason: str) -> None:
-        """Tell the other sites why this site is leaving (best effort)."""
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Tell the other sites that this site is leaving (best effort).
+
+        Only :func:`error_code` of ``exc``, the current step and, for a
+        :class:`SessionError`, the ranks it blames cross sites, never the
+        message (it stays in this site's log).
+        """
         if self._store is None:
             return
         with contextlib.suppress(Exception):
-            self._store.set(f"abort/{self.rank}", reason[:500])
+            self._store.set(f"abort/{self.rank}", _abort_notice(error_code(exc), self.current_step,
+                                                                getattr(exc, "ranks", ())))
 
     def linger(self) -> None:
         """After a failure, rank 0 keeps hosting the store until every other rank has
@@ -478,10 +554,18 @@ class Session:
             time.sleep(0.1)
 
     def finish(self) -> None:
-        """Leave cleanly; rank 0 keeps the store up until every rank is done."""
+        """Leave cleanly; rank 0 keeps the store up until every rank is done.
+
+        Never raises: the session's work is complete, so a rank 0 that has
+        already left (its store gone) must not cost a slower site its model.
+        """
         if self._store is None:
             return
-        self._store.set(f"done/{self.rank}", b"1")
+        try:
+            self._store.set(f"done/{self.rank}", b"1")
+        except Exception as e:  # noqa: BLE001 - rank 0 (the store host) already exited
+            log.info("finish: rank 0 has already left the session (%s); nothing is lost", _short(e))
+            return
         if self.rank == 0:
             with contextlib.suppress(SessionError):
                 self._wait_for(
@@ -503,7 +587,7 @@ class Session:
         try:
             return self.open()
         except BaseException as e:
-            self.abort(str(e))
+            self.abort(e)
             self.linger()
             self.close()
             raise
@@ -512,7 +596,7 @@ class Session:
         if exc is None:
             self.finish()
         else:
-            self.abort(str(exc))
+            self.abort(exc)
             self.linger()
         self.close()
 
@@ -546,11 +630,14 @@ def _tcp_socket_bytes() -> tuple[int | None, int | None, int]:
     return sent, received, n
 
 
-def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3.0) -> bool:
-    """Best effort, before joining: tell a waiting session why this rank won't come.
+def announce_failure(rendezvous: str, rank: int, exc: BaseException, step: str = "setup",
+                     timeout: float = 3.0) -> bool:
+    """Best effort, before joining: tell a waiting session that this rank won't come.
 
     Used when a site fails locally (bad input) before it joins; the other
-    sites then stop with this reason instead of waiting for the deadline.
+    sites then stop at once, told the rank, :func:`error_code` of ``exc`` and
+    ``step``, instead of waiting for the deadline. The message of ``exc``
+    never leaves this site.
     Returns whether the notice was delivered (it cannot be if rank 0 is the
     one failing, or is not up).
     """
@@ -568,7 +655,7 @@ def announce_failure(rendezvous: str, rank: int, reason: str, timeout: float = 3
             pass
         store = dist.TCPStore(host, port, None, is_master=False,
                               timeout=timedelta(seconds=timeout), wait_for_workers=False)
-        dist.PrefixStore("fedsynth/", store).set(f"abort/{rank}", reason[:500])
+        dist.PrefixStore("fedsynth/", store).set(f"abort/{rank}", _abort_notice(error_code(exc), step))
         return True
     except Exception:  # noqa: BLE001 - best effort only
         return False

@@ -45,7 +45,8 @@ def train_site(*, rank: int, world_size: int, rendezvous: str, secret_file, data
 
     ``option_values`` are the training options by name (:mod:`fedsynth.workflows.options`).
     A bad option or input is announced to the other sites (they stop at
-    once instead of waiting for the deadline) and raised.
+    once instead of waiting for the deadline; they are told its error code
+    and step, not its message) and raised.
     """
     site_name = site_name or f"site{rank}"
     os.environ["FEDSYNTH_SITE"] = site_name
@@ -58,7 +59,7 @@ def train_site(*, rank: int, world_size: int, rendezvous: str, secret_file, data
         out = prepare_outdir(outdir, ["model.pt", "run.json"], overwrite)
         cohort, _ = load_cohort(data, data_kw)
     except FedsynthError as e:
-        announce_failure(rendezvous, rank, f"{site_name}: {e}")
+        announce_failure(rendezvous, rank, e, step="setup")  # the code and step only, not the message
         raise
     log.info("%s: %d samples x %d genes", data, cohort.n_samples, cohort.n_genes)
     timings = {"load": time.monotonic() - t0}
