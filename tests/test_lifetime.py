@@ -41,7 +41,9 @@ def test_spend_follows_the_patients_across_runs_and_splits(tmp_path):
 
 def test_a_run_without_dp_exhausts_the_lifetime_budget(tmp_path):
     led = LifetimeLedger(tmp_path, IDS)
-    led.begin(RUN, delta=1e-5, limit=None, generator="gaussian", private=False)
+    info = led.begin(RUN, delta=1e-5, limit=None, generator="gaussian", private=False)
+    assert info["unbounded"] is True and info["spent_after"] is None
+    json.dumps(info, allow_nan=False)  # run.json is strict JSON
     led.record("counts", 0.0, 1.0)
     with pytest.raises(BudgetError):
         LifetimeLedger(tmp_path, IDS[:10]).begin(RUN, delta=1e-5, limit=100.0, generator="cvae", private=True)

@@ -214,8 +214,9 @@ def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> 
     ledger = LifetimeLedger(cfg.ledger_dir or default_dir(), cohort.sample_ids)
     lifetime = ledger.begin(plan.mechanisms(), delta=cfg.delta, limit=cfg.lifetime_epsilon, generator=generator.name,
                             private=plan.private)
-    log.info("lifetime ledger %s: these patients had spent epsilon %.3g; after this run %.3g%s", ledger.dir,
-             lifetime["spent_before"], lifetime["spent_after"],
+    log.info("lifetime ledger %s: these patients had spent epsilon %s; after this run %s%s", ledger.dir,
+             *(f"{v:.3g}" if v is not None else "unbounded (a run without DP)"
+               for v in (lifetime["spent_before"], lifetime["spent_after"])),
              "" if cfg.lifetime_epsilon is None else f" of {cfg.lifetime_epsilon:g}")
     release = Releaser(SecureSum(session, max_colluders=cfg.max_colluders), plan, generator.name, ledger.record)
     generator.fit(release, cohort, schema)

@@ -125,7 +125,8 @@ class LifetimeLedger:
         """Refuse a run that would exceed ``limit``; else record it (before any release).
 
         Returns the spend before and (if all planned releases are made) after
-        the run, and the limit, for the run record.
+        the run, and the limit, for the run record (``None`` and
+        ``unbounded: true`` where a run without DP made it infinite).
         """
         before = self.spent(delta)
         after = self.spent(delta, planned) if private else math.inf
@@ -135,8 +136,11 @@ class LifetimeLedger:
                 f"(ledger {self.dir}); this run would take them to {after:.3g}. Refused before any release")
         self._append({"kind": "run", "run": self.run, "time": time.time(), "generator": generator,
                       "private": private, "delta": delta, "patients": self.patients})
-        return {"ledger": str(self.dir), "spent_before": before, "spent_after": after, "limit": limit,
-                "remaining": None if limit is None else max(limit - after, 0.0)}
+        unbounded = not (math.isfinite(before) and math.isfinite(after))
+        return {"ledger": str(self.dir), "unbounded": unbounded,  # a --no-dp run: no finite epsilon (JSON null)
+                "spent_before": before if math.isfinite(before) else None,
+                "spent_after": after if math.isfinite(after) else None, "limit": limit,
+                "remaining": None if limit is None or unbounded else max(limit - after, 0.0)}
 
     def record(self, name: str, noise_multiplier: float, sample_rate: float) -> None:
         """Journal one release, fsynced, before it is made."""
