@@ -27,6 +27,7 @@ The file is JSON lines (``ledger.jsonl``), append-only.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -113,11 +114,17 @@ class LifetimeLedger:
 
     # ------------------------------------------------------------ writing
     def _append(self, row: dict) -> None:
-        path = self.dir / LEDGER
-        with open(path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One line, one locked ``write`` in append mode, fsynced: sites sharing a folder never interleave."""
+        data = (json.dumps(row, sort_keys=True) + "\n").encode()
+        fd = os.open(self.dir / LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # closing releases the lock
         self._history.append(row)
 
     def begin(self, planned: list[Mechanism], *, delta: float, limit: float | None, generator: str,
