@@ -288,7 +288,7 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
     Splits --data into sites, holds out --holdout of each site, and starts one
     `fedsynth train` process per site on 127.0.0.1 with a fresh session
     secret. Writes OUTDIR/model.pt, OUTDIR/synthetic.csv, OUTDIR/synthetic.h5ad
-    and OUTDIR/run.json (epsilon, delta, each site's n, wall seconds per
+    and OUTDIR/run.json (epsilon, delta, each site's n (simulate holds all the data), wall seconds per
     phase, train-on-synthetic/test-on-real scores on the held-out samples).
 
     Unit of privacy: one sample (row) of one site. The guarantee assumes one
@@ -299,7 +299,7 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
     setup_logging("simulate")
     data_kw = _data_kw(kw)
     cfg = _train_config(kw)
-    cfg.validate()  # unknown generator or bad option: one line, before any process starts
+    cfg.validate(classes_from_data=True)  # unknown generator or bad option: one line, before any process starts
     run = run_simulation(data, data_kw=data_kw, sites=sites, site_column=site_column, split=split, alpha=alpha,
                          holdout=holdout, split_seed=split_seed, local_only=local_only, n_synthetic=n_synthetic,
                          outdir=outdir, overwrite=overwrite, cfg=cfg)

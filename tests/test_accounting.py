@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from fedsynth.errors import BudgetError, ParameterError
 from fedsynth.privacy.accounting import MAX_NOISE_MULTIPLIER, Mechanism, PrivacyLedger, compose, validate_budget
-from fedsynth.privacy.release import ReleasePlan, ReleaseSpec
+from fedsynth.privacy.release import ReleasePlan, ReleaseSpec, with_record_count
 
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
@@ -143,10 +143,10 @@ def _generator_plan(name, input_kind, epsilon, delta=1e-5):
     from fedsynth.federation.schema import Schema
     from fedsynth.generators import registry
 
-    schema = Schema([f"g{i}" for i in range(50)], [f"c{i}" for i in range(5)], input_kind, [70, 70, 62],
-                    ["a", "b", "c"])
+    schema = Schema([f"g{i}" for i in range(50)], [f"c{i}" for i in range(5)], input_kind, ["a", "b", "c"],
+                    n_total=202)
     generator = registry.create(name)
-    return ReleasePlan.calibrate(generator.releases(schema), epsilon=epsilon, delta=delta,
+    return ReleasePlan.calibrate(with_record_count(generator.releases(schema)), epsilon=epsilon, delta=delta,
                                  n_total=schema.n_total, one_shot_fraction=generator.one_shot_fraction())
 
 

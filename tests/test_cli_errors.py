@@ -105,6 +105,8 @@ def build_cases(site_data, d: Path) -> dict:
     cases["rank_out_of_range"] = {"data": ok_data, "rank": 3, "world_size": 3,
                                   "expect": ["--rank", "0..2", "got 3"]}
     cases["epsilon_zero"] = {"data": ok_data, "args": ["--epsilon", "0"], "expect": ["--epsilon", "> 0"]}
+    cases["dp_without_classes"] = {"data": ok_data, "classes": None,
+                                   "expect": ["--classes is required with DP", "label set"]}
 
     existing = d / "existing_out"
     existing.mkdir()
@@ -122,13 +124,17 @@ def build_cases(site_data, d: Path) -> dict:
     return cases
 
 
+#: the bundled data's PAM50 labels: with DP, train requires the shared vocabulary
+VOCAB = "Basal,Her2,LumA,LumB,NormalLike"
+
+
 def train_args(c: dict, port: int) -> list[str]:
     return [PY, "-m", "fedsynth", "train", "--rank", str(c.get("rank", 0)),
             "--world-size", str(c.get("world_size", 2)),
             "--rendezvous", c.get("rendezvous", f"tcp://127.0.0.1:{port}"),
             "--secret-file", str(c["secret"]), "--data", str(c["data"]), "--label-column", "label",
             "--outdir", str(c["outdir"]), "--no-progress", "--rendezvous-timeout", "5", "--step-timeout", "5",
-            *c["args"]]
+            *(["--classes", c.get("classes", VOCAB)] if c.get("classes", VOCAB) else []), *c["args"]]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +168,7 @@ CASE_NAMES = [
     "missing_file", "xlsx", "binary_csv", "nan_value", "negative_counts", "noninteger_counts",
     "duplicate_sample_ids", "duplicate_gene_ids", "missing_labels", "one_sample", "all_genes_constant",
     "secret_empty", "secret_world_readable", "bad_rendezvous_scheme", "bad_rendezvous_no_port",
-    "rank_out_of_range", "epsilon_zero", "existing_outputs",
+    "rank_out_of_range", "epsilon_zero", "existing_outputs", "dp_without_classes",
 ]
 
 

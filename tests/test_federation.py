@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from testkit import PY, describe, start_process, wait_all, write_secret
+from testkit import PY, assert_no_counts, describe, start_process, wait_all, write_secret
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(400)]
 
@@ -68,17 +68,21 @@ def test_dp_run_identical_models_and_dp_record(launch_parties, site_data, secret
             assert torch.equal(b["state_dict"][name], t), f"{name} differs between sites"
 
     dp = blobs[0]["dp"]
-    n_total = sum(site_data["n"])
+    # N is the released noisy count: q and T follow it, never the exact total
+    n_total = dp["n_total"]
+    assert isinstance(n_total, int) and dp["n_total_sd"] > 0
+    assert abs(n_total - sum(site_data["n"])) < 6 * dp["n_total_sd"]
+    assert dp["mechanisms"][0]["name"] == "record count"
+    assert dp["noise_std"]["record count"] > 0 and dp["sensitivity"]["record count"] == 1.0
     assert dp["private"] is True
     assert dp["epsilon"] == 3.0 and 0 < dp["epsilon_spent"] <= 3.0
     assert dp["delta"] == 1e-5
     assert dp["sigma"] > 0 and dp["stat_sigma"] > 0
-    assert dp["sample_rate"] == pytest.approx(32 / n_total)
+    assert dp["sample_rate"] == pytest.approx(min(1.0, 32 / n_total))
     assert dp["clip_norm"] == 1.0
-    assert dp["steps"] == int(np.ceil(2 / (32 / n_total)))
+    assert dp["steps"] == int(np.ceil(2 / min(1.0, 32 / n_total)))
     assert dp["k"] == 3 and dp["max_colluders"] == 1
-    assert [s["n"] for s in dp["sites"]] == site_data["n"]
-    assert [s["rank"] for s in dp["sites"]] == [0, 1, 2]
+    assert dp["sites"] == [{"rank": r, "name": f"site{r}"} for r in range(3)]
     assert blobs[0]["genes"] == site_data["genes"]
     assert set(blobs[0]["classes"]) <= site_data["labels"]
     for b in blobs[1:]:
@@ -87,7 +91,10 @@ def test_dp_run_identical_models_and_dp_record(launch_parties, site_data, secret
     for p in procs:
         run = json.loads((p.outdir / "run.json").read_text())
         assert run["epsilon"] == 3.0 and run["delta"] == 1e-5
-        assert [s["n"] for s in run["sites"]] == site_data["n"]
+        assert run["sites"] == dp["sites"]
+        # no exact per-site (or total) count in any output of train
+        assert_no_counts(run)
+        assert_no_counts({k: v for k, v in blobs[p.rank].items() if k != "state_dict"})
         assert run["max_colluders"] == 1
         assert run["wall_seconds"]["total"] > 0
         assert run["rank"] == p.rank
@@ -275,7 +282,8 @@ def test_simulate_local_only(simulated, site_data):
     for s in run["sites"]:
         assert (out / "local" / s["name"] / "model.pt").is_file()
         blob = load_blob(out / "local" / s["name"] / "model.pt")
-        assert blob["dp"]["k"] == 1 and [x["n"] for x in blob["dp"]["sites"]] == [s["n"]]
+        assert blob["dp"]["k"] == 1 and blob["dp"]["sites"] == [{"rank": 0, "name": s["name"]}]
+        assert abs(blob["dp"]["n_total"] - s["n"]) < 6 * blob["dp"]["n_total_sd"]
     assert set(run["local"]) == set(site_data["names"])
     assert not (out / "model.pt").exists()
 

@@ -39,10 +39,11 @@ def error_lines(proc) -> list[str]:
 
 def one_site(tmp_path, data, outdir, extra, name="solo", secret=None):
     """One `fedsynth train --world-size 1` process (a real one-party session)."""
-    from testkit import train_cmd, write_secret
+    from testkit import train_cmd, with_classes, write_secret
 
     secret = secret or write_secret(tmp_path / f"{name}.key")
-    return start_process(train_cmd(0, 1, free_port(), secret, data, outdir, extra), tmp_path / "logs", name)
+    return start_process(train_cmd(0, 1, free_port(), secret, data, outdir, with_classes(extra, [data])),
+                         tmp_path / "logs", name)
 
 
 def cli(tmp_path, args, name):
@@ -155,7 +156,7 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["generator"] == "gaussian" and run["mode"] == "federated"
     assert run["epsilon"] == 1.0 and 0 < run["epsilon_spent"] <= 1.0
-    assert [m["name"] for m in run["budget_split"]] == ["class counts", "gene means", "class means",
+    assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "gene means", "class means",
                                                          "second moments"]
     assert all(m["noise_multiplier"] > 0 for m in run["budget_split"])
     assert len(run["sites"]) == 3 and run["models_identical"] is True
@@ -163,7 +164,7 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     # each site's traffic is recorded: its secure-sum shares (8 bytes a value) and the TCP bytes it sent,
     # which include every share it contributed to the all-reduces
     for name, c in run["site_communication"].items():
-        assert c["secure_sums"] == 4 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
+        assert c["secure_sums"] == 5 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
         assert c["tcp_bytes_sent"] >= c["share_bytes"] and c["tcp_sockets"] >= 2, (name, c)
 
     blob = load_blob(out / "model.pt")
@@ -174,7 +175,8 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert dp["k"] == 3 and dp["max_colluders"] == 1 and run["max_colluders"] == 1
     assert dp["epsilon_vs_site"] == pytest.approx(dp["epsilon_spent"]) and run["epsilon_vs_site"] == dp["epsilon_vs_site"]
     assert dp["epsilon_vs_coalition"]["2"] > dp["epsilon"]
-    assert [s["n"] for s in dp["sites"]] == [s["n"] for s in run["sites"]]
+    assert [s["name"] for s in dp["sites"]] == [s["name"] for s in run["sites"]]
+    assert "n" not in dp["sites"][0] and abs(dp["n_total"] - sum(s["n"] for s in run["sites"])) < 6 * dp["n_total_sd"]
     assert {m["name"]: m["noise_multiplier"] for m in dp["mechanisms"]} == dp["noise_multipliers"]
     # the accountant, re-run on the recorded mechanisms, agrees with the record
     from fedsynth.privacy.accounting import Mechanism, compose

@@ -53,11 +53,12 @@ def test_no_dp_federated_tables_equal_pooled(tmp_path):
 def test_epsilon_1_noise_matches_the_accountant(tmp_path):
     blob, run = simulate(tmp_path / "dp", "--site-column", "site", "--sites", 3, "--epsilon", 1, "--n-synthetic", 300)
     dp, G = blob["dp"], len(blob["genes"])
-    (mech,) = dp["mechanisms"]
+    count, mech = dp["mechanisms"]
+    assert count["name"] == "record count" and dp["sensitivity"]["record count"] == 1.0
     assert mech["name"] == "class x gene histograms" and mech["steps"] == 1
     assert dp["noise_std"][mech["name"]] == pytest.approx(mech["noise_multiplier"] * math.sqrt(G))
     assert dp["sensitivity"][mech["name"]] == pytest.approx(math.sqrt(G))
-    spent = compose([Mechanism(**mech)], dp["delta"])
+    spent = compose([Mechanism(**count), Mechanism(**mech)], dp["delta"])
     assert spent == pytest.approx(dp["epsilon_spent"]) and 0.98 < spent <= 1.0
     probs = blob["state_dict"]["probs"].numpy()
     assert probs.shape == (G, len(blob["classes"]), 8) and np.allclose(probs.sum(2), 1.0)

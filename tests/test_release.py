@@ -20,11 +20,11 @@ NOISE_N = 20000
 EPSILON, DELTA, FRACTION = 1.0, 1e-5, 0.5
 
 
-def specs():
+def specs(rate: float = 0.1, steps: int = 5):
     from fedsynth.privacy.release import ReleaseSpec
 
     return [ReleaseSpec("a", 2.0, 1.0), ReleaseSpec("b", 1.0, 3.0, steps=2),
-            ReleaseSpec("sgd", 1.5, None, sample_rate=0.1, steps=5)]
+            ReleaseSpec("sgd", 1.5, None, sample_rate=rate, steps=steps)]
 
 
 def party_main(argv: list[str]) -> None:
@@ -32,7 +32,7 @@ def party_main(argv: list[str]) -> None:
     from testkit import parse_party_args, party_session
 
     from fedsynth.federation.secure_sum import SecureSum
-    from fedsynth.privacy.release import ReleasePlan, Releaser
+    from fedsynth.privacy.release import RECORD_COUNT, ReleasePlan, Releaser, with_record_count
 
     a = parse_party_args(argv)
     res = {}
@@ -54,6 +54,19 @@ def party_main(argv: list[str]) -> None:
         res["errors"] = np.array(json.dumps(errors))
         res["record"] = np.array(json.dumps(release.record()))
         res["multipliers"] = np.array(json.dumps(plan.multipliers))
+        # the record count: first, its own share; then the plan made again at the released N
+        cplan = ReleasePlan.calibrate(with_record_count(specs()), epsilon=EPSILON, delta=DELTA,
+                                      one_shot_fraction=FRACTION)
+        counted = Releaser(SecureSum(session, max_colluders=1), cplan, "count")
+        m = counted(RECORD_COUNT, np.zeros(NOISE_N))
+        res["count"], res["count_sd"] = m.value, np.array(m.noise_sd)
+        res["count_plan"] = np.array(json.dumps(cplan.multipliers))
+        later = ReleasePlan.calibrate(with_record_count(specs(rate=0.05, steps=9)), epsilon=EPSILON, delta=DELTA,
+                                      one_shot_fraction=FRACTION)
+        counted.replan(later)
+        res["replanned"] = np.array(json.dumps(counted.plan.multipliers))
+        counted("sgd", np.zeros(4))
+        res["count_record"] = np.array(json.dumps(counted.record()))
         exact = Releaser(SecureSum(session), ReleasePlan.not_private(specs(), delta=DELTA), "exact")
         res["exact"] = exact("b", np.arange(3.0) * (a.rank + 1)).value
         res["exact_record"] = np.array(json.dumps(exact.record()))
@@ -124,3 +137,53 @@ def test_without_dp_the_sum_is_exact_and_nothing_is_accounted(parties):
     rec = json.loads(str(parties[0]["exact_record"]))
     assert rec["private"] is False and rec["mechanisms"] == [] and rec["epsilon_spent"] is None
     assert math.isfinite(float(parties[0]["b0"][0]))
+
+
+def test_record_count_noise_is_what_the_plan_says(parties):
+    """The record count is one more release: its noise is z * 1 from the honest site, sqrt(2) that in all."""
+    z = json.loads(str(parties[0]["count_plan"]))
+    sd = float(parties[0]["count_sd"])
+    assert sd == pytest.approx(z["record count"] * 1.0 * math.sqrt(2))
+    for p in parties:
+        assert np.std(p["count"]) == pytest.approx(sd, rel=0.03)
+
+
+def test_record_count_takes_its_share_and_keeps_its_noise_when_replanned(parties):
+    """COUNT_SHARE of the one-shot rho; the plan made at the released N keeps it and refills only DP-SGD."""
+    from fedsynth.privacy.accounting import compose, Mechanism
+    from fedsynth.privacy.release import COUNT_SHARE
+
+    z = json.loads(str(parties[0]["count_plan"]))
+    rho = {"record count": 1 / (2 * z["record count"] ** 2), "a": 1 / (2 * z["a"] ** 2), "b": 2 / (2 * z["b"] ** 2)}
+    assert rho["record count"] / sum(rho.values()) == pytest.approx(COUNT_SHARE, rel=1e-9)
+    later = json.loads(str(parties[0]["replanned"]))
+    assert {n: later[n] for n in ("record count", "a", "b")} == {n: z[n] for n in ("record count", "a", "b")}
+    assert later["sgd"] != z["sgd"]
+    rec = json.loads(str(parties[0]["count_record"]))
+    assert [m["name"] for m in rec["mechanisms"]] == ["record count", "sgd"]
+    full = [Mechanism("record count", later["record count"]), Mechanism("a", later["a"]),
+            Mechanism("b", later["b"], 1.0, 2), Mechanism("sgd", later["sgd"], 0.05, 9)]
+    assert 0.98 * EPSILON < compose(full, DELTA) <= EPSILON
+
+
+def test_replan_refuses_to_change_what_was_released():
+    from fedsynth.privacy.release import RECORD_COUNT, ReleasePlan, Releaser, ReleaseSpec, with_record_count
+
+    plan = ReleasePlan.calibrate(with_record_count(specs()), epsilon=EPSILON, delta=DELTA, one_shot_fraction=FRACTION)
+    release = Releaser(None, plan, "t")
+    release.rounds[RECORD_COUNT] = 1  # as after the count's secure sum
+    other = ReleasePlan.calibrate([ReleaseSpec(RECORD_COUNT, 1.0, 1.0)] + specs(), epsilon=EPSILON, delta=DELTA,
+                                  one_shot_fraction=FRACTION)
+    with pytest.raises(RuntimeError, match="changes release 'record count'"):
+        release.replan(other)
+    with pytest.raises(RuntimeError, match="changes the budget"):
+        release.replan(ReleasePlan.calibrate(with_record_count(specs()), epsilon=2 * EPSILON, delta=DELTA,
+                                             one_shot_fraction=FRACTION))
+
+
+def test_released_count_is_rounded_and_floored():
+    from fedsynth.privacy.release import Measurement, released_count
+
+    assert released_count(Measurement("record count", np.array([201.6]), 20.0, 1.0), 5) == 202
+    assert released_count(Measurement("record count", np.array([-40.0]), 20.0, 1.0), 5) == 5
+    assert released_count(Measurement("record count", np.array([1.2]), 20.0, 1.0), 1) == 2

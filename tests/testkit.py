@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +153,43 @@ def train_cmd(rank: int, world_size: int, port: int, secret: Path, data: Path, o
             "--no-progress", *map(str, extra)]
 
 
+def with_classes(extra, datas, label_column: str = "label") -> list[str]:
+    """``extra`` plus ``--classes`` (the union of the sites' labels) when DP is on and none is given.
+
+    With DP, ``fedsynth train`` requires the shared vocabulary, as a real
+    federation would agree on it out of band.
+    """
+    extra = [str(a) for a in extra]
+    if "--no-dp" in extra or "--classes" in extra:
+        return extra
+    labels = set()
+    for d in datas:
+        try:
+            labels |= set(pd.read_csv(d, usecols=[label_column], dtype=str)[label_column].dropna())
+        except (OSError, ValueError):  # a deliberately bad input file: train's own error is the subject
+            return extra
+    return [*extra, "--classes", ",".join(sorted(labels))]
+
+
+def assert_no_counts(record) -> None:
+    """Fail if ``record`` (train's run record or model metadata) holds a record-count key anywhere.
+
+    Walks every dict and list. Only the released noisy total (``n_total``)
+    may appear; per-site counts are allowed in ``simulate``'s own run
+    record only (it holds all the data).
+    """
+    def walk(v, path):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                assert k not in ("n", "site_n", "n_samples", "class_counts_exact"), f"count key at {path}.{k}"
+                walk(x, f"{path}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{path}[{i}]")
+
+    walk(record, "$")
+
+
 # ----------------------------------------------------------------- fixtures
 @pytest.fixture
 def secret_file(tmp_path) -> Path:
@@ -172,6 +210,7 @@ def launch_parties(tmp_path):
 
     def launch(datas, secret, *, ranks=None, world_size=None, extra=(), port=None, secrets=None,
                outdirs=None, tag="run"):
+        extra = with_classes(extra, datas)
         k = world_size or len(datas)
         ranks = list(range(k)) if ranks is None else list(ranks)
         port = port or free_port()

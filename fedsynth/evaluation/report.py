@@ -445,7 +445,8 @@ def _privacy(m, a):
                     + "</p>")
         rows = [[k, cell(v)] for k, v in dp.items() if k != "sites"]
         if dp.get("sites"):
-            rows.append(["sites", ", ".join(f"{s.get('name', '?')} (n={s.get('n', '?')})" for s in dp["sites"])])
+            rows.append(["sites", ", ".join(f"{s.get('name', '?')}" + (f" (n={s['n']})" if "n" in s else "")
+                                            for s in dp["sites"])])
         out += _table(["field", "value"], rows)
     d = p["dcr"]
     out += "<h3>Distance to closest record</h3>" + _table(

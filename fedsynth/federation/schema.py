@@ -1,9 +1,11 @@
 """Schema agreement: the public facts every site must share before any release.
 
 Each site sends its gene list, its label vocabulary (or only the declared
-``--classes``), its input kind, its record count and its name; every site
-checks the others agree (:func:`agree_schema`). Record counts are treated as
-public, as in Opacus, where the dataset size sets the sample rate.
+``--classes``), its input kind and its name; every site checks the others
+agree (:func:`agree_schema`). No record count is exchanged: under
+add/remove neighbours the count is private, so the protocol releases one
+noisy total ``N`` through the accountant (``fedsynth.privacy.release``) and
+sets :attr:`Schema.n_total` from it.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ log = logging.getLogger("fedsynth")
 
 @dataclass
 class Schema:
-    """The agreed public schema: genes, classes, input kind, each site's record count and name."""
+    """The agreed public schema: genes, classes, input kind, site names; then the released ``N``.
+
+    ``n_total`` is ``None`` until the protocol has released the noisy
+    record count (and then that count, never an exact one); ``n_total_sd``
+    is its noise s.d. (0 without DP).
+    """
     genes: list[str]
     classes: list[str]
     input_kind: str
-    site_n: list[int]
     site_names: list[str]
-
-    @property
-    def n_total(self) -> int:
-        return sum(self.site_n)
+    n_total: int | None = None
+    n_total_sd: float = 0.0
 
     def label_index(self, labels) -> np.ndarray:
         """Class indices (into :attr:`classes`) of ``labels``."""
@@ -42,7 +46,7 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
 
     With ``classes`` (the public label vocabulary, ``--classes``) each site
     only checks its labels are among them and the sites compare the list; a
-    site's own label set is never sent. Without it, each site's label set is
+    site's own label set is never sent. Without it (only with ``--no-dp``), each site's label set is
     exchanged (revealing which classes each site has) and the union is used.
     """
     own = sorted(set(map(str, cohort.labels)))
@@ -55,7 +59,6 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
         "classes": sorted(classes) if classes is not None else own,
         "declared": classes is not None,
         "input_kind": cohort.input_kind,
-        "n": int(cohort.n_samples),
         "site": session.site_name,
     }
     views = session.exchange("schema", mine, step="schema agreement")
@@ -92,7 +95,7 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
                             "alone carry those classes", r, v["site"], ", ".join(lacking))
     if len(classes) < 2:
         raise InputError(f"schema agreement: only one label ({classes[0]}) across all sites")
-    return Schema(genes, classes, views[0]["input_kind"], [v["n"] for v in views], [v["site"] for v in views])
+    return Schema(genes, classes, views[0]["input_kind"], [v["site"] for v in views])
 
 
 def join_schema(session, cohort, *, genes_mode: str, classes: tuple[str, ...] | None, max_colluders: int):

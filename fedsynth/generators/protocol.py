@@ -3,17 +3,24 @@
 Every site runs, in lock step over an open
 :class:`~fedsynth.federation.session.Session`:
 
-1. **schema agreement** (public: genes, labels, input kind, record counts;
-   :func:`~fedsynth.federation.schema.join_schema`);
+1. **schema agreement** (public: genes, labels, input kind, site names; no
+   record count; :func:`~fedsynth.federation.schema.join_schema`);
 2. **release plan** (no data touched): the generator declares its releases
-   (:meth:`~fedsynth.generators.base.Generator.releases`) and
+   (:meth:`~fedsynth.generators.base.Generator.releases`), the record count
+   goes first (:func:`~fedsynth.privacy.release.with_record_count`), and
    :meth:`~fedsynth.privacy.release.ReleasePlan.calibrate` sizes their noise
    so that everything composes to exactly ``(epsilon, delta)``; a target
-   that cannot be met refuses the run at every site alike;
-3. **fit**: the generator releases through the one
+   that cannot be met refuses the run at every site alike. Until ``N`` is
+   known the plan uses this site's guess ``k * n_own``, only to size what
+   depends on ``N`` (DP-SGD's rate and steps) for the lifetime check;
+3. **record count**: the noisy total ``N`` is released
+   (:func:`~fedsynth.privacy.release.released_count`), the plan is made
+   again with it (the one-shot noise stays as planned), and the lifetime
+   check is repeated on the final plan;
+4. **fit**: the generator releases through the one
    :class:`~fedsynth.privacy.release.Releaser` (secure sum + noise + ledger
    entry) and fits on the noisy values;
-4. **DP record**, built from the ledger.
+5. **DP record**, built from the ledger.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from ..federation.schema import Schema, join_schema
 from ..federation.secure_sum import SecureSum
 from ..privacy.accounting import validate_budget
 from ..privacy.lifetime import LifetimeLedger, default_dir
-from ..privacy.release import ReleasePlan, Releaser
+from ..privacy.release import RECORD_COUNT, ReleasePlan, Releaser, released_count, with_record_count
 from . import registry
 from .base import FitContext, Generator, option, option_fields
 
@@ -73,8 +80,9 @@ class TrainConfig:
     genes: str = option("strict", "strict: all sites must have the same genes. intersect: use the genes all "
                         "sites share.", choices=("strict", "intersect"), label="Genes", group="federation")
     classes: tuple[str, ...] | None = option(
-        None, "Comma-separated label vocabulary shared by all sites (e.g. LumA,LumB,Basal,Her2,NormalLike). "
-        "Without it, each site's own label set is revealed to the others during schema agreement.",
+        None, "Comma-separated label vocabulary shared by all sites (e.g. LumA,LumB,Basal,Her2,NormalLike); "
+        "every site gives the same list. Required with DP: a site's own label set is never revealed. "
+        "Only with --no-dp may it be left out; then the sites exchange their label sets.",
         parse=_parse_classes, format=lambda v: ",".join(v or ()), pattern=r"^[^'\"]*$",
         pattern_help="Comma-separated labels, no quotes", label="Label vocabulary shared by all sites", group="federation")
     seed: int | None = option(None, "With --no-dp: fixes initialisation and sampling, so runs repeat exactly "
@@ -111,10 +119,15 @@ class TrainConfig:
                if (info.name or name) in values}
         return cls(**common, options=gen_cls.Config(**own))
 
-    def validate(self) -> None:
+    def validate(self, *, classes_from_data: bool = False) -> None:
+        """Refuse a bad option with a one-line error; ``classes_from_data``: the caller (simulate) fills ``classes``."""
         registry.check_name(self.generator)
         if not self.no_dp:
             validate_budget(self.epsilon, self.delta)
+            if not self.classes and not classes_from_data:
+                raise ParameterError("--classes is required with DP: give the label vocabulary all sites share "
+                                     "(e.g. --classes LumA,LumB,Basal,Her2,NormalLike), so that no site's label "
+                                     "set is revealed")
         if self.max_colluders is not None and self.max_colluders < 0:
             raise ParameterError(f"--max-colluders must be >= 0 (got {self.max_colluders})")
         if self.genes not in ("strict", "intersect"):
@@ -175,23 +188,36 @@ class FitResult:
     lifetime: dict | None = None
 
 
-def plan_releases(generator: Generator, schema: Schema, cfg: TrainConfig) -> ReleasePlan:
-    """The calibrated plan of ``generator``'s declared releases (no data touched)."""
-    specs = generator.releases(schema)
+def plan_releases(generator: Generator, schema: Schema, cfg: TrainConfig, *, final: bool = True) -> ReleasePlan:
+    """The calibrated plan of the record count and ``generator``'s declared releases (no data touched).
+
+    ``schema.n_total`` is the released ``N`` (``final``) or this site's
+    guess of it, used before the count is released.
+    """
+    specs = with_record_count(generator.releases(schema))
     if cfg.no_dp:
-        log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
+        if not final:
+            log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
         return ReleasePlan.not_private(specs, delta=cfg.delta)
-    plan = ReleasePlan.calibrate(specs, epsilon=cfg.epsilon, delta=cfg.delta, n_total=schema.n_total,
+    plan = ReleasePlan.calibrate(specs, epsilon=cfg.epsilon, delta=cfg.delta,
+                                 n_total=schema.n_total,
                                  one_shot_fraction=generator.one_shot_fraction())
-    log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
-             ", ".join(f"{n} z={z:.3g}" for n, z in plan.multipliers.items()))
+    if final:
+        log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
+                 ", ".join(f"{n} z={z:.3g}" for n, z in plan.multipliers.items()))
     return plan
 
 
 def federation_record(cfg: TrainConfig, schema: Schema, k: int) -> dict:
-    """The part of the ``dp`` record that names the federation (``max_colluders`` as resolved)."""
+    """The part of the ``dp`` record that names the federation (``max_colluders`` as resolved).
+
+    Sites by rank and name only: no site's record count is known to any
+    other site; ``n_total`` is the released noisy total and ``n_total_sd``
+    its noise s.d.
+    """
     return {"k": k, "max_colluders": resolve_colluders(cfg.max_colluders, k),
-            "sites": [{"rank": r, "name": nm, "n": n} for r, (nm, n) in enumerate(zip(schema.site_names, schema.site_n))]}
+            "sites": [{"rank": r, "name": nm} for r, nm in enumerate(schema.site_names)],
+            "n_total": schema.n_total, "n_total_sd": schema.n_total_sd}
 
 
 def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> FitResult:
@@ -209,16 +235,23 @@ def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> 
     timings = {"schema": time.monotonic() - t0}
     generator = registry.create(cfg.generator, cfg.options, FitContext(
         site=session.site_name, progress=progress, seed=cfg.seed, shared_seed=session.shared_seed))
-    plan = plan_releases(generator, schema, cfg)
-    generator.check_plan(plan)
+    guess = replace(schema, n_total=max(cohort.n_samples * session.world_size, len(schema.classes), 2))
+    plan = plan_releases(generator, guess, cfg, final=False)
     ledger = LifetimeLedger(cfg.ledger_dir or default_dir(), cohort.sample_ids)
     lifetime = ledger.begin(plan.mechanisms(), delta=cfg.delta, limit=cfg.lifetime_epsilon, generator=generator.name,
                             private=plan.private)
+    release = Releaser(SecureSum(session, max_colluders=cfg.max_colluders), plan, generator.name, ledger.record)
+    count = release(RECORD_COUNT, [float(cohort.n_samples)])
+    schema = replace(schema, n_total=released_count(count, len(schema.classes)), n_total_sd=count.noise_sd)
+    log.info("released record count N = %d (noise s.d. %.3g)", schema.n_total, schema.n_total_sd)
+    plan = plan_releases(generator, schema, cfg)
+    release.replan(plan)
+    generator.check_plan(plan)
+    lifetime = ledger.check(plan.mechanisms(), delta=cfg.delta, limit=cfg.lifetime_epsilon, private=plan.private)
     log.info("lifetime ledger %s: these patients had spent epsilon %s; after this run %s%s", ledger.dir,
              *(f"{v:.3g}" if v is not None else "unbounded (a run without DP)"
                for v in (lifetime["spent_before"], lifetime["spent_after"])),
              "" if cfg.lifetime_epsilon is None else f" of {cfg.lifetime_epsilon:g}")
-    release = Releaser(SecureSum(session, max_colluders=cfg.max_colluders), plan, generator.name, ledger.record)
     generator.fit(release, cohort, schema)
     timings.update(generator.timings)
     dp = {**release.record(), **generator.dp_extra(), **federation_record(cfg, schema, session.world_size),

@@ -19,7 +19,10 @@ composes every release of every run in the one RDP accountant.
   aborts after some releases has recorded them.
 * **Refusal.** With ``--lifetime-epsilon L``, a run whose planned releases
   would take the spend above ``L`` is refused before any release
-  (:class:`~fedsynth.errors.BudgetError`). A ``--no-dp`` run is recorded as
+  (:class:`~fedsynth.errors.BudgetError`). The plan is checked again once
+  the noisy record count is known (:meth:`LifetimeLedger.check`: DP-SGD's
+  rate and steps follow it); a run that only then goes over is refused
+  with just the count released, and recorded. A ``--no-dp`` run is recorded as
   unbounded spend: afterwards every capped run on those patients is refused.
 
 The file is JSON lines (``ledger.jsonl``), append-only.
@@ -100,10 +103,14 @@ class LifetimeLedger:
         return out
 
     def spent(self, delta: float, planned: list[Mechanism] = ()) -> float:
-        """Largest spend over this run's patients of everything recorded (plus ``planned``)."""
+        """Largest spend over this run's patients of every earlier run recorded (plus ``planned``).
+
+        This run's own journal lines are left out: its releases are in ``planned``.
+        """
         worst = 0.0
         groups: dict[tuple, list[Mechanism]] = {}
-        for mechs in self._mechanisms_by_patient(self._history).values():
+        earlier = [r for r in self._history if r.get("run") != self.run]
+        for mechs in self._mechanisms_by_patient(earlier).values():
             groups.setdefault(tuple((m.name, m.noise_multiplier, m.sample_rate) for m in mechs), mechs)
         for mechs in groups.values():
             all_ = list(mechs) + list(planned)
@@ -135,14 +142,24 @@ class LifetimeLedger:
         the run, and the limit, for the run record (``None`` and
         ``unbounded: true`` where a run without DP made it infinite).
         """
+        summary = self.check(planned, delta=delta, limit=limit, private=private, when="before any release")
+        self._append({"kind": "run", "run": self.run, "time": time.time(), "generator": generator,
+                      "private": private, "delta": delta, "patients": self.patients})
+        return summary
+
+    def check(self, planned: list[Mechanism], *, delta: float, limit: float | None, private: bool,
+              when: str = "after the record count") -> dict:
+        """Refuse if earlier runs plus ``planned`` (this run's whole plan) exceed ``limit``; else the summary.
+
+        :meth:`begin` calls it before the first release; the protocol again
+        once the final plan is known.
+        """
         before = self.spent(delta)
         after = self.spent(delta, planned) if private else math.inf
         if limit is not None and after > limit * (1 + 1e-9):
             raise BudgetError(
                 f"--lifetime-epsilon {limit:g}: these patients have spent epsilon {before:.3g} in earlier runs "
-                f"(ledger {self.dir}); this run would take them to {after:.3g}. Refused before any release")
-        self._append({"kind": "run", "run": self.run, "time": time.time(), "generator": generator,
-                      "private": private, "delta": delta, "patients": self.patients})
+                f"(ledger {self.dir}); this run would take them to {after:.3g}. Refused {when}")
         unbounded = not (math.isfinite(before) and math.isfinite(after))
         return {"ledger": str(self.dir), "unbounded": unbounded,  # a --no-dp run: no finite epsilon (JSON null)
                 "spent_before": before if math.isfinite(before) else None,

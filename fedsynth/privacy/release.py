@@ -14,6 +14,18 @@ into noise multipliers ``z`` in the one RDP accountant
   ``q``) gets the smallest ``z`` for which the composition of everything
   stays within ``epsilon``.
 
+The record count comes first. Under add/remove neighbours the number of
+records ``N`` is private too, yet the sample rate ``q = B / N``, the steps
+``T``, the degrees of freedom and every mean's divisor need it. So every run
+starts with one declared release of it (:data:`RECORD_COUNT`, sensitivity 1,
+a fixed share :data:`COUNT_SHARE` of the one-shot budget,
+:func:`with_record_count`), and everything after uses the noisy ``N``
+(:func:`released_count`). No exact count crosses a site. Releases whose
+shape depends on ``N`` (DP-SGD's ``q`` and ``T``) are planned again once it is
+known (:meth:`ReleasePlan.calibrate` with the same one-shot shares, then
+:meth:`Releaser.replan`, which refuses a new plan that changes the noise
+of anything already released).
+
 Then :class:`Releaser` is the only way a value leaves a site:
 ``release(name, values)`` looks the release up in the plan, asks the secure
 sum for ``sum_i (x_i + eta_i)`` with total noise s.d. ``z * Delta``
@@ -46,6 +58,17 @@ from .accounting import (
     plan_release_split,
     validate_budget,
 )
+
+
+#: Name of the first release of every run: the number of records, summed over sites.
+RECORD_COUNT = "record count"
+
+#: Share of the one-shot privacy loss (zCDP ``rho``) spent on :data:`RECORD_COUNT`.
+#: A scalar with sensitivity 1: at epsilon 1 (delta 1e-5) its noise s.d. is
+#: about 20 records, a few per cent of a cohort of hundreds (the error of
+#: ``q``, ``T`` and of every mean's divisor); every other one-shot release
+#: pays ``1 / sqrt(1 - COUNT_SHARE)`` = 1.026 times the noise s.d.
+COUNT_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -168,6 +191,30 @@ class ReleasePlan:
         return [Mechanism(n, self.multipliers[n], s.sample_rate, s.steps) for n, s in self.specs.items()]
 
 
+def with_record_count(specs: list[ReleaseSpec]) -> list[ReleaseSpec]:
+    """``specs`` with :data:`RECORD_COUNT` first, weighted to take :data:`COUNT_SHARE` of the one-shot budget.
+
+Its weight is ``COUNT_SHARE / (1 - COUNT_SHARE)`` times the sum of the
+    other one-shot weights, so it takes the share ``COUNT_SHARE`` of their
+    ``rho`` (:func:`~fedsynth.privacy.accounting.plan_release_split` gives
+    release ``i`` the share ``w_i / sum_j w_j``). Its multiplier depends
+    only on the one-shot shares and epsilon, never on ``N``: a plan made
+    again once ``N`` is known gives it the same noise.
+    """
+    shared = sum(s.share for s in specs if s.share is not None)
+    weight = COUNT_SHARE / (1.0 - COUNT_SHARE) * (shared or 1.0)
+    return [ReleaseSpec(RECORD_COUNT, 1.0, weight)] + list(specs)
+
+
+def released_count(measurement: Measurement, n_classes: int) -> int:
+    """``N`` as every later step uses it: the noisy count, rounded, at least ``max(n_classes, 2)``.
+
+    Post-processing of the released value (free); the floor keeps rates
+    and divisors finite when the noise is large against a tiny cohort.
+    """
+    return max(int(round(float(np.asarray(measurement.value).reshape(-1)[0]))), n_classes, 2)
+
+
 def _by_name(specs: list[ReleaseSpec]) -> dict[str, ReleaseSpec]:
     out: dict[str, ReleaseSpec] = {}
     for s in specs:
@@ -230,6 +277,20 @@ class Releaser:
                 m.steps += 1
                 return
         self.ledger.add(Mechanism(name, z, spec.sample_rate, 1))
+
+    def replan(self, plan: ReleasePlan) -> None:
+        """Continue under ``plan`` (made again once ``N`` is known).
+
+        Refuses a plan that drops a release already made or changes its
+        noise multiplier: what was revealed stays accounted as it was made.
+        """
+        if (plan.private, plan.epsilon, plan.delta) != (self.plan.private, self.plan.epsilon, self.plan.delta):
+            raise RuntimeError(f"{self.label}: the new plan changes the budget")
+        for name in self.rounds:
+            if name not in plan.multipliers or plan.multipliers[name] != self.plan.multipliers[name] \
+                    or plan.specs[name] != self.plan.specs[name]:
+                raise RuntimeError(f"{self.label}: the new plan changes release {name!r}, already made")
+        self.plan = plan
 
     @property
     def calls(self) -> int:

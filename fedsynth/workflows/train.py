@@ -33,9 +33,9 @@ class SiteRun:
 
     def summary(self) -> str:
         dp = self.run["dp"]
-        n = sum(s["n"] for s in dp["sites"])
         return (f"fedsynth train [{self.run['site']}]: done in {self.run['wall_seconds']['total']:.1f}s; "
-                f"{privacy_phrase(dp)}; {len(dp['sites'])} sites, {n} samples -> {self.outdir}/model.pt")
+                f"{privacy_phrase(dp)}; {len(dp['sites'])} sites, {'about ' if dp['private'] else ''}{dp['n_total']} samples "
+                f"-> {self.outdir}/model.pt")
 
 
 def train_site(*, rank: int, world_size: int, rendezvous: str, secret_file, data, data_kw: dict,

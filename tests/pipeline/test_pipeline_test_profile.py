@@ -74,7 +74,11 @@ def test_each_site_evaluated_on_its_own_holdout(test_profile):
         assert (results / site / "evaluation" / "report.html").stat().st_size > 1000
         summary = json.loads((results / site / f"{site}.summary.json").read_text())
         assert summary["site"] == site and summary["epsilon"] == pytest.approx(1.0)
-        assert summary["n_training_samples"] == sum(s["n"] for s in summary["sites"])
+        model = load_model(results / site / "model" / "model.pt")
+        assert summary["n_training_samples"] == model["dp"]["n_total"]  # the released noisy N, no exact count
+        assert all(set(s) == {"rank", "name"} for s in summary["sites"])
+        life = summary["lifetime"]  # this site's ledger: at least this run's epsilon, more than before it
+        assert life["spent_after"] >= 0.99 and life["spent_after"] > life["spent_before"]
         # the site's real data is not published
         assert not list((results / site).rglob("*.train.h5ad")) and not list((results / site).rglob("*holdout*"))
     info = results / "pipeline_info"
@@ -91,5 +95,5 @@ def test_a_registered_generator_runs_through_the_pipeline_unedited(run_nf, tmp_p
     for m in models:
         assert m["generator"] == "marginals" and m["config"]["bins"] == 5
         assert m["dp"]["epsilon"] == pytest.approx(1.0) and m["dp"]["k"] == 3
-        assert [x["name"] for x in m["dp"]["mechanisms"]] == ["class x gene histograms"]
+        assert [x["name"] for x in m["dp"]["mechanisms"]] == ["record count", "class x gene histograms"]
     assert same_model(models[0], models[1]) and same_model(models[0], models[2])
