@@ -96,11 +96,34 @@ def test_an_ipv6_rendezvous_listens_on_that_address_only():
         del store
 
 
-def test_rank_0_cannot_listen_on_an_address_not_its_own():
-    """192.0.2.1 (TEST-NET-1) is no address of this machine: a one-line SessionError at once."""
-    s = Session(0, 1, f"tcp://192.0.2.1:{_free_port()}", SECRET, rendezvous_timeout=5)
-    with pytest.raises(SessionError, match=r"^rendezvous: could not listen on tcp://192\.0\.2\.1:\d+ "):
+def test_rank_0_cannot_listen_on_a_port_taken_on_that_address():
+    """A one-line SessionError at once (not a wait until the rendezvous deadline)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        s = Session(0, 1, f"tcp://127.0.0.1:{port}", SECRET, rendezvous_timeout=60)
+        with pytest.raises(SessionError, match=rf"^rendezvous: could not listen on tcp://127\.0\.0\.1:{port} "
+                                               r"\(Address already in use\)$"):
+            s._rendezvous()
+
+
+def test_an_address_not_of_this_machine_is_explained(monkeypatch):
+    """Binding an address this machine does not have (EADDRNOTAVAIL; simulated: tests use loopback only)."""
+    import errno
+
+    import fedsynth.federation.session as session_mod
+
+    def unavailable(*args, **kwargs):
+        raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+
+    monkeypatch.setattr(session_mod, "host_store", unavailable)
+    s = Session(0, 1, "tcp://127.0.0.1:29999", SECRET, rendezvous_timeout=5)
+    with pytest.raises(SessionError) as e:
         s._rendezvous()
+    assert str(e.value) == ("rendezvous: could not listen on tcp://127.0.0.1:29999 (Cannot assign requested "
+                            "address); rank 0 listens on exactly the rendezvous host, which must be an address "
+                            "of this machine")
 
 
 # ------------------------------------------------------------ 2.-3. MACs and hellos

@@ -54,6 +54,7 @@ full-mesh TCP reachability between all sites.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -264,6 +265,12 @@ class Session:
             else:
                 base = dist.TCPStore(self.host, self.port, self.world_size, is_master=False,
                                      timeout=timeout, wait_for_workers=False)
+        except OSError as e:  # rank 0: binding the rendezvous address failed at once
+            hint = ("; rank 0 listens on exactly the rendezvous host, which must be an address of "
+                    "this machine" if e.errno == errno.EADDRNOTAVAIL else "")
+            raise SessionError(
+                f"rendezvous: could not listen on {self.rendezvous} ({e.strerror or _short(e)}){hint}"
+            ) from None
         except Exception as e:  # noqa: BLE001 - torch raises several types
             what = "listen on" if self.rank == 0 else "reach rank 0 at"
             raise SessionError(

@@ -12,8 +12,12 @@ the wildcard again.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 from datetime import timedelta
+
+log = logging.getLogger("fedsynth")
 
 #: like torch's own listen backlog
 _BACKLOG = 2048
@@ -48,6 +52,10 @@ def host_store(host: str, port: int, world_size: int, timeout: timedelta):
     import torch.distributed as dist
 
     sock = listening_socket(host, port)
+    bound = sock.getsockname()[0]
+    if ipaddress.ip_address(bound).is_loopback and not _is_literal(host) and host.lower() != "localhost":
+        log.warning("rendezvous: %s is %s (loopback) on this machine: the store listens there only, "
+                    "so sites on other machines cannot reach it; give rank 0's network address", host, bound)
     try:
         # the libuv server adopts the descriptor (and closes it with the store)
         return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout,
@@ -58,3 +66,11 @@ def host_store(host: str, port: int, world_size: int, timeout: timedelta):
     finally:
         if sock.fileno() != -1:
             sock.detach()  # torch owns it now; the Python object must not close it
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
