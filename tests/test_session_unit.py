@@ -184,7 +184,9 @@ def test_malformed_hello_is_a_session_error():
     outcome = _authenticate_pair({"hello": lambda h: dict(h, pub="not a key")})
     for r in (0, 1):
         assert isinstance(outcome[r], SessionError), repr(outcome[r])
-        assert "authentication: rank 1 sent a malformed hello" in str(outcome[r])
+    assert "authentication: rank 1 sent a malformed hello" in str(outcome[0])
+    # rank 1 itself finds in the store a hello other than the one its authenticate() made
+    assert "authentication: the rendezvous store returned a hello for rank 1 (this site)" in str(outcome[1])
 
 
 def test_the_honest_pair_authenticates():

@@ -34,7 +34,19 @@ step it failed in and the ranks a session error blames (e.g. one that never
 joined), never the message: messages can hold sample IDs, values or labels.
 The full message stays in that site's own log and stderr.
 
-What stays trusted (also in the README): the store and gloo traffic is neither encrypted nor integrity-protected, so
+The rendezvous store (:mod:`.store`) listens only on the rendezvous address.
+It is not access-controlled: anyone who reaches its port can read and write
+keys. After authentication every value a site writes to it
+(:meth:`Session.exchange` payloads, abort notices) carries an HMAC under a
+key derived from the secret and the transcript, and a value that does not
+verify ends the session at every site, naming the step. Not covered: the
+heartbeat, claim and done counters (an outsider can fake liveness or delay a
+diagnosis, not change a result) and gloo's own address keys, written by
+torch (an outsider who rewrites them can make gloo fail, or point it at
+itself: gloo traffic is not integrity-protected, see below).
+
+What stays trusted (also in the README): the store and gloo traffic is not encrypted and gloo's is not
+integrity-protected, so
 sites on different networks must use a VPN or SSH tunnel; gloo needs
 full-mesh TCP reachability between all sites.
 """
@@ -42,6 +54,7 @@ full-mesh TCP reachability between all sites.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -63,9 +76,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import crypten_compat as _crypten_compat
+from .store import host_store
 from ..errors import BudgetError, FedsynthError, InputError, ParameterError, SessionError
 
-PROTOCOL_VERSION = 2  # 2: masks from all pairwise keys, 4-byte ranks in the pair-key info
+PROTOCOL_VERSION = 3  # 2: masks from all pairwise keys, 4-byte ranks in the pair-key info;
+#                      3: store values after authentication carry an HMAC (see Session.exchange)
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 DEFAULT_STEP_TIMEOUT = 120.0
 _HEARTBEAT_SECONDS = 1.0
@@ -98,7 +113,26 @@ def read_secret(path: str | os.PathLike) -> bytes:
         raise InputError(f"{p}: secret file is empty")
     if len(secret) < 16:
         raise InputError(f"{p}: secret is only {len(secret)} bytes; use at least 16 random bytes")
+    short = _encoded_bytes(secret)
+    if short is not None and short[1] < 16:
+        raise InputError(f"{p}: secret is {short[0]} of only {short[1]} bytes (below 128 bits); "
+                         "make one with openssl rand -hex 32")
     return secret
+
+
+def _encoded_bytes(secret: bytes) -> tuple[str, int] | None:
+    """(encoding, decoded length) of a secret that is hex or base64 text, else None.
+
+    Random bytes written as hex or base64 carry at most 8 bits per decoded
+    byte, whatever the length of the text: ``0123...`` of 30 hex digits is
+    15 random bytes at best. Other text (a passphrase) cannot be judged.
+    """
+    if re.fullmatch(rb"[0-9a-fA-F]+", secret):
+        return "hex", len(secret) // 2
+    m = re.fullmatch(rb"([A-Za-z0-9+/]+|[A-Za-z0-9_-]+)(={0,2})", secret)
+    if m and (len(secret) % 4 == 0 if m.group(2) else len(secret) % 4 != 1):
+        return "base64", len(m.group(1)) * 3 // 4
+    return None
 
 
 def _hkdf(key: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
@@ -199,6 +233,7 @@ class Session:
         self.step_timeout = float(step_timeout)
         self._secret = secret
         self._store = None
+        self._store_key: bytes | None = None  # set once authenticated: the MAC key of store values
         self._beat_stop = threading.Event()
         self._beat_thread = None
         self._step_no = 0
@@ -223,15 +258,19 @@ class Session:
         import torch.distributed as dist
 
         self.current_step = "rendezvous"
+        timeout = timedelta(seconds=self.rendezvous_timeout)
         try:
-            base = dist.TCPStore(
-                self.host,
-                self.port,
-                self.world_size,
-                is_master=self.rank == 0,
-                timeout=timedelta(seconds=self.rendezvous_timeout),
-                wait_for_workers=False,
-            )
+            if self.rank == 0:  # listening on the rendezvous address only, not on every interface
+                base = host_store(self.host, self.port, self.world_size, timeout)
+            else:
+                base = dist.TCPStore(self.host, self.port, self.world_size, is_master=False,
+                                     timeout=timeout, wait_for_workers=False)
+        except OSError as e:  # rank 0: binding the rendezvous address failed at once
+            hint = ("; rank 0 listens on exactly the rendezvous host, which must be an address of "
+                    "this machine" if e.errno == errno.EADDRNOTAVAIL else "")
+            raise SessionError(
+                f"rendezvous: could not listen on {self.rendezvous} ({e.strerror or _short(e)}){hint}"
+            ) from None
         except Exception as e:  # noqa: BLE001 - torch raises several types
             what = "listen on" if self.rank == 0 else "reach rank 0 at"
             raise SessionError(
@@ -271,6 +310,9 @@ class Session:
             "pub": pub.hex(),
         }
         hellos = self.exchange("hello", hello, step=step)
+        if hellos[self.rank] != hello:  # each rank vouches (with its proof) for a transcript holding its own hello
+            raise SessionError(f"{step}: the rendezvous store returned a hello for rank {self.rank} (this site) "
+                               "that this site did not send; someone else wrote to the rendezvous store")
         for r, h in enumerate(hellos):
             if not (isinstance(h, dict) and h.get("rank") == r and _is_hex(h.get("pub"), 32)
                     and _is_hex(h.get("nonce"), 32)):
@@ -314,6 +356,8 @@ class Session:
             self.pair_keys[r] = _hkdf(shared, salt, info)
         group_key = _hkdf(self._secret, self.transcript, b"fedsynth-group-v1")
         self._group_key = group_key
+        # from here on every value this site writes to the store carries a MAC under this key
+        self._store_key = _hkdf(self._secret, self.transcript, b"fedsynth-store-mac-v1")
         self.shared_seed = _seed(_hkdf(group_key, b"", b"shared-seed"))
         log.info("authenticated %d sites; pairwise keys agreed", self.world_size)
 
@@ -442,16 +486,58 @@ class Session:
 
         Only for values that are public to the parties by design (protocol
         messages, gene names, label names); never for data or statistics.
+
+        Rank r's value is stored under ``x<n>:<name>/<r>`` (``n`` counts this
+        session's exchanges). After authentication it carries
+        ``HMAC-SHA256(K_store, key || rank || payload)`` (:meth:`_sealed`),
+        ``K_store = HKDF(s, salt=T, "fedsynth-store-mac-v1")``: anyone else
+        who writes to the store (it is not access-controlled) cannot forge
+        or replay a value; a value that does not verify is a SessionError
+        naming the step, whichever was written first. (The hellos and proofs
+        before it are covered by the proofs themselves.)
         """
         step = step or name
+        self.current_step = step  # what an abort notice names
         self._step_no += 1
         prefix = f"x{self._step_no}:{name}"
         data = json.dumps(payload).encode()
-        self.bytes_sent += len(data)
-        self._store.set(f"{prefix}/{self.rank}", data)
+        own = f"{prefix}/{self.rank}"
+        value = self._sealed(own, self.rank, data)
+        self.bytes_sent += len(value)
+        self._store.set(own, value)
         keys = [f"{prefix}/{r}" for r in range(self.world_size)]
         self._wait_for(keys, step, timeout or self.step_timeout)
-        return [json.loads(self._store.get(k)) for k in keys]
+        values = []
+        for r, k in enumerate(keys):
+            raw = self._opened(k, r, self._store.get(k))
+            try:
+                values.append(json.loads(raw) if raw is not None else None)
+            except ValueError:
+                raw = None
+            if raw is None:
+                raise SessionError(f"{step}: store value for {step} from rank {r} failed authentication; "
+                                   "someone else wrote to the rendezvous store")
+        return values
+
+    def _mac(self, key: str, rank: int, data: bytes) -> bytes:
+        msg = b"fedsynth-store-v1\0" + key.encode() + b"\0" + rank.to_bytes(4, "big") + data
+        return hmac.new(self._store_key, msg, hashlib.sha256).digest()
+
+    def _sealed(self, key: str, rank: int, data: bytes) -> bytes:
+        """``data`` as written under store key ``key`` (without the PrefixStore prefix): after
+        authentication ``hex(MAC) || ":" || data``, before it ``data`` as is."""
+        if self._store_key is None:
+            return data
+        return self._mac(key, rank, data).hex().encode() + b":" + data
+
+    def _opened(self, key: str, rank: int, value: bytes) -> bytes | None:
+        """The payload of a :meth:`_sealed` value, or None if its MAC does not verify."""
+        if self._store_key is None:
+            return value
+        tag, sep, data = bytes(value).partition(b":")
+        if not sep or not re.fullmatch(rb"[0-9a-f]{64}", tag):
+            return None
+        return data if hmac.compare_digest(bytes.fromhex(tag.decode()), self._mac(key, rank, data)) else None
 
     def _wait_for(self, keys: list[str], step: str, timeout: float, what: str = "did not respond") -> None:
         deadline = time.monotonic() + timeout
@@ -472,11 +558,19 @@ class Session:
 
     def _aborted(self, r: int) -> str:
         """Rank r's abort notice as one phrase: its rank (and public site name), code and step."""
-        code, step, blamed = _read_abort_notice(self._store.get(f"abort/{r}"))
+        key = f"abort/{r}"
+        raw = self._store.get(key)
+        data = self._opened(key, r, raw)
+        # an unauthenticated notice still ends the session (anyone on the store can stop it anyway),
+        # but says so: sites write MACed notices once authenticated
+        note = "" if data is not None else (
+            "; the notice is not authenticated: that site failed before completing authentication, "
+            "or someone else wrote to the rendezvous store")
+        code, step, blamed = _read_abort_notice(raw if data is None else data)
         who = f"rank {r}" + (f" ({self.site_names[r]})" if r in self.site_names else "")
         blame = f", naming {_ranks(blamed)}" if blamed else ""
         return (f"{who} aborted with a{'n' if code[0] in 'aeiou' else ''} {code} error at its step "
-                f"'{step}'{blame} (details in that site's log)")
+                f"'{step}'{blame} (details in that site's log{note})")
 
     def _raise_if_aborted(self, step: str) -> None:
         others = [r for r in range(self.world_size) if r != self.rank]
@@ -523,8 +617,9 @@ class Session:
         if self._store is None:
             return
         with contextlib.suppress(Exception):
-            self._store.set(f"abort/{self.rank}", _abort_notice(error_code(exc), self.current_step,
-                                                                getattr(exc, "ranks", ())))
+            key = f"abort/{self.rank}"
+            notice = _abort_notice(error_code(exc), self.current_step, getattr(exc, "ranks", ()))
+            self._store.set(key, self._sealed(key, self.rank, notice))
 
     def linger(self) -> None:
         """After a failure, rank 0 keeps hosting the store until every other rank has
