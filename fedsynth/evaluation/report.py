@@ -444,8 +444,8 @@ def _lifetime(lt):
         rows.append(["ledger", lt["ledger"]])
     out = ("<h3>Lifetime budget of this site's patients</h3>"
            "<p>From this site's lifetime ledger, as its training run recorded it (<code>run.json</code>): "
-           "everything released on these patients in all runs, composed; the training run's own epsilon is "
-           "above.</p>")
+           "everything released on these patients in all runs, composed (the model's DP record above covers "
+           "this run alone).</p>")
     if unbounded:
         out += ("<p class='warn'>Lifetime budget unbounded (a run without DP was made on these patients): "
                 "no finite epsilon bounds what all runs together reveal about them.</p>")
