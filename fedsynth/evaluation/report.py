@@ -419,7 +419,7 @@ def _biology(m):
 
 
 def _lifetime(lt):
-    """The site's lifetime budget (its train run.json's ``lifetime``): spent before and after the run, cap, remaining."""
+    """The site's lifetime budget (its train run.json's ``lifetime``): spent before, after, cap, remaining."""
     if lt is None:
         return ""
     unbounded = bool(lt.get("unbounded"))
