@@ -232,6 +232,10 @@ def synthesize(model_path, n, class_proportions, seed, label_column, outdir, ove
               help="This site's real training data (what the model was trained on).")
 @click.option("--holdout", required=True, type=click.Path(), help="This site's real held-out data (never trained on).")
 @click.option("--model", "model_path", type=click.Path(), default=None, help="The model.pt, for its DP record.")
+@click.option("--run-record", type=click.Path(), default=None,
+              help="This site's run.json from `fedsynth train`, for its lifetime budget: the report shows the "
+                   "epsilon these patients had spent before that run and after it, the --lifetime-epsilon cap "
+                   "and what remains (metrics.json: privacy.lifetime).")
 @click.option("--label-column", default="label", show_default=True, help="Label column of the real data.")
 @click.option("--synthetic-label-column", default=None, help="Label column of the synthetic data (default: --label-column).")
 @click.option("--meta-columns", default="", help="Comma-separated numeric columns that are not genes.")
@@ -241,16 +245,18 @@ def synthesize(model_path, n, class_proportions, seed, label_column, outdir, ove
 @click.option("--outdir", required=True, type=click.Path(), help="Writes metrics.json and report.html here.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @user_errors
-def evaluate(synthetic, train_path, holdout, model_path, label_column, synthetic_label_column, meta_columns,
-             input_kind, seed, outdir, overwrite):
+def evaluate(synthetic, train_path, holdout, model_path, run_record, label_column, synthetic_label_column,
+             meta_columns, input_kind, seed, outdir, overwrite):
     """Score synthetic data on this site's own real data (which never leaves the site).
 
     Utility (train on synthetic, test on real holdout, beside train on real),
-    fidelity, and the model's DP record; writes OUTDIR/metrics.json and a
+    fidelity, privacy attacks, the model's DP record (--model) and this
+    site's lifetime budget (--run-record); writes OUTDIR/metrics.json and a
     self-contained OUTDIR/report.html.
     """
     setup_logging()
-    metrics = evaluate_site(synthetic, train_path, holdout, model=model_path, outdir=outdir, label_column=label_column,
+    metrics = evaluate_site(synthetic, train_path, holdout, model=model_path, run_record=run_record, outdir=outdir,
+                            label_column=label_column,
                             synthetic_label_column=synthetic_label_column or label_column,
                             meta_columns=[c for c in meta_columns.split(",") if c], input_kind=input_kind,
                             overwrite=overwrite, seed=seed)

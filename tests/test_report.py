@@ -320,3 +320,89 @@ def test_cli_evaluate_mismatch_is_one_line_error(files, tmp_path):
     assert r.exit_code == 2
     assert "fedsynth: error:" in r.output and "s.csv" in r.output and "train.csv" in r.output
     assert "Traceback" not in r.output
+
+
+# ------------------------------------------------------- lifetime budget (--run-record)
+LIFETIME = {"ledger": "/data/ledger/<BH>", "unbounded": False, "spent_before": 2.5, "spent_after": 3.4871,
+            "limit": 10.0, "remaining": 6.5129}
+
+
+def _run_json(path, **entries):
+    """A train run.json with ``entries`` (e.g. ``lifetime=``) beside the usual ones."""
+    path.write_text(json.dumps({"command": "train", "site": "BH", "rank": 0, "epsilon": 1.0, **entries}))
+    return path
+
+
+def test_report_and_metrics_show_the_lifetime_budget(files, tmp_path):
+    d, model = files
+    m = evaluate_files(d / "synthetic.csv", d / "train.csv", d / "holdout.csv", outdir=tmp_path,
+                       label_column="pam50", synthetic_label_column="label", meta_columns=["age"],
+                       dp=_dp_record(model), lifetime=LIFETIME)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["privacy"]["lifetime"] == on_disk["privacy"]["lifetime"] == LIFETIME
+    html = (tmp_path / "report.html").read_text()
+    privacy = html.split("<section id='privacy'>", 1)[1].split("</section>", 1)[0]
+    assert "<h3>Lifetime budget of this site's patients</h3>" in privacy
+    for row in ("<td class='l'>epsilon spent before this run</td><td>2.5</td>",
+                "<td class='l'>epsilon spent after this run</td><td>3.487</td>",
+                "<td class='l'>cap (--lifetime-epsilon)</td><td>10</td>",
+                "<td class='l'>remaining</td><td>6.513</td>",
+                "<td class='l'>ledger</td><td>/data/ledger/&lt;BH&gt;</td>"):
+        assert row in privacy, row
+    assert "unbounded" not in privacy
+
+
+def test_report_without_run_record_has_no_lifetime(report):
+    metrics, html, _, out = report
+    assert metrics["privacy"]["lifetime"] is None
+    assert json.loads((out / "metrics.json").read_text())["privacy"]["lifetime"] is None
+    assert "Lifetime budget of this site" not in html
+
+
+def test_cli_evaluate_run_record_unbounded_without_cap(files, tmp_path):
+    """A --no-dp run on these patients: spend unbounded (JSON null), no cap; report and metrics say so."""
+    d, _ = files
+    lifetime = {"ledger": "/l", "unbounded": True, "spent_before": 1.25, "spent_after": None, "limit": None,
+                "remaining": None}
+    run = _run_json(tmp_path / "run.json", lifetime=lifetime)
+    r = CliRunner().invoke(cli, ["evaluate", "--synthetic", str(d / "synthetic.csv"), "--train",
+                                 str(d / "train.csv"), "--holdout", str(d / "holdout.csv"), "--run-record", str(run),
+                                 "--label-column", "pam50", "--synthetic-label-column", "label",
+                                 "--meta-columns", "age", "--outdir", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["privacy"]["lifetime"] == lifetime
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "unbounded (a run without DP was made on these patients)" in html
+    for row in ("<td class='l'>epsilon spent before this run</td><td>1.25</td>",
+                "<td class='l'>epsilon spent after this run</td><td>unbounded</td>",
+                "<td class='l'>cap (--lifetime-epsilon)</td><td>no cap</td>",
+                "<td class='l'>remaining</td><td>no cap</td>"):
+        assert row in html, row
+
+
+@pytest.mark.parametrize("case", ["missing", "no_lifetime", "simulate", "not_json", "null_lifetime", "malformed"])
+def test_cli_evaluate_bad_run_record_is_one_line_error(files, tmp_path, case):
+    d, _ = files
+    run = tmp_path / "run.json"
+    if case == "no_lifetime":
+        _run_json(run)
+    elif case == "simulate":
+        _run_json(run, command="simulate", site_lifetime={"BH": LIFETIME})
+    elif case == "not_json":
+        run.write_text("{not json")
+    elif case == "null_lifetime":
+        _run_json(run, lifetime=None)
+    elif case == "malformed":
+        _run_json(run, lifetime={**LIFETIME, "spent_after": "3.5"})
+    r = CliRunner().invoke(cli, ["evaluate", "--synthetic", str(d / "synthetic.csv"), "--train",
+                                 str(d / "train.csv"), "--holdout", str(d / "holdout.csv"), "--run-record", str(run),
+                                 "--label-column", "pam50", "--synthetic-label-column", "label",
+                                 "--meta-columns", "age", "--outdir", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedsynth: error: "), r.output
+    assert str(run) in lines[0] and "--run-record" in lines[0]
+    want = {"missing": "no such file", "no_lifetime": "no 'lifetime' entry", "simulate": "site_lifetime",
+            "not_json": "not JSON", "null_lifetime": "no 'lifetime' entry", "malformed": "spent_after"}[case]
+    assert want in lines[0]
+    assert not (tmp_path / "o").exists(), "nothing written"

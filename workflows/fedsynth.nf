@@ -78,6 +78,7 @@ workflow FEDSYNTH {
             .join(PREPROCESS.out.train)
             .join(PREPROCESS.out.holdout)
             .join(FEDERATED_TRAIN.out.model)
+            .join(FEDERATED_TRAIN.out.run)   // the site's lifetime budget, for the report
         EVALUATE(ch_eval)
         ch_versions = ch_versions.mix(EVALUATE.out.versions.first())
         ch_report = FEDERATED_TRAIN.out.run.join(EVALUATE.out.metrics)

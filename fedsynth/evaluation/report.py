@@ -418,6 +418,40 @@ def _biology(m):
     return out + "</section>"
 
 
+def _lifetime(lt):
+    """The site's lifetime budget (its train run.json's ``lifetime``): spent before, after, cap, remaining."""
+    if lt is None:
+        return ""
+    unbounded = bool(lt.get("unbounded"))
+
+    def eps(v):
+        if v is None:
+            return "unbounded" if unbounded else "n/a"
+        return f"{v:.4g}"
+
+    limit = lt.get("limit")
+    if limit is None:
+        remaining = "no cap"
+    elif lt.get("remaining") is None:
+        remaining = "none (unbounded)" if unbounded else "n/a"
+    else:
+        remaining = f"{lt['remaining']:.4g}"
+    rows = [["epsilon spent before this run", eps(lt.get("spent_before"))],
+            ["epsilon spent after this run", eps(lt.get("spent_after"))],
+            ["cap (--lifetime-epsilon)", "no cap" if limit is None else f"{limit:.4g}"],
+            ["remaining", remaining]]
+    if lt.get("ledger"):
+        rows.append(["ledger", lt["ledger"]])
+    out = ("<h3>Lifetime budget of this site's patients</h3>"
+           "<p>From this site's lifetime ledger, as its training run recorded it (<code>run.json</code>): "
+           "everything released on these patients in all runs, composed (the model's DP record above covers "
+           "this run alone).</p>")
+    if unbounded:
+        out += ("<p class='warn'>Lifetime budget unbounded (a run without DP was made on these patients): "
+                "no finite epsilon bounds what all runs together reveal about them.</p>")
+    return out + _table(["field", "value"], rows)
+
+
 def _privacy(m, a):
     p = m["privacy"]
     dp = p.get("dp")
@@ -449,6 +483,7 @@ def _privacy(m, a):
                                             for s in dp["sites"])])
         out += _table(["field", "value"], rows)
     d = p["dcr"]
+    out += _lifetime(p.get("lifetime"))
     out += "<h3>Distance to closest record</h3>" + _table(
         ["metric", "value"],
         [["synthetic records copying a training record", f"{d['exact_copies']} ({d['exact_copy_fraction']:.1%})"],
@@ -512,7 +547,9 @@ def _methods():
         "(extremely randomised trees telling synthetic from reference records; score = probability of "
         "synthetic). The strongest of several attacks is biased upwards: read it with its interval "
         "(Hanley-McNeil). Differential privacy bounds every attack; these attacks only show what some "
-        "concrete attacks achieve.",
+        "concrete attacks achieve. The lifetime budget (shown when the site's training <code>run.json</code> is given "
+        "with <code>--run-record</code>) is the site ledger's composition of every release ever made on these "
+        "patients, in all runs, at the run's delta.",
         "<b>Where the data are.</b> The real training and holdout data are read only on the machine that "
         "produced this report; in a federation each site evaluates on its own holdout.",
     ]

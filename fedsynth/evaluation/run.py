@@ -133,8 +133,8 @@ def _load(path, label_column, meta_columns, input_kind, *, role):
 
 
 def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", synthetic_label_column="label",
-                   meta_columns=(), input_kind="log", dp: dict | None = None, overwrite=False, seed=0, top_k=None,
-                   title=None, report=True) -> dict:
+                   meta_columns=(), input_kind="log", dp: dict | None = None, lifetime: dict | None = None,
+                   overwrite=False, seed=0, top_k=None, title=None, report=True) -> dict:
     """Score a synthetic matrix against this site's real training and holdout data.
 
     Reads the three matrices (CSV/TSV/h5ad), checks they share genes and
@@ -152,8 +152,12 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     Parameters beyond the files: ``dp`` (the model's DP record: the
     ``"dp"`` dict of model.pt, which ``fedsynth evaluate --model`` reads and
     completes with the file's ``"generator"``; ``None`` reports no formal
-    guarantee), ``seed``, ``top_k`` (DE recovery; default 20, at most a fifth
-    of the genes), ``title`` (report title), ``overwrite``.
+    guarantee), ``lifetime`` (this site's lifetime budget: the ``"lifetime"``
+    dict of the site's train run.json, which ``fedsynth evaluate
+    --run-record`` reads; written to ``metrics["privacy"]["lifetime"]``,
+    ``None`` without it, and shown in the report's privacy section),
+    ``seed``, ``top_k`` (DE recovery; default 20, at most a fifth of the
+    genes), ``title`` (report title), ``overwrite``.
 
     Raises
     ------
@@ -209,6 +213,8 @@ def evaluate_files(synthetic, train, holdout, *, outdir, label_column="label", s
     metrics = {"shareable": False,
                "note": "site-internal: computed on this site's real training and holdout data; do not share",
                **metrics}
+    # the site's lifetime budget (its ledger's spend on these patients), beside the model's DP record
+    metrics["privacy"]["lifetime"] = _json_safe(dict(lifetime)) if lifetime is not None else None
     metrics["warnings"] = warnings
     metrics["inputs"] = {"synthetic": str(synthetic), "train": str(train), "holdout": str(holdout),
                          "input_kind": input_kind, "label_column": label_column, "seed": seed}

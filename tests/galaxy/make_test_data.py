@@ -16,6 +16,10 @@ Run from the project root with the project's environment:
 - model.pt: `fedsynth simulate` over the three sites, epsilon 5, 20 epochs
   (seed 1: with DP that fixes only the initial weights, so a rerun gives
   another model); synthetic.csv: 36 samples drawn from it (seed 0).
+- train_run.json: a train run record of site BH whose lifetime ledger had
+  spent epsilon 2 before the run, under a --lifetime-epsilon 10 cap (the
+  evaluate tool's --run-record; written by hand: simulate's ledger is a
+  throw-away one).
 - session.key / short_secret.txt: a test session secret and one too short.
 
 Keep every file small: the Galaxy tests upload each of them.
@@ -23,6 +27,7 @@ Keep every file small: the Galaxy tests upload each of them.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -80,6 +85,11 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    run = {"command": "train", "site": "BH", "rank": 0, "generator": "cvae", "epsilon": 5.0, "epsilon_spent": 4.98,
+           "delta": 1e-05, "private": True,
+           "lifetime": {"ledger": "/srv/fedsynth/ledger", "unbounded": False, "spent_before": 2.0,
+                        "spent_after": 6.1, "limit": 10.0, "remaining": 3.9}}
+    (OUT / "train_run.json").write_text(json.dumps(run, indent=1) + "\n")
     if not (OUT / "session.key").exists():
         (OUT / "session.key").write_text(secrets.token_hex(32) + "\n")
     (OUT / "short_secret.txt").write_text("tooshort\n")

@@ -72,6 +72,10 @@ def test_each_site_evaluated_on_its_own_holdout(test_profile):
         metrics = json.loads((results / site / "evaluation" / "metrics.json").read_text())
         assert "utility" in metrics and "tstr" in metrics["utility"]
         assert (results / site / "evaluation" / "report.html").stat().st_size > 1000
+        # EVALUATE gets the site's run.json (--run-record): its lifetime budget in metrics and report
+        run = json.loads((results / site / "model" / "run.json").read_text())
+        assert metrics["privacy"]["lifetime"] == run["lifetime"] and run["lifetime"]["spent_after"] > 0
+        assert "Lifetime budget of this site" in (results / site / "evaluation" / "report.html").read_text()
         summary = json.loads((results / site / f"{site}.summary.json").read_text())
         assert summary["site"] == site and summary["epsilon"] == pytest.approx(1.0)
         model = load_model(results / site / "model" / "model.pt")

@@ -1,12 +1,13 @@
 process EVALUATE {
     // Score the synthetic cohort against THIS site's own real data: utility
     // (train on synthetic, test on the real holdout), fidelity, privacy
-    // attacks and the model's DP record. The real data never leaves the site.
+    // attacks, the model's DP record and this site's lifetime budget (from its
+    // FEDERATED_TRAIN run.json). The real data never leaves the site.
     tag "${meta.id}"
     label 'process_low'
 
     input:
-    tuple val(meta), path(synthetic), path(train), path(holdout), path(model)
+    tuple val(meta), path(synthetic), path(train), path(holdout), path(model), path(run_record)
 
     output:
     tuple val(meta), path("metrics.json"), emit: metrics
@@ -24,6 +25,7 @@ process EVALUATE {
         --train ${train} \\
         --holdout ${holdout} \\
         --model ${model} \\
+        --run-record ${run_record} \\
         --label-column label \\
         --outdir . \\
         ${args}
