@@ -19,7 +19,7 @@ include { validateParameters; paramsHelp     } from './workflows/utils/schema'
 workflow {
     def schema = "${projectDir}/nextflow_schema.json"
     if (params.help) {
-        log.info paramsHelp(schema, 'nextflow run main.nf --input site.csv --label_column pam50 --site_rank 1 --n_sites 3 --rendezvous tcp://HOST:29500 --secret_file session.key --outdir results')
+        log.info paramsHelp(schema, 'nextflow run main.nf --input site.csv --label_column pam50 --site_rank 1 --n_sites 3 --rendezvous tcp://HOST:29500 --secret_file session.key --classes LumA,LumB,Basal,Her2,NormalLike --outdir results')
         return
     }
     // before any process starts: one clear message for every bad parameter

@@ -360,11 +360,12 @@ def test_simulate_pgm_in_blocks_releases_and_accounts_the_chain_pairs(tmp_path):
     tree = blob["state_dict"]["tree"].numpy()
     assert tree.shape == (G - m, 2) and blob["state_dict"]["released_pairs"].shape[0] == G - m
     z = pgm.plan(pgm.PGMConfig(block=block), 1.0, run["delta"], "log")
-    # pgm records the noise its fit saw: all k sites' draws, sqrt(k / (k - t)) times the guaranteed z * Delta
-    # (t = 1 by default at k = 3)
+    # the record gives the guaranteed z * Delta and the noise the fit saw: all k sites' draws,
+    # sqrt(k / (k - t)) times that (t = 1 by default at k = 3)
     k, t = blob["dp"]["k"], blob["dp"]["max_colluders"]
     assert (k, t) == (3, 1)
-    assert blob["dp"]["noise_std"]["gene pair marginals"] == pytest.approx(
+    assert blob["dp"]["noise_std"]["gene pair marginals"] == pytest.approx(z["gene pair marginals"] * math.sqrt(G - m))
+    assert blob["dp"]["released_noise_std"]["gene pair marginals"] == pytest.approx(
         z["gene pair marginals"] * math.sqrt(G - m) * math.sqrt(k / (k - t)))
     # every gene in exactly one chain: each is a child at most once, m chain roots
     assert len(set(tree[:, 1].tolist())) == G - m

@@ -119,6 +119,8 @@ def test_ledger_records_every_release_as_made(parties):
     got = {m["name"]: (m["noise_multiplier"], m["sample_rate"], m["steps"]) for m in rec["mechanisms"]}
     assert got == {"a": (z["a"], 1.0, 1), "b": (z["b"], 1.0, 2), "sgd": (z["sgd"], 0.1, 5)}
     assert rec["noise_std"] == {"a": z["a"] * 2.0, "b": z["b"] * 1.0, "sgd": z["sgd"] * 1.5}
+    # all the noise in the revealed values: both sites' draws at k = 2, t = 1
+    assert rec["released_noise_std"] == pytest.approx({n: sd * math.sqrt(2) for n, sd in rec["noise_std"].items()})
     assert rec["sigma"] == z["sgd"] and rec["clip_norm"] == 1.5 and rec["steps"] == 5
     assert 0.98 * EPSILON < rec["epsilon_spent"] <= EPSILON and rec["private"] is True
     # k = 2, t = 1: the co-site sees the other site's noise, sigma^2 (k-1)/(k-t) = sigma^2: same epsilon

@@ -810,7 +810,9 @@ class PGMGenerator(Generator):
         self._info = rel.info
 
     def dp_extra(self) -> dict:
-        return {"noise_std": self._info["noise_std"]}
+        """PGM's own entries: none beyond the ledger's (its fit uses each Measurement's ``noise_sd``,
+        recorded as ``released_noise_std``)."""
+        return {}
 
     def params(self) -> dict:
         params = {key: self._info[key] for key in ("bins", "fine_bins", "range", "iters", "tree", "split", "block",

@@ -311,7 +311,9 @@ class Releaser:
         ``mechanisms`` lists every release made as the accountant composed it
         (name, noise multiplier, sample rate, repetitions); ``noise_std`` and
         ``sensitivity`` give each declared release's guaranteed noise s.d.
-        ``z * Delta`` and its ``Delta``; ``sigma``,
+        ``z * Delta`` and its ``Delta``; ``released_noise_std`` the s.d. of
+        all the noise in the revealed value (:attr:`Measurement.noise_sd`,
+        ``sqrt(k / (k - t))`` times ``noise_std``); ``sigma``,
         ``sample_rate``, ``clip_norm`` and ``steps`` describe the release that
         took the remaining budget (DP-SGD), ``stat_sigma`` the largest
         one-shot multiplier.
@@ -349,6 +351,8 @@ class Releaser:
             "stat_sigma": (max(shots.values()) if shots else None) if private else None,
             "noise_multipliers": shots if private else None,
             "noise_std": {n: self.plan.noise_sd(n) for n in self.plan.specs},
+            "released_noise_std": {n: float(self.secure_sum.released_noise_std(self.plan.noise_sd(n)))
+                                   for n in self.plan.specs},
             "sensitivity": {n: spec.sensitivity for n, spec in self.plan.specs.items()},
             "sample_rate": fill.sample_rate if fill else None,
             "clip_norm": fill.sensitivity if fill and private else None,

@@ -19,6 +19,7 @@ GOOD = {
     "--site_rank": "1",
     "--n_sites": "3",
     "--rendezvous": "tcp://127.0.0.1:29500",
+    "--classes": "LumA,LumB,Basal,Her2,NormalLike",
 }
 
 #: case -> (changes to GOOD (None: drop the option), what the message must say)
@@ -30,6 +31,7 @@ CASES = {
     "epsilon_zero": ({"--epsilon": "0"}, "--epsilon must be a number greater than 0 (got 0)"),
     "epsilon_negative": ({"--epsilon": "-0.5"}, "--epsilon must be a number greater than 0 (got -0.5)"),
     "generator_unknown": ({"--generator": "gan"}, f"--generator must be one of {', '.join(registry.names())} (got 'gan')"),
+    "dp_without_classes": ({"--classes": None}, "--classes is required with DP"),
     "pgm_split_malformed": ({"--pgm_split": "0.5,0.5"},
                             "--pgm_split must be three shares EDGES,MARGINALS,PAIRS, e.g. 0.3,0.6,0.1 (got '0.5,0.5')"),
 }

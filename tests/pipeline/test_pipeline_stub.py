@@ -18,7 +18,8 @@ def test_stub_run_site_mode(run_nf, tmp_path):
     key = write_secret(tmp_path / "session.key")
     run = run_nf(["-stub-run", "--input", REPO / "data" / "brca_pam50_sites.csv", "--label_column", "pam50",
                   "--site_rank", "1", "--n_sites", "3", "--rendezvous", "tcp://127.0.0.1:29500",
-                  "--secret_file", key, "--site_name", "hospital1", "--outdir", tmp_path / "results"],
+                  "--secret_file", key, "--site_name", "hospital1", "--classes", "LumA,LumB,Basal,Her2,NormalLike",
+                  "--outdir", tmp_path / "results"],
                  tmp_path, timeout=600)
     assert run.returncode == 0, run.explain()
     names = run.processes("Submitted")

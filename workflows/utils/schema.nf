@@ -137,6 +137,8 @@ def validateParameters(String schemaPath) {
         def port = (params.rendezvous.toString() =~ /:(\d+)$/)[0][1] as Integer
         if (port < 1 || port > 65535) problems << "--rendezvous port ${port} is not in 1..65535"
     }
+    if (!params.no_dp && isBlank(params.classes))
+        problems << "--classes is required with DP: the comma-separated label vocabulary every site gives alike (e.g. LumA,LumB,Basal,Her2,NormalLike), so that no site's own label set is revealed"
     def t = isBlank(params.max_colluders) || 'max_colluders' in bad ? null : intOrNull(params.max_colluders)
     if (t != null && nSites != null && t >= nSites)
         problems << "--max_colluders ${t} must be less than --n_sites ${nSites}: the honest sites' noise must carry the guarantee"
