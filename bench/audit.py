@@ -87,11 +87,13 @@ def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
         raise ValueError(f"need 0 <= v <= r <= m (got v={v}, r={r}, m={m})")
     q = 1.0 / (1.0 + math.exp(-eps))
     f_v = float(binom.sf(v - 1, r, q))  # P[Bin >= v]
-    alpha, acc = 0.0, 0.0
-    if delta > 0:
-        for i in range(1, v + 1):
-            acc += float(binom.pmf(v - i, r, q))  # = f(v - i) - f(v)
-            alpha = max(alpha, acc / i)
+    alpha = 0.0
+    if delta > 0 and v > 0:
+        import numpy as np
+
+        i = np.arange(1, v + 1)
+        gaps = np.cumsum(binom.pmf(v - i, r, q))  # f(v - i) - f(v) = P[v - i <= Bin < v]
+        alpha = float(np.max(gaps / i))
     return min(1.0, f_v + 2.0 * m * delta * alpha)
 
 
@@ -104,7 +106,7 @@ def eps_lower_bound(m: int, r: int, v: int, *, delta: float = DELTA, beta: float
         lo, hi = hi, hi * 2
         if hi > 1e3:
             return math.inf
-    for _ in range(50):
+    for _ in range(40):
         mid = (lo + hi) / 2
         if p_value(m, r, v, mid, delta) <= beta:
             lo = mid
