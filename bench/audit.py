@@ -34,12 +34,15 @@ when a canary is in; see BENCHMARKS.md section 6):
   Score: the noise-weighted sum of the three (the likelihood-ratio
   statistic for Gaussian noise), the class-mean term corrected for the
   other canaries' reaction to the gene-mean noise (:func:`score_sparse`).
-* ``dense`` (marginals, pgm): canary ``i`` takes, on every gene, one of two
-  extreme values (1.25 or 18.75, random per gene), label ``canary``; the
-  background sits near 6. A canary adds 1 to one cell of each of the ``G``
-  class x gene tables (and of pgm's fine histograms and pair tables): the
-  score sums, per release, the released cells the canary would fill,
-  weighted by 1 / noise variance (:func:`score_dense`).
+* ``dense`` (marginals, pgm): canary ``i`` takes, on every gene, one of
+  7 (marginals) or 10 (pgm) values spread over the public range [0, 20]
+  (uniformly at random, independently per gene), label ``canary``; the
+  background lies in [5.05, 6.95], in a bin or cell no canary uses. A
+  canary adds 1 to one cell of each of the ``G`` class x gene tables (and
+  of pgm's fine histograms and pair tables): the score sums, per release,
+  the released cells the canary would fill, each centred by what a random
+  canary pattern would pick there, weighted by 1 / noise variance
+  (:func:`score_dense`).
 
 The broken build divides the noise every site adds by 10
 (bench/_broken_site/sitecustomize.py, loaded through PYTHONPATH only for
@@ -69,7 +72,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 #: numbers of "in" guesses (and as many "out" guesses) tried; Bonferroni over them
-K_GUESSES = (10, 25, 50, 100)
+K_GUESSES = (10, 25, 50, 100, 250, 500)
 CONFIDENCE = 0.95
 DELTA = 1e-5
 
@@ -139,8 +142,11 @@ G = 1000          # genes
 M = 1000          # canaries
 N_BG = 1000       # background records (3 classes, 3 sites)
 SPIKE = 43.0      # sparse canary: +-SPIKE on its own gene (log values must stay <= 50)
-DENSE_LOW, DENSE_HIGH = 1.25, 18.75
-DESIGN = {"cvae": "sparse", "gaussian": "sparse", "marginals": "dense", "pgm": "dense"}
+#: dense canaries: per gene one of these values (uniformly); none shares a marginals bin (8 over [0, 20]) or a pgm
+#: fine cell (12 over [0, 20]) with the background, which lies in [5.05, 6.95]
+DENSE_LEVELS = {"dense8": [1.25, 3.75, 8.75, 11.25, 13.75, 16.25, 18.75],
+                "dense12": [0.83, 2.5, 4.17, 9.17, 10.83, 12.5, 14.17, 15.83, 17.5, 19.17]}
+DESIGN = {"cvae": "sparse", "gaussian": "sparse", "marginals": "dense8", "pgm": "dense12"}
 GENERATORS = ("gaussian", "marginals", "pgm", "cvae")
 EPSILONS = (1.0, 4.0)
 BUILDS = ("correct", "noise/10")
@@ -176,8 +182,9 @@ def canaries(design: str, seed: int = 1):
         Xc = np.tile(base, (M, 1))
         Xc[np.arange(M), np.arange(M) % G] += SPIKE * s
         return np.round(Xc, 4), s
-    s = rng.choice([-1.0, 1.0], size=(M, G))
-    return np.where(s > 0, DENSE_HIGH, DENSE_LOW), s
+    levels = np.asarray(DENSE_LEVELS[design])
+    s = rng.integers(len(levels), size=(M, G))
+    return levels[s], s
 
 
 def inclusion(seed: int):
@@ -263,47 +270,78 @@ def score_sparse(blob, gen_name: str):
     return score, {k: {"signal": sig, "noise_sd": nsd, "snr": sig / nsd} for k, (T, sig, nsd) in parts.items()}
 
 
-def score_dense(model, blob, gen_name: str):
-    """Per canary: sum over genes of the released cells it would fill, weighted by 1 / noise variance."""
+def _centred_cells(table: "np.ndarray", codes: "np.ndarray") -> "np.ndarray":
+    """Per canary, ``sum_g (table[g, code_ig] - sum_k p_gk table[g, k])``, p_gk = share of canaries with code k.
+
+    Centring by what a random canary would pick removes the part every
+    canary shares (the other included canaries' counts), leaving the
+    canary's own +1 per gene, the noise and the cross-talk of patterns.
+    """
     import numpy as np
 
-    Xc, _ = canaries("dense")
+    n_genes, b = table.shape
+    gidx = np.arange(n_genes)
+    p = np.zeros((n_genes, b))
+    for k in range(b):
+        p[:, k] = (codes == k).mean(0)
+    expect = (p * table).sum(1)
+    return (table[gidx[None, :], codes] - expect[None, :]).sum(1)
+
+
+def score_dense(model, blob, gen_name: str):
+    """Per canary: the released cells it would fill, centred (:func:`_centred_cells`), weighted by 1 / noise variance."""
+    import numpy as np
+
+    Xc, _ = canaries(DESIGN[gen_name])
     classes = list(blob["classes"])
     c = classes.index("canary")
     sd = _dp(blob)["noise_std"]
-    gidx = np.arange(G)
     info = {}
     if gen_name == "marginals":
         probs = np.asarray(model.probs)  # (G, K, b) = max(T, 0) normalised per (gene, class)
         lo, hi, b = model.shape.lo, model.shape.hi, model.shape.bins
         codes = np.clip(((Xc - lo) / (hi - lo) * b).astype(np.int64), 0, b - 1)
-        score = probs[gidx[None, :], c, codes].sum(1)
+        score = _centred_cells(probs[:, c, :], codes)
         info["class x gene histograms"] = {"noise_sd": sd["class x gene histograms"]}
         return score, info
     from fedsynth.generators import pgm as P
 
     stt = {k: v.numpy() for k, v in blob["state_dict"].items()}
-    lo, hi = blob.get("generator_params", {}).get("range", [0.0, 20.0]) if isinstance(
-        blob.get("generator_params"), dict) else (0.0, 20.0)
-    H = stt["released_histograms"]  # (G, fine)
+    gp = blob.get("generator_params") if isinstance(blob.get("generator_params"), dict) else {}
+    lo, hi = gp.get("range", [0.0, 20.0])
+    H = stt["released_histograms"]  # (G, fine cells) over [lo, hi]
     mf = H.shape[1]
     cell = np.clip(np.floor((Xc - lo) / (hi - lo) * mf), 0, mf - 1).astype(np.int64)
     codes = P.discretise(Xc, stt["edges"])
     LG = stt["released_label_gene"]  # (G, C, b)
-    score = np.zeros(M)
     names = P.RELEASES
     s_h, s_lg, s_p = sd[names[0]], sd[names[1]], sd[names[2]]
-    score += H[gidx[None, :], cell].sum(1) / s_h**2
-    score += LG[gidx[None, :], c, codes].sum(1) / s_lg**2
-    info[names[0]] = {"noise_sd": s_h}
-    info[names[1]] = {"noise_sd": s_lg}
+    parts = {names[0]: (H, cell, s_h), names[1]: (LG[:, c, :], codes, s_lg)}
     tree = stt["tree"]
     PT = stt["released_pairs"]
     if len(tree) and len(PT) == len(tree) and s_p > 0:
-        i, j = tree[:, 0], tree[:, 1]
-        score += PT[np.arange(len(tree))[None, :], codes[:, i], codes[:, j]].sum(1) / s_p**2
-        info[names[2]] = {"noise_sd": s_p, "pairs": int(len(tree))}
+        b = PT.shape[1]
+        parts[names[2]] = (PT.reshape(len(tree), b * b), codes[:, tree[:, 0]] * b + codes[:, tree[:, 1]], s_p)
+    # weights: expected own signal / spread of the component across canaries (noise + cross-talk of the
+    # patterns; the in/out labels are not used). pgm's label x gene codes are nearly binary (its 3 bins have
+    # DP quantile edges inside the background), so their cross-talk is far above their noise.
+    score = np.zeros(M)
+    for name, (table, cd, nsd) in parts.items():
+        comp = _centred_cells(table, cd)
+        signal = _own_signal(cd, table.shape[1])
+        spread = float(comp.std())
+        score = score + signal / spread**2 * comp
+        info[name] = {"noise_sd": nsd, "signal": signal, "spread": spread, "weight": signal / spread**2}
     return score, info
+
+
+def _own_signal(codes, b: int) -> float:
+    """Mean over canaries of ``sum_g (1 - p_g,code)``: what one canary adds to its centred score."""
+    import numpy as np
+
+    p = np.stack([(codes == k).mean(0) for k in range(b)], axis=1)  # (G, b)
+    gidx = np.arange(codes.shape[1])
+    return float((1 - p[gidx[None, :], codes]).sum(1).mean())
 
 
 def score_cell(model_path: Path, gen_name: str):
