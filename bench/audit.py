@@ -239,8 +239,6 @@ def score_sparse(blob, gen_name: str):
     prof_b = Xb - Xb.mean(1, keepdims=True)
     vbar = prof_b.mean(0)
     if gen_name == "gaussian":
-        import torch  # noqa: F401
-
         m_vec = np.asarray(st["gene_means"], float)[:G]
         mu = blob["state_dict"]["class_means"].numpy()[c, :G]
         r1, r2, r3 = st["clip_bounds"]
@@ -270,12 +268,15 @@ def score_sparse(blob, gen_name: str):
     return score, {k: {"signal": sig, "noise_sd": nsd, "snr": sig / nsd} for k, (T, sig, nsd) in parts.items()}
 
 
-def _centred_cells(table: "np.ndarray", codes: "np.ndarray") -> "np.ndarray":
-    """Per canary, ``sum_g (table[g, code_ig] - sum_k p_gk table[g, k])``, p_gk = share of canaries with code k.
+def _centred_cells(table, codes):
+    """Per canary, ``sum_g (table[g, code_ig] - p_g,code_ig * n_g)``: its cells minus what they hold anyway.
 
-    Centring by what a random canary would pick removes the part every
-    canary shares (the other included canaries' counts), leaving the
-    canary's own +1 per gene, the noise and the cross-talk of patterns.
+    ``p_gk`` is the share of all canaries with code ``k`` at gene ``g`` and
+    ``n_g`` the released total of the cells canaries use at ``g``: under
+    "out", a canary's cell holds about ``p_gk n_g`` (the other included
+    canaries); "in" adds its own 1. Centring cell by cell removes what every
+    canary shares, leaving the canary's own +1 per gene, the noise and the
+    cross-talk of the patterns.
     """
     import numpy as np
 
@@ -284,8 +285,9 @@ def _centred_cells(table: "np.ndarray", codes: "np.ndarray") -> "np.ndarray":
     p = np.zeros((n_genes, b))
     for k in range(b):
         p[:, k] = (codes == k).mean(0)
-    expect = (p * table).sum(1)
-    return (table[gidx[None, :], codes] - expect[None, :]).sum(1)
+    used = (p > 0) * table
+    expect = p * used.sum(1, keepdims=True)
+    return (table[gidx[None, :], codes] - expect[gidx[None, :], codes]).sum(1)
 
 
 def score_dense(model, blob, gen_name: str):
@@ -322,16 +324,19 @@ def score_dense(model, blob, gen_name: str):
     if len(tree) and len(PT) == len(tree) and s_p > 0:
         b = PT.shape[1]
         parts[names[2]] = (PT.reshape(len(tree), b * b), codes[:, tree[:, 0]] * b + codes[:, tree[:, 1]], s_p)
-    # weights: expected own signal / spread of the component across canaries (noise + cross-talk of the
-    # patterns; the in/out labels are not used). pgm's label x gene codes are nearly binary (its 3 bins have
+    # weights: expected own signal / variance of the component across canaries (noise + cross-talk of the
+    # patterns, less the signal's own share; the in/out labels are not used). pgm's label x gene codes are nearly binary (its 3 bins have
     # DP quantile edges inside the background), so their cross-talk is far above their noise.
     score = np.zeros(M)
     for name, (table, cd, nsd) in parts.items():
         comp = _centred_cells(table, cd)
         signal = _own_signal(cd, table.shape[1])
         spread = float(comp.std())
-        score = score + signal / spread**2 * comp
-        info[name] = {"noise_sd": nsd, "signal": signal, "spread": spread, "weight": signal / spread**2}
+        # the spread also holds the signal itself (+signal for the half that is in): variance signal^2 / 4
+        resid = math.sqrt(max(spread**2 - signal**2 / 4, (spread / 10) ** 2))
+        score = score + signal / resid**2 * comp
+        info[name] = {"noise_sd": nsd, "signal": signal, "spread": spread, "noise_and_crosstalk_sd": resid,
+                      "weight": signal / resid**2}
     return score, info
 
 
@@ -358,12 +363,25 @@ def patch_hash() -> str:
     return hashlib.sha256((BENCH / "_broken_site" / "sitecustomize.py").read_bytes()).hexdigest()[:12]
 
 
+def cell_tag(gen: str, eps: float, build: str, seed: int) -> str:
+    return f"{gen}_eps{eps:g}_{'broken' if build != 'correct' else 'correct'}_seed{seed}"
+
+
+def rescore_cached(r: dict, gen: str, seed: int) -> dict:
+    """A cached cell, rescored if the scoring code changed since (the run itself is kept)."""
+    outdir = WORK / cell_tag(gen, r["epsilon"], r["build"], seed)
+    now = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    if r.get("key", {}).get("scoring") != now and (outdir / "model.pt").is_file():
+        r = score_and_record(r, gen, outdir, seed, dict(r["key"], scoring=now))
+    return r
+
+
 def run_cell(gen: str, eps: float, build: str, seed: int = 0, fresh: bool = False) -> dict:
     from _common import GENERATOR_FILES, code_hash, env1, git_state, shell, write_json
 
     design = DESIGN[gen]
     data = cell_csv(design, seed)
-    tag = f"{gen}_eps{eps:g}_{'broken' if build != 'correct' else 'correct'}_seed{seed}"
+    tag = cell_tag(gen, eps, build, seed)
     outdir = WORK / tag
     res_path = outdir / "audit.json"
     args = ["--data", data, "--site-column", "site", "--sites", "3", "--label-column", "label",
@@ -444,10 +462,10 @@ def render(results: list[dict]) -> str:
             flag = " **above the claim**" if r["build"] == "correct" else " (caught)"
         elif r["build"] != "correct":
             flag = " (not caught)"
-        rows.append([r["generator"], f"{claim:g}", r["build"], a["m"], f"{b['r']} (k={b['k']})", b["v"],
+        rows.append([r["generator"], f"{claim:g}", r["build"], r["seed"], a["m"], f"{b['r']} (k={b['k']})", b["v"],
                      f"{lb:.2f}{flag}", f"{r['score_auroc']:.3f}" if r.get("score_auroc") is not None else "n/a",
                      f"{r['wall_seconds']:.0f}"])
-    hdr = ["generator", "claimed epsilon", "build", "m canaries", "guesses r", "correct v",
+    hdr = ["generator", "claimed epsilon", "build", "inclusion seed", "m canaries", "guesses r", "correct v",
            "empirical epsilon lower bound (95%)", "score AUROC (in vs out)", "wall s"]
     return md_table(hdr, rows)
 
@@ -457,7 +475,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", choices=GENERATORS)
     ap.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS))
     ap.add_argument("--builds", default=",".join(BUILDS))
-    ap.add_argument("--render", action="store_true")
+    ap.add_argument("--seeds", default="0", help="inclusion seeds (each a fresh draw of which canaries are in)")
+    ap.add_argument("--render", action="store_true", help="run nothing; render every cached cell")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args(argv)
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -466,20 +485,25 @@ def main(argv=None) -> int:
     gens = args.only or list(GENERATORS)
     eps_list = [float(e) for e in args.epsilons.split(",")]
     builds = args.builds.split(",")
-    # the broken rows at epsilon 1 first: they show the audit has power
-    todo = [(g, e, b) for g in gens for b in builds[::-1] for e in eps_list]
-    todo.sort(key=lambda t: (GENERATORS.index(t[0]) if not args.only else 0, t[2] == "correct", t[1]))
+    seeds = [int(x) for x in args.seeds.split(",")]
+    # per seed, the broken rows first (they show the audit has power), then the correct ones
+    todo = [(s, g, b, e) for s in seeds for g in gens for b in builds[::-1] for e in eps_list]
     results = []
+    if args.render:
+        for s in range(10):
+            for g in GENERATORS:
+                for b in BUILDS:
+                    for e in EPSILONS:
+                        res = WORK / cell_tag(g, e, b, s) / "audit.json"
+                        if res.is_file():
+                            r = json.loads(res.read_text())
+                            results.append(rescore_cached(r, g, s))
+        todo = []
     prog = Progress(len(todo))
-    for g, e, b in todo:
-        res = WORK / f"{g}_eps{e:g}_{'broken' if b != 'correct' else 'correct'}_seed0" / "audit.json"
-        if args.render:
-            if res.is_file():
-                results.append(json.loads(res.read_text()))
-            continue
-        prog.start(f"{g} epsilon={e:g} build={b}")
+    for s, g, b, e in todo:
+        prog.start(f"{g} epsilon={e:g} build={b} inclusion seed={s}")
         try:
-            r = run_cell(g, e, b, fresh=args.fresh)
+            r = run_cell(g, e, b, seed=s, fresh=args.fresh)
         except Exception as ex:  # noqa: BLE001 -- keep going; the table says what is missing
             prog.finish(f"FAILED: {str(ex)[:400]}")
             continue
@@ -487,7 +511,8 @@ def main(argv=None) -> int:
         bst = r["audit"]["best"]
         prog.finish(f"lower bound {bst['eps_lb']:.2f} (claim {e:g}); v={bst['v']}/{bst['r']}; "
                     f"AUROC {r.get('score_auroc')}; {r['wall_seconds']} s{' [cached]' if r.get('cached') else ''}")
-        write_json(OUT / "audit.json", {"results": results})
+        write_json(OUT / "audit_partial.json", {"results": results})
+    results.sort(key=lambda r: (r["seed"], GENERATORS.index(r["generator"]), r["epsilon"], r["build"]))
     md = render(results)
     (OUT / "audit.md").write_text(md + "\n")
     write_json(OUT / "audit.json", {"results": results, "command": LINE, "k_guesses": K_GUESSES,
