@@ -359,7 +359,12 @@ def test_simulate_pgm_in_blocks_releases_and_accounts_the_chain_pairs(tmp_path):
     assert m >= 2 and blob["generator_params"]["fit_blocks"] == m
     tree = blob["state_dict"]["tree"].numpy()
     assert tree.shape == (G - m, 2) and blob["state_dict"]["released_pairs"].shape[0] == G - m
-    z = pgm.plan(pgm.PGMConfig(block=block), 1.0, run["delta"], "log")
+    from fedsynth.privacy.release import ReleasePlan, with_record_count
+
+    # the run's plan: the record count first, then pgm's releases (pgm.plan alone leaves the count out)
+    z = ReleasePlan.calibrate(with_record_count(pgm.release_specs(pgm.PGMConfig(block=block), G, "log")),
+                              epsilon=1.0, delta=run["delta"]).multipliers
+    assert blob["dp"]["noise_multipliers"] == pytest.approx(z)
     # the record gives the guaranteed z * Delta and the noise the fit saw: all k sites' draws,
     # sqrt(k / (k - t)) times that (t = 1 by default at k = 3)
     k, t = blob["dp"]["k"], blob["dp"]["max_colluders"]

@@ -651,7 +651,8 @@ def release_specs(cfg: PGMConfig, g: int, input_kind: str) -> list[ReleaseSpec]:
 
 
 def plan(cfg: PGMConfig, epsilon: float, delta: float, input_kind: str) -> dict[str, float]:
-    """Noise multiplier per release (before any data is touched)."""
+    """Noise multiplier per release if pgm's releases alone shared ``epsilon`` (a run also releases the
+    record count first: :func:`fedsynth.privacy.release.with_record_count`)."""
     return plan_release_split(epsilon, delta, release_weights(cfg, input_kind))
 
 
