@@ -199,8 +199,8 @@ def plan_releases(generator: Generator, schema: Schema, cfg: TrainConfig, *, fin
         if not final:
             log.warning("--no-dp: NOTHING IS PRIVATE. The model and synthetic data may reveal patients.")
         return ReleasePlan.not_private(specs, delta=cfg.delta)
-    plan = ReleasePlan.calibrate(specs, epsilon=cfg.epsilon, delta=cfg.delta,
-                                 n_total=schema.n_total,
+    # delta < 1/N is checked on the released N only: a refusal on a site's own guess would tell the others about it
+    plan = ReleasePlan.calibrate(specs, epsilon=cfg.epsilon, delta=cfg.delta, n_total=schema.n_total if final else None,
                                  one_shot_fraction=generator.one_shot_fraction())
     if final:
         log.info("budget: epsilon %.3g, delta %.2g -> %s", cfg.epsilon, cfg.delta,
