@@ -1,4 +1,4 @@
-"""Generated log-expression matrices with realistic structure, fitted to real data (issue 12).
+r"""Generated log-expression matrices with realistic structure, fitted to real data (issue 12).
 
 A samples x genes matrix with columns ``sample_id``, ``label``, ``site``, then
 the genes ``g00000`` ... ``g{G-1}``, usable directly by::
@@ -8,7 +8,7 @@ the genes ``g00000`` ... ``g{G-1}``, usable directly by::
 Two commands::
 
     python bench/synthdata.py fit                     # re-estimate bench/synthdata_params.json
-    python bench/synthdata.py --genes 1000 --samples 1200 --classes 5 --sites 3 \\
+    python bench/synthdata.py --genes 1000 --samples 1200 --classes 5 --sites 3 \
         --seed 0 --out FILE.csv.gz [--preset bulk|singlecell]
 
 and the importable functions :func:`fit`, :func:`fit_matrix`,
@@ -21,38 +21,38 @@ Gene :math:`g`, sample :math:`i` of class :math:`y_i` at site :math:`s_i`:
 
 .. math::
 
-    x_{ig} = \\mu_g + \\sigma_g \\left( d_{y_i g} + \\tau b_{s_i g}
-             + \\sqrt{h_g}\\, \\ell_g^\\top z_i + \\sqrt{1 - h_g}\\, \\varepsilon_{ig} \\right),
+    x_{ig} = \mu_g + \sigma_g \left( d_{y_i g} + \tau b_{s_i g}
+             + \sqrt{h_g}\, \ell_g^\top z_i + \sqrt{1 - h_g}\, \varepsilon_{ig} \right),
 
 clipped below at ``floor`` when the preset has one (single-cell: 0), with
-:math:`z_i \\sim N(0, I_r)`, :math:`\\varepsilon_{ig} \\sim N(0, 1)`,
-:math:`b_{sg} \\sim N(0, 1)`, all independent. Memory is
+:math:`z_i \sim N(0, I_r)`, :math:`\varepsilon_{ig} \sim N(0, 1)`,
+:math:`b_{sg} \sim N(0, 1)`, all independent. Memory is
 :math:`O(G (K + S + r))` for the parameters plus one block of samples: no
-:math:`G \\times G` matrix is ever formed.
+:math:`G \times G` matrix is ever formed.
 
-* :math:`\\mu_g` (gene mean): drawn from the empirical quantile function of
+* :math:`\mu_g` (gene mean): drawn from the empirical quantile function of
   the real gene means (101 quantiles, linear interpolation), so the skew and
   the tails of the real distribution are kept.
-* :math:`\\sigma_g` (within-class s.d.): :math:`\\log \\sigma_g = c_0 + c_1
-  \\mu_g + c_2 \\mu_g^2 + e_g`, the quadratic least-squares fit of the real
+* :math:`\sigma_g` (within-class s.d.): :math:`\log \sigma_g = c_0 + c_1
+  \mu_g + c_2 \mu_g^2 + e_g`, the quadratic least-squares fit of the real
   log pooled within-class s.d.s on the real means, :math:`e_g` drawn from the
   empirical quantiles of the fit's residuals (heavy tails kept).
-* :math:`\\ell_g` (factor loadings, unit norm), :math:`h_g` (communality) and
+* :math:`\ell_g` (factor loadings, unit norm), :math:`h_g` (communality) and
   rank :math:`r`: from the eigen-decomposition of the real within-class
-  correlation :math:`C = R^\\top R / (n - K)`, where :math:`R` holds the
+  correlation :math:`C = R^\top R / (n - K)`, where :math:`R` holds the
   residuals from the class means (and, where there are sites, from the site
-  means within class) divided by :math:`\\sigma_g`. :math:`r` is the number
-  of eigenvalues above the Marchenko-Pastur edge :math:`(1 + \\sqrt{G / (n -
+  means within class) divided by :math:`\sigma_g`. :math:`r` is the number
+  of eigenvalues above the Marchenko-Pastur edge :math:`(1 + \sqrt{G / (n -
   K)})^2` (the largest a noise eigenvalue gets), capped at 50. The top-:math:`r`
-  eigenvalues are fitted by a power law :math:`\\lambda_k \\propto k^{-\\beta}`
-  (least squares on log-log); the factor weights are :math:`w_k \\propto
-  k^{-\\beta}`, :math:`\\sum_k w_k = 1`, and :math:`\\ell_{gk} \\propto a_{gk}
-  \\sqrt{w_k}`, :math:`a_{gk} \\sim N(0, 1)`, normalised to unit norm. The
-  communality :math:`h_g = \\sum_{k \\le r} (\\lambda_k - 1)_+ v_{gk}^2`
+  eigenvalues are fitted by a power law :math:`\lambda_k \propto k^{-\beta}`
+  (least squares on log-log); the factor weights are :math:`w_k \propto
+  k^{-\beta}`, :math:`\sum_k w_k = 1`, and :math:`\ell_{gk} \propto a_{gk}
+  \sqrt{w_k}`, :math:`a_{gk} \sim N(0, 1)`, normalised to unit norm. The
+  communality :math:`h_g = \sum_{k \le r} (\lambda_k - 1)_+ v_{gk}^2`
   (the variance of gene :math:`g` that the top-:math:`r` components carry
   beyond the unit noise level, :math:`v` the eigenvectors) is drawn from its
   empirical quantiles, clipped to [0, 0.95]. The generated correlation's top
-  eigenvalues then grow like :math:`G \\bar h w_k`, as in real data where
+  eigenvalues then grow like :math:`G \bar h w_k`, as in real data where
   co-expression programmes span a fixed share of the genes.
 * :math:`d_{kg}` (class effect, in within-class s.d.s) has two parts, as in
   the real data, where most of the class mean differences lie along the
@@ -60,7 +60,7 @@ clipped below at ``floor`` when the preset has one (single-cell: 0), with
   in the span of the top-:math:`r` eigenvectors; ``effect_factor_share``,
   corrected for the sampling noise of the class means):
 
-  - factor part :math:`\ell_g^\top c_k \sqrt{h_g}`-scaled, i.e. class
+  - factor part :math:`\sqrt{h_g}\, \ell_g^\top c_k`, i.e. class
     :math:`k` shifts the factor scores by :math:`c_k \sim N(0, \kappa^2
     I_r)`. :math:`\kappa` (``factor_shift_sd``) is fitted as the root mean
     square over classes and top eigenvectors :math:`v_j` of the real class
@@ -90,13 +90,13 @@ clipped below at ``floor`` when the preset has one (single-cell: 0), with
   brca's K = 5 these are brca's proportions); labels are ``class0``
   (largest) ... ``class{K-1}``. ``class_skew_gamma`` (the least-squares Zipf
   slope of the same counts) is recorded for reference only.
-* site shift :math:`\\tau` (in within-class s.d.s, per gene and site): from
+* site shift :math:`\tau` (in within-class s.d.s, per gene and site): from
   brca's natural sites with at least 30 tumours; with :math:`m_{sg}` the mean
   of the within-class residual of gene :math:`g` at site :math:`s` over
-  :math:`\\sigma_g`, the method-of-moments estimate :math:`\\tau^2 =
-  \\operatorname{mean}_{s,g} (m_{sg}^2 - 1 / n_s)` (the :math:`1/n_s` removes the
+  :math:`\sigma_g`, the method-of-moments estimate :math:`\tau^2 =
+  \operatorname{mean}_{s,g} (m_{sg}^2 - 1 / n_s)` (the :math:`1/n_s` removes the
   sampling noise of a site mean). pbmc has no sites, so the single-cell preset
-  uses brca's :math:`\\tau`. Site sizes: :math:`q_s \\propto s^{-\\gamma_S}`,
+  uses brca's :math:`\tau`. Site sizes: :math:`q_s \propto s^{-\gamma_S}`,
   fitted like the class proportions to brca's site sizes (sites >= 30); labels
   are independent of site.
 
@@ -104,7 +104,7 @@ Presets (``bench/synthdata_params.json``): ``bulk`` from
 ``data/brca_pam50_sites.csv`` (522 tumours x 50 PAM50 genes) and
 ``singlecell`` from ``../shared/data/pbmc68k_reduced.csv.gz`` (700 cells x
 765 highly variable genes). Caveats: both gene sets were SELECTED for
-varying (PAM50 for subtype, pbmc for high variance), so :math:`\\pi_1` and the
+varying (PAM50 for subtype, pbmc for high variance), so :math:`\pi_1` and the
 effect sizes are higher than in an unselected panel; brca's 50 genes give a
 coarse quantile function and a small :math:`r`; the single-cell preset is a
 clipped Gaussian, not a dropout model, so its zeros come only from the clip.
