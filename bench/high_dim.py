@@ -62,6 +62,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# fedsynth from THIS checkout (the venv may be installed from another worktree): the scoring here must
+# use the same code as the simulate runs it checks
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from _common import (  # noqa: E402
     GENERATOR_FILES,
     OUT,
