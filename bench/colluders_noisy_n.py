@@ -153,6 +153,17 @@ def fmt(s) -> str:
     return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
 
 
+def run_json_value(version: str, data: str, gen: str, seed: int, *keys):
+    """A value from the kept run.json of a cell (for fields the cache did not record)."""
+    p = OUT / "_runs" / version / data / gen / f"eps1_seed{seed}" / "run.json"
+    if not p.is_file() or not cache_path(version, data, gen, seed).is_file():
+        return None
+    v = json.loads(p.read_text())
+    for k in keys:
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
 def render(cells: list[tuple[str, str]], seeds: list[int]) -> str:
     header = ["data", "generator", "metric"] + [VERSION_TITLE[v] for v in VERSIONS] + \
              ["new - pre t=0 (medians)", "pre t=1 - pre t=0 (medians)"]
@@ -174,11 +185,17 @@ def render(cells: list[tuple[str, str]], seeds: list[int]) -> str:
             lines.append("| " + " | ".join(row) + " |")
         walls = {v: summ(r.get("wall_seconds_outer") for r in runs[v]) for v in VERSIONS}
         discs = {v: summ(r.get("discriminator_auroc") for r in runs[v]) for v in VERSIONS}
+        aurocs = {v: summ(run_json_value(v, data, gen, sd, "evaluation", "tstr", "logreg", "auroc") for sd in seeds)
+                  for v in VERSIONS}
+        nhat = summ(run_json_value("new", data, gen, sd, "dp", "n_total") for sd in seeds)
+        ntrue = summ(sum(x["n"] for x in (r.get("sites") or [])) for r in runs["new"])
         fails = {v: sum(1 for r in runs[v] if r.get("returncode") != 0) for v in VERSIONS}
         extra.append(f"- {data} {gen}: wall s (median) " + ", ".join(
             f"{v} {walls[v]['median']:.0f}" if walls[v] else f"{v} n/a" for v in VERSIONS)
             + "; discriminator AUROC: " + (", ".join(f"{v} {fmt(discs[v])}" for v in VERSIONS)
                                            if any(discs.values()) else "not in run.json")
+            + "; TSTR logreg macro-AUROC " + ", ".join(f"{v} {fmt(aurocs[v])}" for v in VERSIONS)
+            + (f"; released N (new) {fmt(nhat)} vs true training N {fmt(ntrue)}" if nhat else "")
             + ("; failed runs: " + ", ".join(f"{v} {fails[v]}" for v in VERSIONS) if any(fails.values()) else ""))
     # per-seed detail (paired comparison: the same split seed gives the same sites and holdout)
     detail = ["| data | generator | seed | " + " | ".join(VERSION_TITLE[v] for v in VERSIONS) + " |",
