@@ -147,10 +147,10 @@ def summ(vals):
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-def fmt(s) -> str:
+def fmt(s, d: int = 3) -> str:
     if not s:
         return "n/a"
-    return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+    return f"{s['median']:.{d}f} ({s['min']:.{d}f}-{s['max']:.{d}f})"
 
 
 def run_json_value(version: str, data: str, gen: str, seed: int, *keys):
@@ -195,7 +195,7 @@ def render(cells: list[tuple[str, str]], seeds: list[int]) -> str:
             + "; discriminator AUROC: " + (", ".join(f"{v} {fmt(discs[v])}" for v in VERSIONS)
                                            if any(discs.values()) else "not in run.json")
             + "; TSTR logreg macro-AUROC " + ", ".join(f"{v} {fmt(aurocs[v])}" for v in VERSIONS)
-            + (f"; released N (new) {fmt(nhat)} vs true training N {fmt(ntrue)}" if nhat else "")
+            + (f"; released N (new) {fmt(nhat, 0)} vs true training N {fmt(ntrue, 0)}" if nhat else "")
             + ("; failed runs: " + ", ".join(f"{v} {fails[v]}" for v in VERSIONS) if any(fails.values()) else ""))
     # per-seed detail (paired comparison: the same split seed gives the same sites and holdout)
     detail = ["| data | generator | seed | " + " | ".join(VERSION_TITLE[v] for v in VERSIONS) + " |",
