@@ -148,6 +148,7 @@ def test_record_count_noise_is_what_the_plan_says(parties):
     assert sd == pytest.approx(z["record count"] * 1.0 * math.sqrt(2))
     for p in parties:
         assert np.std(p["count"]) == pytest.approx(sd, rel=0.03)
+        assert abs(np.mean(p["count"])) < 4 * sd / math.sqrt(NOISE_N)  # unbiased: N is not shifted
 
 
 def test_record_count_takes_its_share_and_keeps_its_noise_when_replanned(parties):
