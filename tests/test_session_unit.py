@@ -85,7 +85,21 @@ def test_abort_sends_the_code_and_step_not_the_message():
                    "'cvae: gene means' (details in that site's log)")
     for private in ("TCGA-AB-1234", "KRT14", "3.25", "NaN", "x.csv"):
         assert private not in msg and private.encode() not in s0._store.get("abort/1")
-    assert s0._diagnose() == msg.split(": ", 2)[2]  # a failed collective names it the same way
+    assert s0._diagnose() == (msg.split(": ", 2)[2], [])  # a failed collective names it the same way
+
+
+def test_a_victims_abort_does_not_hide_the_rank_that_went_away():
+    """Rank 1 saw the crash first and aborted with a session error naming no one: rank 0 still names
+    the silent rank 2 (by the heartbeats), and blames it (its SessionError's ranks)."""
+    from fedsynth.errors import SessionError
+
+    s0, s1, _ = _store_pair()
+    s0._store.add("beat/1", 1)  # rank 1 beat once; no rank beats during the check (rank 2 is dead,
+    s1.current_step = "cvae: dp-sgd 3/10"  # rank 1 has left), but rank 1 is accounted for by its notice
+    s1.abort(SessionError("cvae: dp-sgd 3/10: Connection closed by peer"))
+    text, ranks = s0._diagnose()
+    assert ranks == [2]
+    assert text.startswith("rank 2 stopped responding (crashed or killed); rank 1 aborted with a session error")
 
 
 @pytest.mark.parametrize("exc, code", [

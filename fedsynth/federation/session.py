@@ -588,24 +588,45 @@ class Session:
         except SessionError:
             raise
         except Exception as e:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
-            raise SessionError(f"{name}: {self._diagnose()} ({_short(e)})") from None
+            text, ranks = self._diagnose()
+            raise SessionError(f"{name}: {text} ({_short(e)})", ranks=ranks) from None
 
-    def _diagnose(self) -> str:
-        """Who is to blame for a failed collective: aborted, dead, or just late."""
+    def _diagnose(self) -> tuple[str, list[int]]:
+        """Who is to blame for a failed collective: aborted, dead, or just late; and the ranks it blames.
+
+        A site that aborted with its own error (or naming the ranks it
+        blames) is the answer. A site that aborted only because the
+        collective failed under it too (a session error naming no one: it
+        saw the crash first) is not: then the heartbeats decide, so that
+        every survivor names the rank that actually went away.
+        """
         try:
             others = [r for r in range(self.world_size) if r != self.rank]
-            for r in others:
-                if self._store.check([f"abort/{r}"]):
-                    return self._aborted(r)
+            aborted = [r for r in others if self._store.check([f"abort/{r}"])]
+            for r in aborted:
+                code, blamed = self._abort_code(r)
+                if code != "session" or blamed:
+                    return self._aborted(r), list(blamed)
             before = {r: self._store.add(f"beat/{r}", 0) for r in others}
             time.sleep(2.5 * _HEARTBEAT_SECONDS)
             after = {r: self._store.add(f"beat/{r}", 0) for r in others}
         except Exception:  # noqa: BLE001
-            return "rank 0 (the rendezvous host) is unreachable"
-        silent = [r for r in others if after[r] == before[r]]
+            return "rank 0 (the rendezvous host) is unreachable", [0]
+        silent = [r for r in others if r not in aborted and after[r] == before[r]]
+        said = [self._aborted(r) for r in aborted]
         if silent:
-            return f"{_ranks(silent)} stopped responding (crashed or killed)"
-        return f"{_ranks(others)} did not complete the step within {self.step_timeout:g}s"
+            return "; ".join([f"{_ranks(silent)} stopped responding (crashed or killed)", *said]), silent
+        if said:
+            return "; ".join(said), []
+        return f"{_ranks(others)} did not complete the step within {self.step_timeout:g}s", []
+
+    def _abort_code(self, r: int) -> tuple[str, list[int]]:
+        """Rank r's abort notice: its error code and the ranks it blames."""
+        key = f"abort/{r}"
+        raw = self._store.get(key)
+        data = self._opened(key, r, raw)
+        code, _, blamed = _read_abort_notice(raw if data is None else data)
+        return code, list(blamed)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Tell the other sites that this site is leaving (best effort).
