@@ -80,16 +80,24 @@ NAME = "gaussian"
 #: Share of the budget (of the composed RDP curve) each release gets.
 BUDGET_SPLIT = {
     "class counts": 0.05,
-    "gene means": 0.25,
-    "class means": 0.55,
-    "second moments": 0.15,
+    "gene means": 0.2,
+    "class means": 0.5,
+    "gene variances": 0.05,
+    "block moments": 0.05,
 }
+#: Budget weight shared by the class screen and the class means (:func:`budget_split`).
+SCREEN_SHARE = 0.15
 #: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
 COUNTS_SPLIT = (0.1, 0.03)
 #: ``c_1, c_2, c_3`` of :func:`clip_bounds` (see the module doc, "Defaults are measured").
 GENE_MEAN_CLIP = 2.5
 CLASS_MEAN_CLIP = 0.5
 RESIDUAL_CLIP = 0.7
+#: Clip of the class-mean release over the ``g`` selected coordinates, ``c_s sqrt(g)``.
+SELECTED_CLIP = 1.0
+#: Clip of a record's squared residuals (the variance release), ``c_v sqrt(D)``: a Gaussian
+#: coordinate of unit variance has ``E r^4 = 3``, so ``||r^2|| ~ sqrt(3 D)``.
+VARIANCE_CLIP = 2.0
 #: Floor of the residual variances, as a share of the average variance: with
 #: DP it regularises the noisy diagonal (measured: BENCHMARKS.md); without DP
 #: it only keeps ``Psi`` positive.
@@ -97,6 +105,7 @@ VARIANCE_FLOOR = 0.3
 VARIANCE_FLOOR_NO_DP = 1e-3
 #: A class mean is divided by max(c_k, COUNT_SHRINK * z_counts): shrunk towards m when its count is within noise.
 COUNT_SHRINK = 2.0
+SELECT_FACTOR = 1.0
 
 
 @dataclass
@@ -125,9 +134,22 @@ def clip_bounds(n_genes: int) -> tuple[float, float, float]:
             RESIDUAL_CLIP * math.sqrt(n_genes))
 
 
-def budget_split(input_kind: str) -> dict[str, float]:
-    """Release name -> budget weight, in release order."""
-    split = dict(BUDGET_SPLIT)
+def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int) -> dict[str, float]:
+    """Release name -> budget weight, in release order.
+
+    The class screen takes :data:`SCREEN_SHARE` times :func:`screen_fraction`
+    (dropped at 0) and the class means the rest of :data:`SCREEN_SHARE`, so
+    the weights always sum alike (the record count's share, fixed before
+    ``N`` is known, stays as planned).
+    """
+    f = screen_fraction(n_genes + 1, n_total, n_classes)
+    split = {}
+    for name, share in BUDGET_SPLIT.items():
+        if name == "class means":
+            if f > 0:
+                split["class screen"] = SCREEN_SHARE * f
+            share += SCREEN_SHARE * (1.0 - f)
+        split[name] = share
     if input_kind == "counts":
         split.update({spec.name: spec.share for spec in library_size.specs(*COUNTS_SPLIT)})
     return split
@@ -153,33 +175,37 @@ class GaussianModel:
     class_means : ndarray, shape (K, D)
         ``mu_k``.
     loadings : ndarray, shape (D, r')
-        ``W`` (``r' <= r`` components survive the noise).
+        ``W`` (``r' <= r`` components survive the noise; zero outside the block).
     residual_variance : ndarray, shape (D,)
         ``diag(Psi)``, positive.
-    covariance : ndarray, shape (D, D)
-        The released (noisy, symmetrised) within-class covariance ``Sigma``
-        the fit came from; kept for inspection and tests.
+    block : ndarray of int, shape (p,)
+        The coordinates whose second moments were released.
+    block_covariance : ndarray, shape (p, p)
+        The released (noisy, symmetrised) within-class covariance of the
+        block, which ``W`` came from; kept for inspection and tests.
     """
 
-    def __init__(self, cfg: GaussianConfig, class_means, loadings, residual_variance, covariance):
+    def __init__(self, cfg: GaussianConfig, class_means, loadings, residual_variance, block, block_covariance):
         self.cfg = cfg
         self.class_means = np.asarray(class_means, dtype=float)
         self.loadings = np.asarray(loadings, dtype=float).reshape(len(self.class_means[0]), -1)
         self.residual_variance = np.asarray(residual_variance, dtype=float)
-        self.covariance = np.asarray(covariance, dtype=float)
+        self.block = np.asarray(block, dtype=np.int64)
+        self.block_covariance = np.asarray(block_covariance, dtype=float)
+
+    _STATE = ("class_means", "loadings", "residual_variance", "block", "block_covariance")
 
     def state_dict(self) -> dict:
-        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
-                for name in ("class_means", "loadings", "residual_variance", "covariance")}
+        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in self._STATE}
 
     @classmethod
     def from_blob(cls, blob: dict) -> "GaussianModel":
         cfg = GaussianConfig(**blob["config"])
         st = blob["state_dict"]
-        return cls(cfg, *(st[k].numpy() for k in ("class_means", "loadings", "residual_variance", "covariance")))
+        return cls(cfg, *(st[k].numpy() for k in cls._STATE))
 
     def model_covariance(self) -> np.ndarray:
-        """``W W^T + Psi`` in ``v`` coordinates."""
+        """``W W^T + Psi`` in ``v`` coordinates (``D x D``: small panels only)."""
         return self.loadings @ self.loadings.T + np.diag(self.residual_variance)
 
     def expression_means(self) -> np.ndarray:
@@ -187,7 +213,7 @@ class GaussianModel:
         return from_profile_level(self.class_means)
 
     def expression_covariance(self) -> np.ndarray:
-        """Within-class covariance of ``x``: ``A (W W^T + Psi) A^T``, shape (G, G)."""
+        """Within-class covariance of ``x``: ``A (W W^T + Psi) A^T``, shape (G, G) (small panels only)."""
         G = self.cfg.n_genes
         A = np.hstack([np.eye(G), np.ones((G, 1))])
         return A @ self.model_covariance() @ A.T
@@ -201,6 +227,52 @@ class GaussianModel:
         return from_profile_level(V)
 
 
+# ------------------------------------------------------------- sizes
+def selected_coordinates(n_coords: int, n_total: int, n_classes: int) -> int:
+    """``min(D, ceil(N / K))``: records per class, against coordinates.
+
+    Where a class has fewer records than there are coordinates, a screen
+    picks the coordinates the class means are released in
+    (:func:`screen_fraction`, :func:`choose_selection`); it also caps the
+    block of second moments (:func:`block_size`).
+    """
+    return int(min(n_coords, max(1, math.ceil(SELECT_FACTOR * n_total / max(n_classes, 1)))))
+
+
+def screen_fraction(n_coords: int, n_total: int, n_classes: int) -> float:
+    """Share of :data:`SCREEN_SHARE` the class screen takes: ``1 - min(1, (N / K) / D)``.
+
+    0 (no screen; its share goes to the class means) when every class has at
+    least as many records as there are coordinates; towards 1 as ``D``
+    outgrows ``N / K``.
+    """
+    return 1.0 - selected_coordinates(n_coords, n_total, n_classes) / n_coords
+
+
+def block_size(n_coords: int, n_total: int, n_classes: int, components: int, private: bool = True) -> int:
+    """``p = min(g, ceil(sqrt(2 D (K + r))))``: side of the block of second moments.
+
+    Its ``p (p + 1) / 2`` released values stay below ``D (K + r)``, the size
+    of the other releases, so bytes and time grow linearly in ``G``. With DP
+    ``g`` = :func:`selected_coordinates` (no more coordinates than a class
+    has records); without, ``g = D``.
+    """
+    cap = math.ceil(math.sqrt(2.0 * n_coords * (n_classes + components)))
+    g = selected_coordinates(n_coords, n_total, n_classes) if private else n_coords
+    return int(max(1, min(g, cap)))
+
+
+def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int) -> dict[str, float]:
+    """Declared L2 sensitivity of each release (public: ``G``, the released ``N``, ``K``, ``r``)."""
+    D = n_genes + 1
+    r1, r2, _ = clip_bounds(n_genes)
+    g = selected_coordinates(D, n_total, n_classes)
+    p = block_size(D, n_total, n_classes, components)
+    return {"class counts": 1.0, "gene means": r1, "class screen": r2,
+            "class means": SELECTED_CLIP * math.sqrt(g), "gene variances": VARIANCE_CLIP * math.sqrt(D),
+            "block moments": (RESIDUAL_CLIP * math.sqrt(p)) ** 2}
+
+
 # ------------------------------------------------------------- releases
 def _upper(M: np.ndarray) -> np.ndarray:
     return M[np.triu_indices(M.shape[0])]
@@ -212,9 +284,75 @@ def _symmetric(upper: np.ndarray, D: int) -> np.ndarray:
     return M + np.triu(M, 1).T
 
 
+def _scaled_clip(U: np.ndarray, bound: float, declared: float) -> tuple[np.ndarray, float]:
+    """Rows of ``U`` clipped at ``bound`` and scaled by ``declared / bound`` (norm <= ``declared``)."""
+    if not math.isfinite(declared):
+        return U, 1.0
+    scale = declared / bound
+    return scale * clip_rows(U, bound), scale
+
+
+def shrink_towards_mean(x: np.ndarray, noise_var: float) -> tuple[np.ndarray, float]:
+    """Linear empirical Bayes: ``xbar + a (x - xbar)``, ``a = max(0, 1 - s^2 / var(x))``.
+
+    Returns the shrunk values and their expected squared error ``a s^2``
+    (post-processing of a release with known noise variance ``s^2``).
+    """
+    if noise_var <= 0 or len(x) < 3:
+        return x, 0.0
+    spread = float(x.var())
+    a = max(0.0, 1.0 - noise_var / spread) if spread > 0 else 0.0
+    return x.mean() + a * (x - x.mean()), a * noise_var
+
+
+def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink noisy class deviations (K x g) towards 0 by their known noise (post-processing, free).
+
+    Two linear empirical-Bayes weights, the larger one kept per entry:
+
+    * per coordinate ``j``, across classes: signal variance
+      ``tau_j^2 = max(mean_k (dev_kj^2 - s_k^2), 0)``, weight
+      ``tau_j^2 / (tau_j^2 + s_k^2)`` (a gene with no class signal goes to 0);
+    * per class ``k``, across coordinates: positive-part James-Stein,
+      ``a_k = max(0, 1 - g s_k^2 / ||dev_k||^2)`` (a class whose deviation
+      stands out of the noise as a whole keeps it).
+
+    ``s_k^2`` (``noise_var``) is the per-coordinate noise variance of class
+    ``k``'s deviation. Returns the shrunk deviations and the weights; without
+    noise they come back unchanged.
+    """
+    K, g = dev.shape
+    if g == 0 or not np.any(noise_var > 0):
+        return dev, np.ones_like(dev)
+    nv = noise_var[:, None]
+    tau2 = np.maximum((dev**2 - nv).mean(0), 0.0)
+    w = tau2 / (tau2 + nv)
+    if g >= 3:
+        js = np.clip(1.0 - g * noise_var / np.maximum((dev**2).sum(1), 1e-12), 0.0, 1.0)
+        w = np.maximum(w, js[:, None])
+    return w * dev, w
+
+
+def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, kept: np.ndarray):
+    """Per coordinate, its between-class signal: a score to rank by and ``theta^2`` (K x D), noise removed.
+
+    ``dev_kj = S_kj / c_k - sum_k S_kj / N`` (deviation from the pooled mean,
+    which also cancels the gene-mean error); with noise s.d. ``s`` per sum,
+    ``theta_kj^2 = max(dev_kj^2 - (s / c_k)^2, 0)`` and the score is
+    ``sum_k ((c_k dev_kj / s)^2 - 1)`` (a centred chi-square statistic);
+    without noise, the between-class sum of squares.
+    """
+    dev = S / c_eff[:, None] - S.sum(0) / float(kept.sum())
+    nv = (noise_sd / c_eff) ** 2
+    theta2 = np.maximum(dev**2 - nv[:, None], 0.0)
+    score = ((dev**2 / nv[:, None]) - 1.0).sum(0) if noise_sd > 0 else (kept[:, None] * dev**2).sum(0)
+    score[-1] = np.inf  # the level: its error would shift every gene of every class
+    return score, theta2
+
+
 def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, *,
-                    clip: bool = True, library_sizes: np.ndarray | None = None) -> dict:
-    """The statistics of the module doc, each one ``release(name, values)``.
+                    components: int = 4, clip: bool = True, library_sizes: np.ndarray | None = None) -> dict:
+    """The releases of the module doc, each one ``release(name, values)``; then their post-processing.
 
     Parameters
     ----------
@@ -224,7 +362,9 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     X, y
         This site's log-expression (samples x genes) and class indices.
     n_total
-        ``N``, the public total record count.
+        ``N``, the released total record count.
+    components
+        ``r``, which sizes the block of second moments (:func:`block_size`).
     clip
         False only without DP: nothing clipped.
     library_sizes
@@ -232,27 +372,77 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     """
     G = X.shape[1]
     D = G + 1
-    r1, r2, r3 = clip_bounds(G) if clip else (math.inf, math.inf, math.inf)
-    onehot = np.eye(n_classes)[y]
+    K = n_classes
+    bounds = release_bounds(G, n_total, K, components) if clip else dict.fromkeys(
+        ("gene means", "class screen", "class means", "gene variances", "block moments"), math.inf)
+    p_max = block_size(D, n_total, K, components, private=clip)
+    onehot = np.eye(K)[y]
+    V = to_profile_level(X)
+
+    # 1. class counts
     counts_m = release("class counts", onehot.sum(0))
     counts = counts_m.value
-    V = to_profile_level(X)
-    m = release("gene means", clip_rows(V, r1).sum(0)).value / n_total
-    S = release("class means", onehot.T @ clip_rows(V - m, r2)).value
-    mu = m + S / np.maximum(np.maximum(counts, 1.0), COUNT_SHRINK * counts_m.noise_sd)[:, None]
-    R = clip_rows(V - mu[y], r3)
-    moments = release("second moments", _upper(R.T @ R))
-    M = _symmetric(moments.value, D)
-    dof = max(n_total - n_classes, 1)
     kept = np.maximum(counts, 1.0)
+    c_eff = np.maximum(kept, COUNT_SHRINK * counts_m.noise_sd)
+
+    # 2. gene means (profile coordinates shrunk by their known noise; the level kept)
+    gm = release("gene means", clip_rows(V, bounds["gene means"]).sum(0))
+    m = gm.value / n_total
+    err_var = np.zeros(D)
+    m[:-1], err_var[:-1] = shrink_towards_mean(m[:-1], (gm.noise_sd / n_total) ** 2)
+    err_var[-1] = (gm.noise_sd / n_total) ** 2
+
+    # 3. class screen: every coordinate's between-class signal, to select the coordinates worth releasing
+    screened = "class screen" in release.plan.specs
+    if screened:
+        S0 = release("class screen", onehot.T @ clip_rows(V - m, bounds["class screen"]))
+        score, _ = _screen_scores(S0.value, S0.noise_sd, c_eff, kept)
+        order = np.argsort(-score, kind="stable")
+        g = selected_coordinates(D, n_total, K) if clip else D
+        sel = np.sort(order[:g])
+    else:
+        sel = np.arange(D)
+    g = len(sel)
+
+    # 4. class means on the selected coordinates, de-noised (elsewhere mu_k = m)
+    U1, scale1 = _scaled_clip((V - m)[:, sel], SELECTED_CLIP * math.sqrt(g), bounds["class means"])
+    S1 = release("class means", onehot.T @ U1)
+    sums = S1.value / scale1
+    nv1 = (S1.noise_sd / scale1 / c_eff) ** 2
+    centre = sums.sum(0) / float(kept.sum())
+    dev, w1 = denoise_deviations(sums / c_eff[:, None] - centre, nv1)
+    mu = np.tile(m, (K, 1))
+    mu[:, sel] += centre + dev
+    props = kept / kept.sum()
+    err_var[sel] = K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2 + props @ (w1**2 * nv1[:, None])
+    if not screened:
+        score, _ = _screen_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, kept)
+        order = np.argsort(-score, kind="stable")
+
+    # 5. per-coordinate residual variances, less the known error of mu
+    R = V - mu[y]
+    Q = release("gene variances", clip_rows(R**2, bounds["gene variances"]).sum(0))
+    dof = max(n_total - K, 1)
+    var = Q.value / dof - err_var
+    var_noise = Q.noise_sd / dof
+
+    # 6. second moments of the block of the p most class-informative coordinates (DP-PCA)
+    blk = np.sort(order[:min(p_max, g)])
+    p = len(blk)
+    U2, scale2 = _scaled_clip(R[:, blk], RESIDUAL_CLIP * math.sqrt(p), math.sqrt(bounds["block moments"]))
+    B = release("block moments", _upper(U2.T @ U2))
     stats = {
         "class_counts": counts.tolist(),
-        "class_proportions": (kept / kept.sum()).tolist(),
+        "class_proportions": props.tolist(),
         "gene_means": m.tolist(),
         "class_means": mu,
-        "covariance": M / dof,
-        "covariance_noise_sd": moments.noise_sd / dof if clip else 0.0,
-        "clip_bounds": [r1, r2, r3] if clip else None,
+        "selected": sel.tolist(),
+        "variances": var,
+        "variances_noise_sd": var_noise,
+        "block": blk,
+        "block_covariance": _symmetric(B.value, p) / scale2**2 / dof,
+        "block_noise_sd": B.noise_sd / scale2**2 / dof,
+        "clip_bounds": {k: v for k, v in bounds.items() if k != "class counts"} if clip else None,
     }
     if library_sizes is not None:
         stats["log_library_size"] = library_size.release(release, library_sizes, n_total)
@@ -260,36 +450,36 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
 
 
 def fit(stats: dict, components: int, n_genes: int) -> GaussianModel:
-    """DP-PCA and the diagonal residual from the released moments (module doc, "Fitting")."""
-    Sigma = np.asarray(stats["covariance"], dtype=float)
-    s = float(stats["covariance_noise_sd"])
-    D = Sigma.shape[0]
-    d = np.diag(Sigma).copy()
+    """DP-PCA of the block and the diagonal residual from the released moments (module doc, "Fitting")."""
+    Sigma = np.asarray(stats["block_covariance"], dtype=float)
+    blk = np.asarray(stats["block"], dtype=int)
+    s = float(stats["block_noise_sd"])
+    d = np.asarray(stats["variances"], dtype=float).copy()
+    D = len(d)
+    private = stats.get("clip_bounds") is not None
     avg = max(float(d.mean()), 1e-6)
-    if s > 0:
-        spread = float(d.var())
-        a = max(0.0, 1.0 - s**2 / spread) if spread > 0 else 0.0
-        d = a * d + (1.0 - a) * avg
-    r = min(components, D)
+    d, _ = shrink_towards_mean(d, float(stats["variances_noise_sd"]) ** 2)
+    p = len(blk)
+    r = min(components, p)
+    W = np.zeros((D, 0))
     if r > 0:
         lam, U = np.linalg.eigh(Sigma)
         lam, U = lam[::-1][:r], U[:, ::-1][:, :r]
         if s > 0:
-            edge = 2.0 * s * math.sqrt(D)
+            edge = 2.0 * s * math.sqrt(p)
             keep = lam > edge
             lam, U = lam[keep], U[:, keep]
-            lam = (lam + np.sqrt(np.maximum(lam**2 - 4.0 * s**2 * D, 0.0))) / 2.0
+            lam = (lam + np.sqrt(np.maximum(lam**2 - 4.0 * s**2 * p, 0.0))) / 2.0
         else:
             keep = lam > 0
             lam, U = lam[keep], U[:, keep]
         # a deterministic sign per component, so every site's file is byte-identical
         signs = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])])
-        W = U * signs * np.sqrt(lam)
-    else:
-        W = np.zeros((D, 0))
-    psi = np.maximum(d - (W**2).sum(1), (VARIANCE_FLOOR if s > 0 else VARIANCE_FLOOR_NO_DP) * avg)
+        W = np.zeros((D, U.shape[1]))
+        W[blk] = U * signs * np.sqrt(lam)
+    psi = np.maximum(d - (W**2).sum(1), (VARIANCE_FLOOR if private else VARIANCE_FLOOR_NO_DP) * avg)
     cfg = GaussianConfig(n_genes=n_genes, n_classes=len(stats["class_means"]), components=components)
-    return GaussianModel(cfg, stats["class_means"], W, psi, Sigma)
+    return GaussianModel(cfg, stats["class_means"], W, psi, blk, Sigma)
 
 
 # ------------------------------------------------------------- generator
@@ -312,26 +502,27 @@ class GaussianGenerator(Generator):
             raise ParameterError(f"--components must be >= 0 (got {config.components})")
 
     def releases(self, schema) -> list[ReleaseSpec]:
-        G = len(schema.genes)
-        r1, r2, r3 = clip_bounds(G)
-        sens = {"class counts": 1.0, "gene means": r1, "class means": r2, "second moments": r3**2}
-        specs = [ReleaseSpec(name, sens[name], share) for name, share in BUDGET_SPLIT.items()]
-        if schema.input_kind == "counts":
-            specs += library_size.specs(*COUNTS_SPLIT)
-        return specs
+        G, K = len(schema.genes), len(schema.classes)
+        # before the count is released (the lifetime pre-check) N is unknown: size as if each class had one record
+        n = schema.n_total if schema.n_total is not None else K * (G + 1)
+        sens = release_bounds(G, n, K, self.config.components)
+        split = budget_split(schema.input_kind, G, n, K)
+        lib = {spec.name: spec for spec in library_size.specs(*COUNTS_SPLIT)}
+        return [lib[name] if name in lib else ReleaseSpec(name, sens[name], share) for name, share in split.items()]
 
     def fit(self, release, cohort, schema) -> None:
         t1 = time.monotonic()
         private = release.plan.private
         stats = release_moments(release, cohort.X, schema.label_index(cohort.labels), len(schema.classes),
-                                schema.n_total, clip=private,
+                                schema.n_total, components=self.config.components, clip=private,
                                 library_sizes=cohort.library_sizes if schema.input_kind == "counts" else None)
         self.timings["statistics"] = time.monotonic() - t1
         t2 = time.monotonic()
         self.model = fit(stats, self.config.components, len(schema.genes))
         self.timings["fit"] = time.monotonic() - t2
-        self.statistics = {k: v for k, v in stats.items() if k not in ("class_means", "covariance")}
-        self._split = budget_split(schema.input_kind)
+        self.statistics = {k: v for k, v in stats.items()
+                           if k not in ("class_means", "variances", "block", "block_covariance")}
+        self._split = budget_split(schema.input_kind, len(schema.genes), schema.n_total, len(schema.classes))
 
     def dp_extra(self) -> dict:
         return {"budget_split": self._split, "clip_bounds": self.statistics["clip_bounds"]}
@@ -340,6 +531,8 @@ class GaussianGenerator(Generator):
         private = self.statistics.get("clip_bounds") is not None
         return {"components": self.config.components, "components_kept": int(self.model.loadings.shape[1]),
                 "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
+                "selected_clip": SELECTED_CLIP, "variance_clip": VARIANCE_CLIP,
+                "selected_coordinates": len(self.statistics.get("selected", [])),
                 "variance_floor": VARIANCE_FLOOR if private else VARIANCE_FLOOR_NO_DP}
 
     @classmethod

@@ -99,7 +99,7 @@ def _smallest_multiplier(cost, target: float, *, lo: float = 0.05, hi: float = 1
         return float("inf")
     if cost(lo) <= target:
         return lo
-    for _ in range(60):
+    for _ in range(80):
         mid = (lo + hi) / 2
         if cost(mid) <= target:
             hi = mid
@@ -163,6 +163,10 @@ def plan_release_split(epsilon: float, delta: float, weights: dict[str, float],
             raise ParameterError(f"budget share of {name!r} must be > 0 (got {w})")
     names = list(weights)
     reps = {n: int((steps or {}).get(n, 1)) for n in names}
+    # normalised, and searched from a start that does not depend on them, to full float precision: weights that
+    # differ only by rounding (one release's share moved to another) give the same multipliers
+    total_w = math.fsum(weights.values())
+    weights = {n: w / total_w for n, w in weights.items()}
 
     def multipliers(c):
         return {n: c / math.sqrt(weights[n]) if reps[n] == 1 else c * math.sqrt(reps[n] / weights[n])
@@ -171,8 +175,7 @@ def plan_release_split(epsilon: float, delta: float, weights: dict[str, float],
     def cost(c):
         return compose([Mechanism(n, v, 1.0, reps[n]) for n, v in multipliers(c).items()], delta)
 
-    hi = MAX_NOISE_MULTIPLIER * min(math.sqrt(weights[n] / reps[n]) for n in names) * 1.01
-    c = _smallest_multiplier(cost, epsilon, lo=1e-3, hi=hi)
+    c = _smallest_multiplier(cost, epsilon, lo=1e-3, hi=MAX_NOISE_MULTIPLIER * 1.01, rtol=1e-13)
     z = multipliers(c)
     worst = max(z.values())
     if not math.isfinite(worst) or worst > MAX_NOISE_MULTIPLIER:

@@ -226,6 +226,16 @@ def _by_name(specs: list[ReleaseSpec]) -> dict[str, ReleaseSpec]:
     return out
 
 
+def _same_noise(a: ReleasePlan, b: ReleasePlan, name: str) -> bool:
+    """Whether release ``name`` has the same spec and noise in both plans (up to float rounding, 1e-10)."""
+    sa, sb = a.specs[name], b.specs[name]
+    if (sa.share is None) != (sb.share is None):
+        return False
+    return (sa.steps, sa.sample_rate) == (sb.steps, sb.sample_rate) and all(
+        math.isclose(x, y, rel_tol=1e-10, abs_tol=0.0) for x, y in
+        ((a.multipliers[name], b.multipliers[name]), (sa.sensitivity, sb.sensitivity), (sa.share or 0.0, sb.share or 0.0)))
+
+
 @dataclass
 class Releaser:
     """The one call through which a generator reveals anything (see module doc).
@@ -287,8 +297,7 @@ class Releaser:
         if (plan.private, plan.epsilon, plan.delta) != (self.plan.private, self.plan.epsilon, self.plan.delta):
             raise RuntimeError(f"{self.label}: the new plan changes the budget")
         for name in self.rounds:
-            if name not in plan.multipliers or plan.multipliers[name] != self.plan.multipliers[name] \
-                    or plan.specs[name] != self.plan.specs[name]:
+            if name not in plan.multipliers or not _same_noise(plan, self.plan, name):
                 raise RuntimeError(f"{self.label}: the new plan changes release {name!r}, already made")
         self.plan = plan
 
