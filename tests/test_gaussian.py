@@ -84,12 +84,18 @@ def test_no_dp_federated_statistics_equal_pooled(launch_parties, site_data, secr
 
     fs, ps = blobs[0]["state_dict"], ref["state_dict"]
     counts, means, cov = pooled_reference(site_data["pooled"])
+    D = cov.shape[0]
+    # without DP every coordinate is selected and the block is the whole covariance (D <= NO_DP_BLOCK)
+    assert blobs[0]["statistics"]["selected"] == list(range(D))
     # fixed point with 32 fractional bits: sums agree to ~1e-9
     np.testing.assert_allclose(blobs[0]["statistics"]["class_counts"], counts, atol=1e-6)
-    np.testing.assert_allclose(fs["class_means"].numpy(), means, atol=1e-6)
-    np.testing.assert_allclose(fs["covariance"].numpy(), cov, atol=1e-6)
-    np.testing.assert_allclose(ps["class_means"].numpy(), means, atol=1e-6)
-    np.testing.assert_allclose(ps["covariance"].numpy(), cov, atol=1e-6)
+    for st in (fs, ps):
+        np.testing.assert_allclose(st["class_means"].numpy(), means, atol=1e-6)
+        assert st["block"].tolist() == list(range(D))
+        np.testing.assert_allclose(st["block_covariance"].numpy(), cov, atol=1e-6)
+        # the variances release gives the diagonal: Psi + diag(W W^T) is the pooled within-class variance
+        W = st["loadings"].numpy()
+        np.testing.assert_allclose(st["residual_variance"].numpy() + (W**2).sum(1), np.diag(cov), atol=1e-6)
     # and so the fitted models agree (W up to nothing: signs are fixed by the fit)
     for name in ("loadings", "residual_variance"):
         np.testing.assert_allclose(fs[name].numpy(), ps[name].numpy(), atol=1e-5, err_msg=name)
@@ -156,15 +162,16 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["generator"] == "gaussian" and run["mode"] == "federated"
     assert run["epsilon"] == 1.0 and 0 < run["epsilon_spent"] <= 1.0
-    assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "gene means", "class means",
-                                                         "second moments"]
+    # about 160 training tumours, 5 classes, 51 coordinates: N / K < D, so a (small) screen selects
+    assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "gene means", "class screen",
+                                                         "class means", "gene variances", "block moments"]
     assert all(m["noise_multiplier"] > 0 for m in run["budget_split"])
     assert len(run["sites"]) == 3 and run["models_identical"] is True
     assert run["generator_params"]["components"] == 4
     # each site's traffic is recorded: its secure-sum shares (8 bytes a value) and the TCP bytes it sent,
     # which include every share it contributed to the all-reduces
     for name, c in run["site_communication"].items():
-        assert c["secure_sums"] == 5 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
+        assert c["secure_sums"] == 7 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
         assert c["tcp_bytes_sent"] >= c["share_bytes"] and c["tcp_sockets"] >= 2, (name, c)
 
     blob = load_blob(out / "model.pt")

@@ -1,4 +1,4 @@
-"""Generator ``gaussian``: a DP class-conditional Gaussian with a low-rank-plus-diagonal covariance.
+"""Generator ``gaussian``: a DP class-conditional Gaussian, sized for whole transcriptomes.
 
 Each record ``x`` (log-expression over ``G`` genes) is written as
 ``v = [x - l(x) 1, l(x)]`` in ``D = G + 1`` coordinates: its centred
@@ -10,52 +10,72 @@ a fixed linear map ``A = [I_G | 1]``). The model is
     y \\sim \\mathrm{Categorical}(\\pi), \\qquad
     v \\mid y = k \\;\\sim\\; \\mathcal{N}\\left(\\mu_k,\\; W W^\\top + \\Psi\\right),
 
-with ``W`` a ``D x r`` matrix (the top ``r`` principal directions of the
-pooled within-class scatter, DP-PCA) and ``Psi`` diagonal and positive.
-Everything is estimated from four (six for counts input) noisy secure sums,
-each a Gaussian mechanism with noise ``z_j * Delta_j`` (``z_j`` calibrated
-from the declared releases before any data is touched,
-:class:`~fedsynth.privacy.release.ReleasePlan`):
+with ``W`` a ``D x r`` matrix that is zero outside a block of ``p``
+coordinates (DP-PCA of that block) and ``Psi`` diagonal and positive.
+Nothing of size ``D x D`` is ever formed or sent: every release has
+``O(D K)`` values, so time, memory and bytes grow linearly in ``G``.
+
+**Releases** (each a Gaussian mechanism with noise ``z_j Delta_j``; ``z_j``
+calibrated from the declared releases before any data is touched,
+:class:`~fedsynth.privacy.release.ReleasePlan`; ``N`` is the released noisy
+record count; ``clip(u, R) = u min(1, R / ||u||)``):
 
 1. **class counts** ``c_k = sum_i [y_i = k]`` (``Delta = 1``); proportions
-   ``pi_k = max(c_k, 1) / sum_j max(c_j, 1)``;
-2. **gene means** ``m = (1/N) sum_i clip(v_i, R_1)`` (``Delta = R_1``; ``N``
-   is public), the centre for the class means;
-3. **class means** ``S_k = sum_{y_i = k} clip(v_i - m, R_2)``
-   (``Delta = R_2``: a record is in one class),
-   ``mu_k = m + S_k / max(c_k, 2 z_1)`` -- a class whose noisy count is
-   within noise of zero is shrunk towards ``m`` instead of divided by ~0;
-4. **second moments**: the upper triangle (diagonal included) of
-   ``M = sum_i r_i r_i^T``, ``r_i = clip(v_i - mu_{y_i}, R_3)``. Since
-   ``||r r^T||_F = ||r||^2 <= R_3^2``, ``Delta = R_3^2`` (the Analyze-Gauss
-   mechanism). The noisy ``M`` is symmetrised, ``Sigma = M / (N - K)``;
-5. for counts input, the library-size model
+   ``pi_k = max(c_k, 1) / sum_j max(c_j, 1)``; a class is divided by
+   ``c'_k = max(c_k, 1, 2 s_c)`` (``s_c`` the count noise), so a class
+   whose count is within noise of zero is shrunk, not divided by ~0;
+2. **gene means** ``m = (1/N) sum_i clip(v_i, R_1)``, ``R_1 = c_1 sqrt(D)``.
+   The ``G`` profile means are shrunk towards their average by their known
+   noise variance ``s^2`` (:func:`shrink_towards_mean`);
+3. **class screen** (only when a class has fewer records than there are
+   coordinates, ``N / K < D``): class sums of ``clip(v_i - m, R_2)``,
+   ``R_2 = c_2 sqrt(G)``. Per coordinate, the centred chi-square statistic
+   of its class deviations (:func:`_screen_scores`) ranks the coordinates;
+   the top ``g = min(D, ceil(N / K))`` (:func:`selected_coordinates`) and
+   the level are selected. Post-processing: selection is free;
+4. **class means** on the ``g`` selected coordinates: class sums of
+   ``clip((v_i - m)_sel, c_s sqrt(g))``. The pooled mean of the sums
+   corrects ``m`` there; each class's deviation from it is de-noised by
+   its known noise (:func:`denoise_deviations`: the larger of a per-gene
+   linear empirical-Bayes weight and a per-class James-Stein factor).
+   Elsewhere ``mu_k = m``;
+5. **gene variances**: the sum of ``clip(r_i^2, c_v sqrt(D))`` (elementwise
+   squares of ``r_i = v_i - mu_{y_i}``; ``Delta = c_v sqrt(D)``), divided by
+   ``N - K``, less the known error variance of ``mu`` in that coordinate;
+6. **block moments**: the upper triangle of ``sum_i u_i u_i^T``,
+   ``u_i = clip(r_i[B], c_3 sqrt(p))`` on the block ``B`` of the ``p``
+   highest-ranked selected coordinates (:func:`block_size`;
+   ``||u u^T||_F = ||u||^2``, so ``Delta = c_3^2 p``: Analyze-Gauss);
+7. for counts input, the library-size model
    (:mod:`fedsynth.privacy.library_size`).
 
-``clip(u, R) = u min(1, R / ||u||)``. The bounds scale with the dimension:
-``R_1 = c_1 sqrt(D)``, ``R_2 = c_2 sqrt(G)``, ``R_3 = c_3 sqrt(G)``
-(:func:`clip_bounds`; public constants, no data touched).
+The screen's weight (:data:`SCREEN_SHARE` times :func:`screen_fraction`,
+``1 - min(1, (N / K) / D)``) grows with ``D / (N / K)``; the rest of
+:data:`SCREEN_SHARE` goes to the class means, so at 50 genes and a few
+hundred records there is hardly any screen. All bounds are public
+functions of ``G``, ``N``, ``K`` and ``r`` (:func:`release_bounds`); the
+DP record lists them.
 
-**Defaults are measured** (not derived): the budget split
-(:data:`BUDGET_SPLIT`) and ``c_1, c_2, c_3``; how, and what else was tried,
-is in BENCHMARKS.md ("DP Gaussian: how the defaults were chosen").
-
-**Fitting** (post-processing, free): the noise added to ``Sigma`` is a
-symmetric Gaussian matrix with entry s.d. ``s = z_4 R_3^2 / (N - K)``, whose
-spectrum fills ``[-2 s sqrt(D), 2 s sqrt(D)]``; a signal eigenvalue
-``lambda > s sqrt(D)`` appears at ``lambda + s^2 D / lambda``. So the top
-``r`` eigenpairs ``(lambda_hat, u)`` are kept only above the bulk edge
-``2 s sqrt(D)`` and de-biased, ``lambda = (lambda_hat + sqrt(lambda_hat^2 -
-4 s^2 D)) / 2``, ``W = U diag(sqrt(lambda))``. The diagonal of ``Sigma`` is
-shrunk towards its average by the share of its spread that is noise,
-``psi_g = a d_g + (1 - a) mean(d)``, ``a = max(0, 1 - s^2 / var_g(d_g))``,
-then ``Psi = max(psi - diag(W W^T), f mean(d))`` (floor ``f`` =
-:data:`VARIANCE_FLOOR`, :data:`VARIANCE_FLOOR_NO_DP` without DP). Without DP (``--no-dp``) nothing is clipped or
-noised, ``s = 0``, and the fit is the plain pooled estimate.
+**Fitting** (post-processing, free): the block's noise is a symmetric
+Gaussian matrix with entry s.d. ``s``, whose spectrum fills
+``[-2 s sqrt(p), 2 s sqrt(p)]``; a signal eigenvalue ``lambda > s sqrt(p)``
+appears at ``lambda + s^2 p / lambda``. So the top ``r`` eigenpairs are kept
+only above the bulk edge ``2 s sqrt(p)`` and de-biased,
+``lambda = (lambda_hat + sqrt(lambda_hat^2 - 4 s^2 p)) / 2``,
+``W_B = U diag(sqrt(lambda))``. The variances are shrunk towards their
+average by their known noise, then ``Psi = max(var - diag(W W^T), f
+mean(var))`` (floor ``f`` = :data:`VARIANCE_FLOOR`,
+:data:`VARIANCE_FLOOR_NO_DP` without DP). Without DP (``--no-dp``)
+nothing is clipped or noised, every coordinate is selected, the block is
+:func:`block_size` without DP, and the fit is the plain pooled estimate.
 
 **Sampling**: ``v = mu_y + W z + Psi^{1/2} e``, ``z ~ N(0, I_r)``,
 ``e ~ N(0, I_D)``; ``x = A v``. Counts are drawn back from ``x`` by
 :mod:`fedsynth.workflows.synthesize` as for every generator.
+
+**Defaults are measured**: the budget split, ``c_1, c_2, c_3, c_s, c_v``;
+how, and what else was tried, is in BENCHMARKS.md ("DP Gaussian: how the
+defaults were chosen").
 """
 
 from __future__ import annotations
@@ -89,7 +109,7 @@ BUDGET_SPLIT = {
 SCREEN_SHARE = 0.15
 #: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
 COUNTS_SPLIT = (0.1, 0.03)
-#: ``c_1, c_2, c_3`` of :func:`clip_bounds` (see the module doc, "Defaults are measured").
+#: ``c_1, c_2`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc).
 GENE_MEAN_CLIP = 2.5
 CLASS_MEAN_CLIP = 0.5
 RESIDUAL_CLIP = 0.7
@@ -105,6 +125,9 @@ VARIANCE_FLOOR = 0.3
 VARIANCE_FLOOR_NO_DP = 1e-3
 #: A class mean is divided by max(c_k, COUNT_SHRINK * z_counts): shrunk towards m when its count is within noise.
 COUNT_SHRINK = 2.0
+#: Without DP, the block of second moments covers up to this many coordinates (a 2,000 x 2,000
+#: matrix of doubles is 32 MB; :func:`block_size`).
+NO_DP_BLOCK = 2000
 SELECT_FACTOR = 1.0
 
 
@@ -117,21 +140,17 @@ class GaussianConfig:
     generator: str = NAME
 
 
-def clip_bounds(n_genes: int) -> tuple[float, float, float]:
-    """Public L2 bounds ``(R_1, R_2, R_3)`` for gene means, class means, residuals.
+def clip_bounds(n_genes: int) -> tuple[float, float]:
+    """Public L2 bounds ``(R_1, R_2)`` of the gene-mean and class-screen releases.
 
-    ``R_1 = c_1 sqrt(G + 1)``, ``R_2 = c_2 sqrt(G)``, ``R_3 = c_3 sqrt(G)``.
-    Centred log-expression profiles vary by about one unit per gene, so a
-    record's deviation from its class mean has norm about ``sqrt(G)`` and
-    ``R_2, R_3`` clip most records (a bias towards the centre, traded for
-    less noise); ``R_1 = 2.5 sqrt(G + 1)`` is about the median norm of a
-    ``[profile, level]`` row of log2 expression (19.7 at 50 PAM50 genes),
-    below the CVAE's ``4 sqrt(G + 1)``: the gene means are shrunk a little
-    towards 0 but their noise, which every class mean inherits, is 1.6x
-    smaller.
+    ``R_1 = c_1 sqrt(G + 1)``, ``R_2 = c_2 sqrt(G)``. Centred log-expression
+    profiles vary by about one unit per gene, so a record's deviation from
+    the gene means has norm about ``sqrt(G)`` and ``R_2`` clips most records
+    (a bias towards the centre, traded for less noise; the screen only
+    ranks); ``R_1 = 2.5 sqrt(G + 1)`` is about the median norm of a
+    ``[profile, level]`` row of log2 expression (19.7 at 50 PAM50 genes).
     """
-    return (GENE_MEAN_CLIP * math.sqrt(n_genes + 1), CLASS_MEAN_CLIP * math.sqrt(n_genes),
-            RESIDUAL_CLIP * math.sqrt(n_genes))
+    return GENE_MEAN_CLIP * math.sqrt(n_genes + 1), CLASS_MEAN_CLIP * math.sqrt(n_genes)
 
 
 def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int) -> dict[str, float]:
@@ -250,22 +269,25 @@ def screen_fraction(n_coords: int, n_total: int, n_classes: int) -> float:
 
 
 def block_size(n_coords: int, n_total: int, n_classes: int, components: int, private: bool = True) -> int:
-    """``p = min(g, ceil(sqrt(2 D (K + r))))``: side of the block of second moments.
+    """``p = min(g, P)``, ``P`` the largest with ``P (P + 1) / 2 <= D (K + r)``: side of the block of second moments.
 
-    Its ``p (p + 1) / 2`` released values stay below ``D (K + r)``, the size
-    of the other releases, so bytes and time grow linearly in ``G``. With DP
-    ``g`` = :func:`selected_coordinates` (no more coordinates than a class
-    has records); without, ``g = D``.
+    With DP, ``g`` = :func:`selected_coordinates` (no more coordinates than
+    a class has records), and the block's ``p (p + 1) / 2`` released values
+    stay below ``D (K + r)``, the size of the other releases, so bytes and
+    time grow linearly in ``G``. Without DP nothing is noised and the block
+    is as large as memory allows, ``p = min(D, max(P, NO_DP_BLOCK))`` (the
+    whole covariance up to 2,000 coordinates).
     """
-    cap = math.ceil(math.sqrt(2.0 * n_coords * (n_classes + components)))
-    g = selected_coordinates(n_coords, n_total, n_classes) if private else n_coords
-    return int(max(1, min(g, cap)))
+    cap = int((math.isqrt(1 + 8 * n_coords * (n_classes + components)) - 1) // 2)
+    if not private:
+        return int(max(1, min(n_coords, max(cap, NO_DP_BLOCK))))
+    return int(max(1, min(selected_coordinates(n_coords, n_total, n_classes), cap)))
 
 
 def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int) -> dict[str, float]:
     """Declared L2 sensitivity of each release (public: ``G``, the released ``N``, ``K``, ``r``)."""
     D = n_genes + 1
-    r1, r2, _ = clip_bounds(n_genes)
+    r1, r2 = clip_bounds(n_genes)
     g = selected_coordinates(D, n_total, n_classes)
     p = block_size(D, n_total, n_classes, components)
     return {"class counts": 1.0, "gene means": r1, "class screen": r2,
