@@ -12,17 +12,17 @@ from ..errors import ParameterError
 
 #: name -> (module, class, one-line summary); the first is the default.
 GENERATORS: dict[str, tuple[str, str, str]] = {
+    "gaussian": ("fedsynth.generators.gaussian", "GaussianGenerator",
+                 "class-conditional Gaussian: screened, de-noised class means, low-rank + diagonal covariance"),
     "cvae": ("fedsynth.generators.cvae", "CVAEGenerator",
              "conditional VAE trained with DP-SGD around DP class anchors"),
-    "gaussian": ("fedsynth.generators.gaussian", "GaussianGenerator",
-                 "class-conditional Gaussian, low-rank + diagonal covariance from DP-PCA"),
     "pgm": ("fedsynth.generators.pgm", "PGMGenerator",
             "Private-PGM on noisy marginals of binned genes and the label"),
     "marginals": ("fedsynth.generators.marginals", "MarginalsGenerator",
                   "independent genes given the class: DP class x gene histograms (a floor for benchmarks)"),
 }
 
-DEFAULT = "cvae"
+DEFAULT = "gaussian"
 
 
 def names() -> list[str]:
