@@ -23,7 +23,8 @@ from testkit import PY, assert_no_counts, describe, start_process, wait_all, wri
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(400)]
 
-FAST = ["--epochs", "2", "--batch-size", "32"]
+#: the CVAE (DP-SGD: sample rate, steps, weights to compare), short
+FAST = ["--generator", "cvae", "--epochs", "2", "--batch-size", "32"]
 
 
 def load_blob(path: Path) -> dict:
@@ -156,7 +157,7 @@ def test_wrong_secret_is_refused(launch_parties, site_data, tmp_path):
 def test_killed_party_is_named_and_others_exit(launch_parties, site_data, secret_file):
     step_timeout = 20
     procs = launch_parties(site_data["sites"], secret_file,
-                           extra=["--no-dp", "--epochs", "100000", "--step-timeout", str(step_timeout),
+                           extra=["--generator", "cvae", "--no-dp", "--epochs", "100000", "--step-timeout", str(step_timeout),
                                   "--rendezvous-timeout", "120"])
     # training is under way once rank 2 logged the budget line and a little time passed
     for p in procs:
@@ -216,7 +217,7 @@ def test_schema_mismatch_refused_strict_and_intersected(launch_parties, site_csv
     datas, dropped = site_csvs_missing_genes
     strict = launch_parties(datas, secret_file, extra=FAST, tag="strict")
     # batch size >= N: sample rate 1, whose budget calibration is quick
-    inter = launch_parties(datas, secret_file, extra=["--epochs", "2", "--genes", "intersect"], tag="intersect")
+    inter = launch_parties(datas, secret_file, extra=FAST + ["--genes", "intersect"], tag="intersect")
     codes = wait_all(strict + inter, 300)
     assert all(c != 0 for c in codes[:3]), describe(strict)
     for p in strict:
