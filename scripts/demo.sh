@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv, then run the main job on the bundled real data: the three
-# largest TCGA-BRCA tissue source sites train one DP conditional VAE at
-# epsilon 1 as three processes over one authenticated CrypTen session.
+# largest TCGA-BRCA tissue source sites train one DP class-conditional
+# Gaussian (the default generator) at epsilon 1 as three processes over one
+# authenticated CrypTen session.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"

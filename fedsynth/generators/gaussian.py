@@ -73,9 +73,10 @@ nothing is clipped or noised, every coordinate is selected, the block is
 ``e ~ N(0, I_D)``; ``x = A v``. Counts are drawn back from ``x`` by
 :mod:`fedsynth.workflows.synthesize` as for every generator.
 
-**Defaults are measured**: the budget split, ``c_1, c_2, c_3, c_s, c_v``;
-how, and what else was tried, is in BENCHMARKS.md ("DP Gaussian: how the
-defaults were chosen").
+**Defaults are measured**: the budget split, ``c_1, c_2, c_3, c_s, c_v``
+and the de-noiser; how, and what else was tried, is in BENCHMARKS.md
+("Generators: how the defaults were chosen", "DP Gaussian for whole
+transcriptomes").
 """
 
 from __future__ import annotations

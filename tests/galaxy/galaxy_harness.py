@@ -379,7 +379,6 @@ def three_site_session(server: GalaxyServer, workdir: Path, timeout: float = 420
             "federation|site_name": site,
             "privacy|mode": "dp",
             "privacy|epsilon": 1.0,
-            "advanced|epochs": 3,
             "advanced|classes": "LumA,LumB,Basal,Her2,NormalLike",
             "advanced|step_timeout": 120,
             "advanced|rendezvous_timeout": 240,

@@ -1,6 +1,6 @@
 """`nextflow run main.nf -profile test`: all three demo sites (BH, A8, A2 of
 data/brca_pam50_sites.csv) on this host in one run, end to end, with real
-training (3 epochs, epsilon 1): the three FEDERATED_TRAIN tasks must run at
+training (the default generator, epsilon 1): the three FEDERATED_TRAIN tasks must run at
 the same time on a 2-core machine.
 
 Mirrored for nf-test users by tests/nf-test/main.nf.test."""
