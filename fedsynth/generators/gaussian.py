@@ -221,7 +221,10 @@ class GaussianModel:
     @classmethod
     def from_blob(cls, blob: dict) -> "GaussianModel":
         cfg = GaussianConfig(**blob["config"])
-        st = blob["state_dict"]
+        st = dict(blob["state_dict"])
+        if "covariance" in st:  # a model file from before issue 12: the whole covariance was released
+            cov = st.pop("covariance")
+            st["block"], st["block_covariance"] = torch.arange(cov.shape[0]), cov
         return cls(cfg, *(st[k].numpy() for k in cls._STATE))
 
     def model_covariance(self) -> np.ndarray:
