@@ -38,7 +38,9 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    corrects ``m`` there; each class's deviation from it is de-noised by
    its known noise (:func:`denoise_deviations`: the larger of a per-gene
    linear empirical-Bayes weight and a per-class James-Stein factor).
-   Elsewhere ``mu_k = m``;
+   Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
+   sums added over classes (they measure ``m``'s error too, with noise
+   variance ``K s_0^2 / N^2``; combined with ``m`` by inverse variances);
 5. **gene variances**: the sum of ``clip(r_i^2, c_v sqrt(D))`` (elementwise
    squares of ``r_i = v_i - mu_{y_i}``; ``Delta = c_v sqrt(D)``), divided by
    ``N - K``, less the known error variance of ``mu`` in that coordinate;
@@ -101,8 +103,8 @@ NAME = "gaussian"
 #: Share of the budget (of the composed RDP curve) each release gets.
 BUDGET_SPLIT = {
     "class counts": 0.05,
-    "gene means": 0.2,
-    "class means": 0.5,
+    "gene means": 0.25,
+    "class means": 0.45,
     "gene variances": 0.05,
     "block moments": 0.05,
 }
@@ -441,6 +443,15 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     mu[:, sel] += centre + dev
     props = kept / kept.sum()
     err_var[sel] = K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2 + props @ (w1**2 * nv1[:, None])
+    if screened:
+        # the screen's class sums, added over classes, also measure m's error on the other coordinates:
+        # sum_i clip(v_i - m) / N, noise variance K (s_0 / N)^2; combined with m by inverse variances
+        rest = np.setdiff1d(np.arange(D), sel)
+        delta = S0.value[:, rest].sum(0) / n_total
+        var_delta = K * (S0.noise_sd / n_total) ** 2
+        w = err_var[rest] / (err_var[rest] + var_delta) if var_delta > 0 else np.ones(len(rest))
+        mu[:, rest] += w * delta
+        err_var[rest] = w * var_delta
     if not screened:
         score, _ = _screen_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, kept)
         order = np.argsort(-score, kind="stable")
