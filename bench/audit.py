@@ -27,13 +27,18 @@ when a canary is in; see BENCHMARKS.md section 6):
 
 * ``sparse`` (gaussian, cvae): canary ``i`` is the background mean profile
   plus ``+-A`` on its own gene ``i`` (``A = 43``, random sign ``s_i``),
-  label ``canary``. Its centred deviation has norm ~A, above the class-mean
-  and residual clip bounds, so in the released class-mean sums it adds
-  ``s_i R_2`` on coordinate ``i`` and in the second moments ``R_3^2`` on
-  diagonal entry ``(i, i)``; it also adds ``s_i A`` to the gene-mean sum.
-  Score: the noise-weighted sum of the three (the likelihood-ratio
-  statistic for Gaussian noise), the class-mean term corrected for the
+  label ``canary``. It adds ``s_i A`` to the gene-mean sum. CVAE: its
+  centred deviation (norm ~A) is above the class-anchor clip bound, so it
+  adds ``s_i R_2`` on coordinate ``i`` of the released class sums; score:
+  the noise-weighted sum of the two, the class term corrected for the
   other canaries' reaction to the gene-mean noise (:func:`score_sparse`).
+  Gaussian: it moves, each by about a whole clip bound, the class means
+  (only if gene ``i`` is among the ``g`` selected coordinates), the block
+  moments' diagonal (only if gene ``i`` is in the block) and the gene
+  variances; score: the log likelihood ratio summed over what the model
+  file still shows of each release, after undoing the generator's
+  de-noising and subtracting the public background's exact part
+  (:func:`score_gaussian`).
 * ``dense`` (marginals, pgm): canary ``i`` takes, on every gene, one of
   7 (marginals) or 10 (pgm) values spread over the public range [0, 20]
   (uniformly at random, independently per gene), label ``canary``; the
@@ -69,6 +74,8 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+#: hash of this file as imported (not as on disk later: a cell scored by this code is keyed by it)
+SCORING = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 sys.path.insert(0, str(BENCH))
 
 #: numbers of "in" guesses (and as many "out" guesses) tried; Bonferroni over them
@@ -223,38 +230,23 @@ def _dp(blob):
 
 
 def score_sparse(blob, gen_name: str):
-    """Per canary: noise-weighted evidence from gene means, class means (and for gaussian the diagonal)."""
+    """Per canary: noise-weighted evidence from the gene means and class anchors (cvae; gaussian: :func:`score_gaussian`)."""
     import numpy as np
 
+    if gen_name == "gaussian":
+        return score_gaussian(blob)
     Xb, _, _ = background("sparse")
     _, s = canaries("sparse")
-    dp = _dp(blob)
-    sd = dp["noise_std"]
-    classes = list(blob["classes"])
-    c = classes.index("canary")
+    sd = _dp(blob)["noise_std"]
+    c = list(blob["classes"]).index("canary")
     st = blob["statistics"]
     n_in_hat = max(float(st["class_counts"][c]), 1.0)
     gi = np.arange(M) % G
-    # background mean in the generator's coordinates (row-centred profile; level = row mean)
-    prof_b = Xb - Xb.mean(1, keepdims=True)
-    vbar = prof_b.mean(0)
-    if gen_name == "gaussian":
-        m_vec = np.asarray(st["gene_means"], float)[:G]
-        mu = blob["state_dict"]["class_means"].numpy()[c, :G]
-        r1, r2, r3 = st["clip_bounds"]
-        count_div = max(n_in_hat, 2.0 * sd["class counts"])
-        S = (mu - m_vec) * count_div
-        cov = blob["state_dict"]["covariance"].numpy()
-        n_total = float(sum(x for x in st["class_counts"]))
-        dof = max(n_total - len(classes), 1.0)
-        diag = np.diag(cov)[:G] * dof
-    else:  # cvae
-        m_vec = np.asarray(st["mean_profile"], float)
-        anchors = np.asarray(st["class_anchors"], float)[c]
-        r1, r2 = st["clip_bounds"]
-        count_div = max(n_in_hat, 2.0 * sd["class counts"])
-        S = (anchors - m_vec) * count_div
-        diag = None
+    vbar = (Xb - Xb.mean(1, keepdims=True)).mean(0)  # background mean of the row-centred profile
+    m_vec = np.asarray(st["mean_profile"], float)
+    anchors = np.asarray(st["class_anchors"], float)[c]
+    r1, r2 = st["clip_bounds"]
+    S = (anchors - m_vec) * max(n_in_hat, 2.0 * sd["class counts"])
     n_total = float(sum(st["class_counts"]))
     # gene-mean sum minus its background part: s_i A in_i + noise (coordinate g_i)
     T0 = s * (n_total * (m_vec[gi] - vbar[gi]))
@@ -262,10 +254,202 @@ def score_sparse(blob, gen_name: str):
     T1 = s * (S[gi] + n_in_hat * r2 / SPIKE * (m_vec[gi] - vbar[gi]))
     parts = {"gene means": (T0, SPIKE * (1 - 1 / G), sd["gene means"]),
              "class means": (T1, r2, sd["class means"])}
-    if diag is not None:
-        parts["second moments"] = (diag[gi] - np.median(diag[gi]), r3**2, sd["second moments"])
     score = sum(sig / nsd**2 * T for T, sig, nsd in parts.values())
     return score, {k: {"signal": sig, "noise_sd": nsd, "snr": sig / nsd} for k, (T, sig, nsd) in parts.items()}
+
+
+def _unshrink(x, noise_var: float):
+    """Undo ``fedsynth.generators.gaussian.shrink_towards_mean``: ``(raw x, a)``; ``(None, 0)`` if ``a = 0``.
+
+    The shrunk values are ``xbar + a (x - xbar)`` with ``a = 1 - s^2 / V``,
+    ``V`` the raw spread; their spread is ``a^2 V``, so ``sqrt(V)`` is the
+    positive root of ``t^2 - sqrt(var_shrunk) t - s^2``. With ``a = 0``
+    (every value replaced by the average) nothing is left to recover.
+    """
+    import numpy as np
+
+    x = np.asarray(x, float)
+    t = (math.sqrt(x.var()) + math.sqrt(x.var() + 4 * noise_var)) / 2
+    a = 1 - noise_var / t**2 if t > 0 else 0.0
+    if a < 1e-6:
+        return None, 0.0
+    return x.mean() + (x - x.mean()) / a, a
+
+
+def _class_sums(dmu, kept, c_eff, noise_var, iters: int = 50):
+    """Undo ``fedsynth.generators.gaussian.denoise_deviations``: the released class sums (K x g) from ``mu - m``.
+
+    The model holds ``X_k = mu_k - m = centre + w_k d_k`` on the selected
+    coordinates, ``d_k = S_k / c'_k - centre`` the released deviations,
+    ``sum_k c'_k d_k = (sum_k c_k - sum_k c'_k) centre`` and ``w_kj =
+    max(tau_j^2 / (tau_j^2 + s_k^2), a_k)`` (``tau_j^2 = max(mean_k(d_kj^2
+    - s_k^2), 0)``, ``a_k`` the James-Stein factor of class ``k``). Given
+    ``tau^2`` and ``a`` the rest is linear (where ``w_kj = 0``, ``X_kj`` is
+    ``centre_j`` itself and ``d_kj`` follows from the sum). Per coordinate,
+    ``tau_j^2`` is a root of ``tau^2 = max(mean_k(d_kj(tau^2)^2 - s_k^2), 0)``
+    (found on a grid); the ``a_k`` are iterated. Returns the sums, ``w`` and
+    a mask of the entries with ``w > 0`` (elsewhere the release was
+    shrunk away and its value is only what the sum constraint implies).
+    """
+    import numpy as np
+
+    K, g = dmu.shape
+    nv = noise_var[:, None, None]
+    grid = np.concatenate([[0.0], np.logspace(-8, 2, 600)])[None, :, None]  # tau^2 candidates
+    X = dmu[:, None, :]
+    js = np.zeros(K)
+    extra = c_eff.sum() - kept.sum()
+    for _ in range(iters):
+        w = np.broadcast_to(np.maximum(grid / (grid + nv), js[:, None, None]), (K, grid.shape[1], g))
+        pos = w > 1e-12
+        wi = np.where(pos, 1.0 / np.where(pos, w, 1.0), 0.0)
+        zero = ~pos
+        # centre: from any w = 0 entry directly, else from sum_k c'_k (X_k - centre) / w_k = extra * centre
+        a = c_eff[:, None, None] * wi
+        centre = np.where(zero.any(0), (X * zero).sum(0) / np.maximum(zero.sum(0), 1),
+                          (a * X).sum(0) / np.maximum(a.sum(0) - extra, 1e-300))
+        dev = (X - centre) * wi
+        rest = (extra * centre - (c_eff[:, None, None] * dev).sum(0)) / np.maximum((c_eff[:, None, None] * zero).sum(0), 1e-300)
+        dev = np.where(zero, rest, dev)
+        h = np.maximum((dev**2 - nv).mean(0), 0.0) - grid[0]  # (grid, g): zero at the consistent tau^2
+        spread = np.where(zero, X, -np.inf).max(0) - np.where(zero, X, np.inf).min(0)
+        h[(zero.sum(0) > 1) & (spread > 1e-9)] = np.inf  # classes shrunk to centre must agree
+        idx = np.argmin(np.abs(h), axis=0)
+        cols = np.arange(g)
+        d = dev[:, idx, cols]
+        js_new = np.clip(1.0 - g * noise_var / np.maximum((d**2).sum(1), 1e-12), 0.0, 1.0)
+        done = np.max(np.abs(js_new - js)) < 1e-9
+        js = js_new
+        if done:
+            break
+    return (centre[idx, cols] + d) * c_eff[:, None], w[:, idx, cols], pos[:, idx, cols]
+
+
+def score_gaussian(blob):
+    """Per canary ``i``: the log likelihood ratio "in" vs "out" from every release the model file still shows.
+
+    Canary ``i`` (background mean profile plus ``s_i A`` on gene ``g_i``,
+    class ``canary``) moves release ``j`` by a known ``Delta_ij`` (its own
+    clipped row, computed from the public canary and the model's ``m``,
+    ``mu``). For each release the auditor rebuilds, from the model file, a
+    value ``T_ij = Delta_ij in_i + E_ij + noise`` (noise s.d. ``sigma_j``
+    from the DP record; ``E_ij``, the background's and the other canaries'
+    part, known: the background is public and every other canary counts
+    with its inclusion probability ``n_in / M``, ``n_in`` the released class
+    count). The score is ``sum_j (Delta_ij (T_ij - E_ij) - Delta_ij^2 / 2) /
+    sigma_j^2``, the log likelihood ratio of Gaussian noise, summed over:
+
+    * **gene means** (all canaries; ``Delta = A (1 - 1/G)``, unclipped): the
+      released sum ``N m`` at ``g_i``, the profile means un-shrunk
+      (:func:`_unshrink`); nothing if they were shrunk to their average;
+    * **class means** (only canaries whose gene was selected; the class
+      screen itself is not in the file): the canary class's released sum
+      at ``g_i``, ``Delta`` = the canary's clipped ``(v_i - m)_sel`` there
+      (about the whole bound ``c_s sqrt(g)``), rebuilt by undoing the
+      de-noising (:func:`_class_sums`); nothing where the de-noising set
+      the canary class's deviation to 0;
+    * **block moments** (canaries whose gene is in the block): the released
+      diagonal entry ``(g_i, g_i)`` of ``sum u u^T`` (``Delta = ||u_i||^2``
+      on it, about the whole bound), minus the background's exact part;
+    * **gene variances** (all canaries; ``Delta`` about ``c_v sqrt(D)``):
+      ``diag(Psi) + diag(W W^T)`` is the released variance shrunk
+      (:func:`_unshrink`) and floored; un-floored coordinates only, the
+      known error variance of ``mu`` added back, the background's exact
+      part removed. Nothing if the variances were shrunk to their average.
+
+    Not in the file: the class screen (only which coordinates it
+    selected). A canary whose gene is not selected has only the gene means
+    and gene variances, and both are often shrunk to their average (the
+    shrinkage weight is ``1 - s^2 / spread`` with the *declared* noise
+    ``s``). Each rebuilt ``T - E`` has mean ``Delta in`` and s.d. ``sigma``
+    (checked against runs with known noise). ``score_gaussian.parts``
+    keeps ``(T - E, Delta, sigma)`` per release for diagnosis.
+    """
+    import numpy as np
+
+    from fedsynth.generators.gaussian import VARIANCE_FLOOR, to_profile_level
+    from fedsynth.privacy.clip import clip_rows
+
+    Xb, yb, _ = background("sparse")
+    Xc, s = canaries("sparse")
+    dp = _dp(blob)
+    sd, bounds = dp["noise_std"], dp["clip_bounds"]
+    classes = list(blob["classes"])
+    c = classes.index("canary")
+    K = len(classes)
+    st, sdict = blob["statistics"], blob["state_dict"]
+    N = float(dp["n_total"])
+    dof = max(N - K, 1.0)
+    counts = np.asarray(st["class_counts"], float)
+    kept = np.maximum(counts, 1.0)
+    c_eff = np.maximum(kept, 2.0 * sd["class counts"])
+    p_in = min(max(counts[c], 0.0) / M, 1.0)
+    gi = np.arange(M) % G
+    m = np.asarray(st["gene_means"], float)
+    mu = sdict["class_means"].numpy()
+    sel = np.asarray(st["selected"], int)
+    Vb, Vc = to_profile_level(Xb), to_profile_level(Xc)
+    yb = np.array([classes.index(x) for x in yb])
+    parts = {}
+
+    def part(name, T, E, delta, has):
+        """T - E = delta in_i + noise, for the canaries with ``has``."""
+        parts[name] = (np.where(has, T - E, 0.0), np.where(has, delta, 0.0), sd[name])
+
+    # gene means: N m = sum of the v rows + noise; a canary adds v_i = vbar_all + s_i A (e_gi - 1/G, 1/G)
+    raw, a_m = _unshrink(m[:-1], (sd["gene means"] / N) ** 2)
+    if raw is not None:
+        own = Vc - Vb.mean(0)  # each canary's part beyond the background mean
+        E = Vb.sum(0)[gi] + counts[c] * Vb.mean(0)[gi] + p_in * (own[:, gi].sum(0) - own[np.arange(M), gi])
+        part("gene means", N * raw[gi], E, own[np.arange(M), gi], True)
+    # class means: the canary class's sum of clip((v - m)_sel) on the selected coordinates
+    col = np.full(G + 1, -1)
+    col[sel] = np.arange(len(sel))
+    has = col[gi] >= 0
+    U = clip_rows((Vc - m)[:, sel], bounds["class means"])
+    sums, w, pos = _class_sums(mu[:, sel] - m[sel], kept, c_eff, (sd["class means"] / c_eff) ** 2)
+    j = np.where(has, col[gi], 0)
+    has &= pos[c, j]  # where the de-noising set the canary class's deviation to 0, nothing is left
+    own = U[np.arange(M), j]
+    part("class means", sums[c, j], p_in * (U[:, j].sum(0) - own), own, has)
+    # block moments: diagonal of sum_i u_i u_i^T, u_i = clip(r_i[B]), r_i = v_i - mu_{y_i}
+    blk = sdict["block"].numpy()
+    bcol = np.full(G + 1, -1)
+    bcol[blk] = np.arange(len(blk))
+    has_b = bcol[gi] >= 0
+    jb = np.where(has_b, bcol[gi], 0)
+    Ub = clip_rows((Vc - mu[c])[:, blk], math.sqrt(bounds["block moments"])) ** 2
+    Bb = clip_rows((Vb - mu[yb])[:, blk], math.sqrt(bounds["block moments"])) ** 2
+    diag = np.diag(sdict["block_covariance"].numpy()) * dof
+    own = Ub[np.arange(M), jb]
+    part("block moments", diag[jb], Bb.sum(0)[jb] + p_in * (Ub[:, jb].sum(0) - own), own, has_b)
+    # gene variances: Q / dof = var + err_var; var shrunk, then floored in Psi at VARIANCE_FLOOR mean(var)
+    psi = sdict["residual_variance"].numpy()
+    W = sdict["loadings"].numpy()
+    d = psi + (W**2).sum(1)
+    floored = np.isclose(psi, psi.min(), rtol=1e-9, atol=0)
+    if floored.sum() > 1:  # the floor gives mean(var), so the floored values' sum (not their spread)
+        d[floored] = ((G + 1) * psi.min() / VARIANCE_FLOOR - d[~floored].sum()) / floored.sum()
+    else:
+        floored[:] = False
+    raw, a_v = _unshrink(d, float(st["variances_noise_sd"]) ** 2)
+    if raw is not None:
+        err = np.full(G + 1, a_m * (sd["gene means"] / N) ** 2)
+        err[-1] = (sd["gene means"] / N) ** 2
+        props = kept / kept.sum()
+        err[sel] = K * (sd["class means"] / kept.sum()) ** 2 + props @ (w**2 * ((sd["class means"] / c_eff) ** 2)[:, None])
+        Q = (raw + err) * dof
+        bound = bounds["gene variances"]
+        Qc = clip_rows((Vc - mu[c]) ** 2, bound)
+        Qb = clip_rows((Vb - mu[yb]) ** 2, bound).sum(0)
+        own = Qc[np.arange(M), gi]
+        part("gene variances", Q[gi], Qb[gi] + p_in * (Qc[:, gi].sum(0) - own), own, ~floored[gi])
+    score = sum((dl * T - dl**2 / 2) / nsd**2 for T, dl, nsd in parts.values())
+    info = {k: {"canaries": int((dl != 0).sum()), "mean_abs_signal": float(np.abs(dl[dl != 0]).mean()) if dl.any() else 0.0,
+                "noise_sd": nsd} for k, (T, dl, nsd) in parts.items()}
+    info["shrink"] = {"gene means": a_m, "gene variances": a_v}
+    score_gaussian.parts = parts
+    return score, info
 
 
 def _centred_cells(table, codes):
@@ -370,7 +554,7 @@ def cell_tag(gen: str, eps: float, build: str, seed: int) -> str:
 def rescore_cached(r: dict, gen: str, seed: int) -> dict:
     """A cached cell, rescored if the scoring code changed since (the run itself is kept)."""
     outdir = WORK / cell_tag(gen, r["epsilon"], r["build"], seed)
-    now = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    now = SCORING
     if r.get("key", {}).get("scoring") != now and (outdir / "model.pt").is_file():
         r = score_and_record(r, gen, outdir, seed, dict(r["key"], scoring=now))
     return r
@@ -396,7 +580,7 @@ def run_cell(gen: str, eps: float, build: str, seed: int = 0, fresh: bool = Fals
         prefix = "FEDSYNTH_AUDIT_BREAK=noise10 PYTHONPATH=bench/_broken_site "
     line = prefix + shell(cmd)
     key = {"line": line, "code": code_hash(GENERATOR_FILES[gen]), "patch": patch_hash() if build != "correct" else None,
-           "scoring": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12], "M": M, "G": G}
+           "scoring": SCORING, "M": M, "G": G}
     if not fresh and res_path.is_file():
         r = json.loads(res_path.read_text())
         if r.get("key", {}).get("line") == line and r["key"].get("code") == key["code"] and \
