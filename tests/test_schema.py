@@ -1,4 +1,5 @@
-"""What the schema agreement sends: no record count, and with ``--classes`` no site's own label set.
+"""What the schema agreement sends: no record count, with ``--classes`` no site's own label set, and
+gene lists only when the sites' digests of them differ.
 
 Three unopened sessions share one in-process store (as in
 tests/test_session_unit.py) and run :func:`~fedsynth.federation.schema.agree_schema`
@@ -24,14 +25,14 @@ GENES = [f"g{i}" for i in range(6)]
 VOCAB = ("Basal", "Her2", "LumA", "LumB")
 
 
-def _cohorts():
+def _cohorts(genes=(GENES, GENES, GENES)):
     # distinctive sizes and label sets: site 1 has no Her2, site 2 only LumA
     sizes, labels = [37, 53, 71], [["Basal", "Her2", "LumA", "LumB"], ["Basal", "LumA", "LumB"], ["LumA"]]
-    return [SimpleNamespace(genes=GENES, labels=np.resize(np.array(lab), n), input_kind="log", n_samples=n,
-                            source=f"site{r}.csv") for r, (n, lab) in enumerate(zip(sizes, labels))]
+    return [SimpleNamespace(genes=list(g), labels=np.resize(np.array(lab), n), input_kind="log", n_samples=n,
+                            source=f"site{r}.csv") for r, (n, lab, g) in enumerate(zip(sizes, labels, genes))]
 
 
-def _agree(classes):
+def _agree(classes, genes=(GENES, GENES, GENES), mode="strict", expect_error=False):
     import torch.distributed as dist
 
     store = dist.HashStore()
@@ -42,7 +43,7 @@ def _agree(classes):
 
     def run(r):
         try:
-            out[r] = agree_schema(sessions[r], _cohorts()[r], "strict", classes)
+            out[r] = agree_schema(sessions[r], _cohorts(genes)[r], mode, classes)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -51,9 +52,11 @@ def _agree(classes):
         t.start()
     for t in threads:
         t.join(30)
+    if expect_error:
+        return errors, store
     assert not errors, errors
     sent = [json.loads(store.get(k)) for k in (f"x1:schema/{r}" for r in range(3))]
-    return out, sent
+    return out, sent, store
 
 
 def _numbers(v):
@@ -65,9 +68,9 @@ def _numbers(v):
 
 
 def test_no_record_count_and_no_label_set_cross_sites():
-    schemas, sent = _agree(VOCAB)
+    schemas, sent, _ = _agree(VOCAB)
     for r, payload in enumerate(sent):
-        assert set(payload) == {"genes", "classes", "declared", "input_kind", "site"}
+        assert set(payload) == {"genes_sha256", "classes", "declared", "input_kind", "site"}
         assert payload["classes"] == sorted(VOCAB)  # the declared vocabulary, not the site's own labels
         assert _numbers(payload) == []  # no count of any kind
     assert all(s.n_total is None and s.classes == sorted(VOCAB) for s in schemas)
@@ -76,7 +79,7 @@ def test_no_record_count_and_no_label_set_cross_sites():
 
 def test_without_classes_label_sets_are_exchanged_but_still_no_count():
     """Only allowed with --no-dp (TrainConfig refuses it with DP): the label sets do cross, counts do not."""
-    schemas, sent = _agree(None)
+    schemas, sent, _ = _agree(None)
     assert [p["classes"] for p in sent] == [sorted(VOCAB), ["Basal", "LumA", "LumB"], ["LumA"]]
     assert all(_numbers(p) == [] for p in sent)
 
@@ -99,3 +102,31 @@ def test_dp_requires_classes():
     TrainConfig(no_dp=True).validate()
     TrainConfig().validate(classes_from_data=True)  # simulate: it declares the labels of the data it splits
     TrainConfig(classes=VOCAB).validate()
+
+
+def _exchanged(store, name, n=3):
+    keys = [f"x2:{name}/{r}" for r in range(n)]
+    return [json.loads(store.get(k)) for k in keys] if store.check(keys) else None
+
+
+def test_equal_gene_lists_cross_as_digests_only():
+    """At 20,000 genes a list is ~200 KB and the store relays every site's message through rank 0: only
+    the SHA-256 of each ordered list crosses when they agree."""
+    schemas, sent, store = _agree(VOCAB)
+    assert len({p["genes_sha256"] for p in sent}) == 1 and len(sent[0]["genes_sha256"]) == 64
+    assert not any(g in json.dumps(p) for p in sent for g in GENES)
+    assert _exchanged(store, "schema genes") is None
+    assert all(s.genes == GENES for s in schemas)
+
+
+def test_different_gene_lists_are_exchanged_then_refused_or_intersected():
+    lists = (GENES, GENES[::-1], GENES[:4])
+    errors, store = _agree(VOCAB, lists, "strict", expect_error=True)
+    assert len(errors) == 3 and all(isinstance(e, InputError) for e in errors)
+    assert all("sites disagree on 2 genes (e.g. g4, g5)" in str(e) for e in errors)
+    assert _exchanged(store, "schema genes") == [list(g) for g in lists]
+    schemas, _, _ = _agree(VOCAB, lists, "intersect")
+    assert all(s.genes == GENES[:4] for s in schemas)  # rank 0's order, the shared genes
+    # the same genes in another order are not a disagreement
+    schemas, _, _ = _agree(VOCAB, (GENES, GENES[::-1], GENES), "strict")
+    assert all(s.genes == GENES for s in schemas)

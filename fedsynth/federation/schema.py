@@ -10,6 +10,8 @@ sets :attr:`Schema.n_total` from it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -48,6 +50,13 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
     only checks its labels are among them and the sites compare the list; a
     site's own label set is never sent. Without it (only with ``--no-dp``), each site's label set is
     exchanged (revealing which classes each site has) and the union is used.
+
+    Genes: each site first sends only the SHA-256 of its ordered gene list
+    (gene names are public, but at 20,000 genes a list is ~200 KB, and the
+    store relays every site's message to every site through rank 0, so
+    whole lists cost rank 0 ``k^2`` lists). Only when the digests differ
+    are the lists exchanged, to name the genes that differ (strict) or to
+    intersect them (``--genes intersect``).
     """
     own = sorted(set(map(str, cohort.labels)))
     if classes is not None:
@@ -55,7 +64,7 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
         if unknown:
             raise InputError(f"{cohort.source}: labels not in --classes: {', '.join(unknown[:5])}")
     mine = {
-        "genes": list(cohort.genes),
+        "genes_sha256": _digest(list(cohort.genes)),
         "classes": sorted(classes) if classes is not None else own,
         "declared": classes is not None,
         "input_kind": cohort.input_kind,
@@ -73,19 +82,10 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
         classes is not None and len({tuple(v["classes"]) for v in views}) > 1
     ):
         raise InputError("schema agreement: sites disagree on --classes (every site must give the same list, or none)")
-    base = views[0]["genes"]
-    shared = set(base).intersection(*[set(v["genes"]) for v in views[1:]])
-    union = set().union(*[set(v["genes"]) for v in views])
-    if genes_mode == "strict" and len(shared) != len(union):
-        differ = sorted(union - shared)
-        raise InputError(
-            f"schema agreement: sites disagree on {len(differ)} genes "
-            f"(e.g. {', '.join(differ[:5])}); pass --genes intersect to use the "
-            f"{len(shared)} genes all sites share"
-        )
-    if not shared:
-        raise InputError("schema agreement: the sites share no gene at all")
-    genes = [g for g in base if g in shared]
+    if len({v["genes_sha256"] for v in views}) == 1:
+        genes = list(cohort.genes)
+    else:
+        genes = _agree_genes(session, cohort, genes_mode)
     classes = sorted(set().union(*[set(v["classes"]) for v in views]))
     if not views[0]["declared"]:
         for r, v in enumerate(views):
@@ -96,6 +96,28 @@ def agree_schema(session, cohort, genes_mode: str, classes: tuple[str, ...] | No
     if len(classes) < 2:
         raise InputError(f"schema agreement: only one label ({classes[0]}) across all sites")
     return Schema(genes, classes, views[0]["input_kind"], [v["site"] for v in views])
+
+
+def _digest(genes: list[str]) -> str:
+    return hashlib.sha256(json.dumps(genes).encode()).hexdigest()
+
+
+def _agree_genes(session, cohort, genes_mode: str) -> list[str]:
+    """The gene lists themselves, exchanged when the digests differ: rank 0's order, the shared genes."""
+    views = session.exchange("schema genes", list(cohort.genes), step="schema agreement")
+    base = views[0]
+    shared = set(base).intersection(*[set(v) for v in views[1:]])
+    union = set().union(*[set(v) for v in views])
+    if genes_mode == "strict" and len(shared) != len(union):
+        differ = sorted(union - shared)
+        raise InputError(
+            f"schema agreement: sites disagree on {len(differ)} genes "
+            f"(e.g. {', '.join(differ[:5])}); pass --genes intersect to use the "
+            f"{len(shared)} genes all sites share"
+        )
+    if not shared:
+        raise InputError("schema agreement: the sites share no gene at all")
+    return [g for g in base if g in shared]
 
 
 def join_schema(session, cohort, *, genes_mode: str, classes: tuple[str, ...] | None, max_colluders: int):
