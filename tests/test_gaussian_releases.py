@@ -147,6 +147,10 @@ def test_every_release_gets_the_noise_the_accountant_planned():
     assert list(rec.noise) == declared
     for name in declared:
         assert rec.noise[name] == pytest.approx(plan.noise_sd(name)) and rec.noise[name] > 0, name
+    # the model file keeps the per-gene releases as revealed, before post-processing
+    st = run(X, y, 4, plan, Recorder(), len(y))
+    for name, value in st["released"].items():
+        np.testing.assert_array_equal(np.asarray(value), rec.values[name], err_msg=name)
 
 
 def test_without_dp_nothing_is_clipped_and_statistics_are_exact():

@@ -480,6 +480,10 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         "block_covariance": _symmetric(B.value, p) / scale2**2 / dof,
         "block_noise_sd": B.noise_sd / scale2**2 / dof,
         "clip_bounds": {k: v for k, v in bounds.items() if k != "class counts"} if clip else None,
+        # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
+        # or a user checking the record needs, and no more than was released
+        "released": {"gene means": gm.value.tolist(), "gene variances": Q.value.tolist(),
+                     **({"class screen": S0.value.tolist()} if screened else {})},
     }
     if library_sizes is not None:
         stats["log_library_size"] = library_size.release(release, library_sizes, n_total)
