@@ -27,12 +27,13 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
 2. **gene means** ``m = (1/N) sum_i clip(v_i, R_1)``, ``R_1 = c_1 sqrt(D)``.
    The ``G`` profile means are shrunk towards their average by their known
    noise variance ``s^2`` (:func:`shrink_towards_mean`);
-3. **class screen** (only when a class has fewer records than there are
-   coordinates, ``N / K < D``): class sums of ``clip(v_i - m, R_2)``,
+3. **class screen** (only when ``D >= 2 ceil(N / K)``: a class has at most
+   half as many records as there are coordinates): class sums of ``clip(v_i - m, R_2)``,
    ``R_2 = c_2 sqrt(G)``. Per coordinate, the centred chi-square statistic
    of its class deviations (:func:`_screen_scores`) ranks the coordinates;
-   the top ``g = min(D, ceil(N / K))`` (:func:`selected_coordinates`) and
-   the level are selected. Post-processing: selection is free;
+   the top ``g = ceil(N / K)`` (:func:`selected_coordinates`; without a
+   screen ``g = D``) and the level are selected. Post-processing:
+   selection is free;
 4. **class means** on the ``g`` selected coordinates: class sums of
    ``clip((v_i - m)_sel, c_s sqrt(g))``. The pooled mean of the sums
    corrects ``m`` there; each class's deviation from it is de-noised by
@@ -52,9 +53,9 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    (:mod:`fedsynth.privacy.library_size`).
 
 The screen's weight (:data:`SCREEN_SHARE` times :func:`screen_fraction`,
-``1 - min(1, (N / K) / D)``) grows with ``D / (N / K)``; the rest of
-:data:`SCREEN_SHARE` goes to the class means, so at 50 genes and a few
-hundred records there is hardly any screen. All bounds are public
+``1 - g / D``) grows with ``D / (N / K)``; the rest of :data:`SCREEN_SHARE`
+goes to the class means, so at 50 genes and a few hundred records there is
+no screen. All bounds are public
 functions of ``G``, ``N``, ``K`` and ``r`` (:func:`release_bounds`); the
 DP record lists them.
 
@@ -131,7 +132,8 @@ COUNT_SHRINK = 2.0
 #: Without DP, the block of second moments covers up to this many coordinates (a 2,000 x 2,000
 #: matrix of doubles is 32 MB; :func:`block_size`).
 NO_DP_BLOCK = 2000
-SELECT_FACTOR = 1.0
+#: A screen only where ``D >= SCREEN_MIN_RATIO * ceil(N / K)`` (:func:`selected_coordinates`).
+SCREEN_MIN_RATIO = 2.0
 
 
 @dataclass
@@ -254,22 +256,26 @@ class GaussianModel:
 
 # ------------------------------------------------------------- sizes
 def selected_coordinates(n_coords: int, n_total: int, n_classes: int) -> int:
-    """``min(D, ceil(N / K))``: records per class, against coordinates.
+    """``g``: how many coordinates the class means are released in.
 
-    Where a class has fewer records than there are coordinates, a screen
-    picks the coordinates the class means are released in
-    (:func:`screen_fraction`, :func:`choose_selection`); it also caps the
-    block of second moments (:func:`block_size`).
+    ``g = ceil(N / K)`` (records per class) when that is at most half of
+    ``D``, else ``g = D`` (no screen). The class-mean release's noise
+    variance per coordinate grows with ``g`` (its clip is ``c_s sqrt(g)``);
+    a screen is worth its budget and the coordinates it drops only when it
+    at least halves that variance (:data:`SCREEN_MIN_RATIO`). A class mean
+    over more coordinates than a class has records cannot be told from
+    noise at any epsilon. ``g`` also caps the block of second moments
+    (:func:`block_size`).
     """
-    return int(min(n_coords, max(1, math.ceil(SELECT_FACTOR * n_total / max(n_classes, 1)))))
+    g = max(1, math.ceil(n_total / max(n_classes, 1)))
+    return int(g) if n_coords >= SCREEN_MIN_RATIO * g else int(n_coords)
 
 
 def screen_fraction(n_coords: int, n_total: int, n_classes: int) -> float:
-    """Share of :data:`SCREEN_SHARE` the class screen takes: ``1 - min(1, (N / K) / D)``.
+    """Share of :data:`SCREEN_SHARE` the class screen takes: ``1 - g / D`` (0 without a screen).
 
-    0 (no screen; its share goes to the class means) when every class has at
-    least as many records as there are coordinates; towards 1 as ``D``
-    outgrows ``N / K``.
+    The rest of :data:`SCREEN_SHARE` goes to the class means: the more
+    coordinates the screen drops, the more it is worth.
     """
     return 1.0 - selected_coordinates(n_coords, n_total, n_classes) / n_coords
 
