@@ -32,13 +32,14 @@ when a canary is in; see BENCHMARKS.md section 6):
   adds ``s_i R_2`` on coordinate ``i`` of the released class sums; score:
   the noise-weighted sum of the two, the class term corrected for the
   other canaries' reaction to the gene-mean noise (:func:`score_sparse`).
-  Gaussian: it moves, each by about a whole clip bound, the class means
-  (only if gene ``i`` is among the ``g`` selected coordinates), the block
-  moments' diagonal (only if gene ``i`` is in the block) and the gene
-  variances; score: the log likelihood ratio summed over what the model
-  file still shows of each release, after undoing the generator's
-  de-noising and subtracting the public background's exact part
-  (:func:`score_gaussian`).
+  Gaussian: it moves, each by about a whole clip bound, the gene means,
+  the canary class's row of the class screen, the gene variances (all
+  three kept as released in the model file's ``statistics["released"]``),
+  the class means (only if gene ``i`` is among the ``g`` selected
+  coordinates) and the block moments' diagonal (only if gene ``i`` is in
+  the block); score: the Gaussian log likelihood ratio "in" vs "out"
+  summed over these releases, the public background's exact part
+  subtracted (:func:`score_gaussian`).
 * ``dense`` (marginals, pgm): canary ``i`` takes, on every gene, one of
   7 (marginals) or 10 (pgm) values spread over the public range [0, 20]
   (uniformly at random, independently per gene), label ``canary``; the
@@ -326,44 +327,53 @@ def _class_sums(dmu, kept, c_eff, noise_var, iters: int = 50):
 
 
 def score_gaussian(blob):
-    """Per canary ``i``: the log likelihood ratio "in" vs "out" from every release the model file still shows.
+    """Per canary ``i``: the log likelihood ratio "in" vs "out" from every release the model file shows.
 
     Canary ``i`` (background mean profile plus ``s_i A`` on gene ``g_i``,
     class ``canary``) moves release ``j`` by a known ``Delta_ij`` (its own
-    clipped row, computed from the public canary and the model's ``m``,
-    ``mu``). For each release the auditor rebuilds, from the model file, a
-    value ``T_ij = Delta_ij in_i + E_ij + noise`` (noise s.d. ``sigma_j``
-    from the DP record; ``E_ij``, the background's and the other canaries'
-    part, known: the background is public and every other canary counts
-    with its inclusion probability ``n_in / M``, ``n_in`` the released class
-    count). The score is ``sum_j (Delta_ij (T_ij - E_ij) - Delta_ij^2 / 2) /
-    sigma_j^2``, the log likelihood ratio of Gaussian noise, summed over:
+    clipped row at coordinate ``g_i``, computed from the public canary and
+    the model's ``m``, ``mu``). For each release the auditor reads a value
+    ``T_ij = Delta_ij in_i + E_ij + noise`` (noise s.d. ``sigma_j``, the DP
+    record's ``noise_std``: at ``--max-colluders 0`` exactly the released
+    noise); ``E_ij``, the background's and the other canaries' part, is
+    known: the background is public and exact, the canaries' common part
+    counts with the released canary count ``n_in`` and every other canary's
+    own part with its inclusion rate ``n_in / M``. The score is the log
+    likelihood ratio of independent Gaussian noises,
 
-    * **gene means** (all canaries; ``Delta = A (1 - 1/G)``, unclipped): the
-      released sum ``N m`` at ``g_i``, the profile means un-shrunk
-      (:func:`_unshrink`); nothing if they were shrunk to their average;
-    * **class means** (only canaries whose gene was selected; the class
-      screen itself is not in the file): the canary class's released sum
-      at ``g_i``, ``Delta`` = the canary's clipped ``(v_i - m)_sel`` there
-      (about the whole bound ``c_s sqrt(g)``), rebuilt by undoing the
-      de-noising (:func:`_class_sums`); nothing where the de-noising set
-      the canary class's deviation to 0;
+        ``sum_j (Delta_ij (T_ij - E_ij) - Delta_ij^2 / 2) / sigma_j^2``,
+
+    so each release's evidence ``T - E`` is weighted by signal / noise
+    variance. The releases (model files with ``statistics["released"]``,
+    the per-gene noisy sums exactly as revealed, before post-processing):
+
+    * **gene means** (all canaries): the released sum of ``clip(v_i, R_1)``
+      at ``g_i``; ``Delta`` = the canary's own part there, about ``A``;
+    * **class screen** (all canaries, selected or not: the screen covers
+      every coordinate): the canary class's row of the released class sums
+      of ``clip(v_i - m, R_2)`` at ``g_i``, ``m`` the model's gene means
+      (those the screen was centred by); ``Delta`` about ``R_2`` (the
+      canary's deviation, norm about ``A``, is clipped); no background
+      record is in the canary class, so ``E`` is the other canaries only;
+    * **gene variances** (all canaries): the released sum of
+      ``clip(r_i^2, c_v sqrt(D))``, ``r_i = v_i - mu_{y_i}`` with the
+      model's class means; ``Delta`` about the whole bound;
+    * **class means** (only canaries whose gene was selected): the canary
+      class's released sum at ``g_i``, ``Delta`` = the canary's clipped
+      ``(v_i - m)_sel`` there (about the whole bound ``c_s sqrt(g)``),
+      rebuilt by undoing the de-noising (:func:`_class_sums`); nothing where
+      the de-noising set the canary class's deviation to 0;
     * **block moments** (canaries whose gene is in the block): the released
       diagonal entry ``(g_i, g_i)`` of ``sum u u^T`` (``Delta = ||u_i||^2``
-      on it, about the whole bound), minus the background's exact part;
-    * **gene variances** (all canaries; ``Delta`` about ``c_v sqrt(D)``):
-      ``diag(Psi) + diag(W W^T)`` is the released variance shrunk
-      (:func:`_unshrink`) and floored; un-floored coordinates only, the
-      known error variance of ``mu`` added back, the background's exact
-      part removed. Nothing if the variances were shrunk to their average.
+      on it, about the whole bound), minus the background's exact part.
 
-    Not in the file: the class screen (only which coordinates it
-    selected). A canary whose gene is not selected has only the gene means
-    and gene variances, and both are often shrunk to their average (the
-    shrinkage weight is ``1 - s^2 / spread`` with the *declared* noise
-    ``s``). Each rebuilt ``T - E`` has mean ``Delta in`` and s.d. ``sigma``
-    (checked against runs with known noise). ``score_gaussian.parts``
-    keeps ``(T - E, Delta, sigma)`` per release for diagnosis.
+    Older model files (no ``statistics["released"]``, no class screen): the
+    gene means and gene variances are rebuilt by undoing the generator's
+    shrinkage (:func:`_unshrink`, :func:`_rebuilt_variances`), nothing if a
+    release was shrunk to its average. Each ``T - E`` has mean ``Delta in``
+    and s.d. ``sigma`` (checked against runs with known noise).
+    ``score_gaussian.parts`` keeps ``(T - E, Delta, sigma)`` per release for
+    diagnosis.
     """
     import numpy as np
 
@@ -396,12 +406,40 @@ def score_gaussian(blob):
         """T - E = delta in_i + noise, for the canaries with ``has``."""
         parts[name] = (np.where(has, T - E, 0.0), np.where(has, delta, 0.0), sd[name])
 
-    # gene means: N m = sum of the v rows + noise; a canary adds v_i = vbar_all + s_i A (e_gi - 1/G, 1/G)
-    raw, a_m = _unshrink(m[:-1], (sd["gene means"] / N) ** 2)
-    if raw is not None:
-        own = Vc - Vb.mean(0)  # each canary's part beyond the background mean
-        E = Vb.sum(0)[gi] + counts[c] * Vb.mean(0)[gi] + p_in * (own[:, gi].sum(0) - own[np.arange(M), gi])
-        part("gene means", N * raw[gi], E, own[np.arange(M), gi], True)
+    def released_part(name, T, Cb, Cc):
+        """A raw per-gene sum ``T = sum_b Cb_b + sum_j in_j Cc_j + noise``, read at each canary's gene.
+
+        ``Cb`` (the background's clipped rows, summed) is known exactly; each
+        canary's clipped row is split into the canaries' common part and its
+        own, ``Cc_j = base + own_j``: the common part counts with the released
+        canary count, every other canary's own part with its inclusion rate.
+        """
+        base = Cc.mean(0)
+        own = Cc - base
+        mine = own[np.arange(M), gi]
+        E = Cb[gi] + counts[c] * base[gi] + p_in * (own[:, gi].sum(0) - mine)
+        part(name, np.asarray(T, float)[gi], E, mine, True)
+
+    rel = st.get("released")
+    a_m = a_v = None
+    if rel is not None:
+        # the per-gene releases as revealed (statistics["released"]): no post-processing to undo
+        r1 = bounds["gene means"]
+        released_part("gene means", rel["gene means"], clip_rows(Vb, r1).sum(0), clip_rows(Vc, r1))
+        if "class screen" in rel:  # the canary class's row: sums of clip(v_i - m, R_2), m the model's gene means
+            r2 = bounds["class screen"]
+            released_part("class screen", np.asarray(rel["class screen"], float)[c], np.zeros(G + 1),
+                          clip_rows(Vc - m, r2))
+        bv = bounds["gene variances"]  # sums of clip(r_i^2), r_i = v_i - mu_{y_i}, mu the model's class means
+        released_part("gene variances", rel["gene variances"], clip_rows((Vb - mu[yb]) ** 2, bv).sum(0),
+                      clip_rows((Vc - mu[c]) ** 2, bv))
+    else:
+        # an older model file: N m = sum of the v rows + noise; a canary adds v_i = vbar_all + s_i A (e_gi - 1/G, 1/G)
+        raw, a_m = _unshrink(m[:-1], (sd["gene means"] / N) ** 2)
+        if raw is not None:
+            own = Vc - Vb.mean(0)  # each canary's part beyond the background mean
+            E = Vb.sum(0)[gi] + counts[c] * Vb.mean(0)[gi] + p_in * (own[:, gi].sum(0) - own[np.arange(M), gi])
+            part("gene means", N * raw[gi], E, own[np.arange(M), gi], True)
     # class means: the canary class's sum of clip((v - m)_sel) on the selected coordinates
     col = np.full(G + 1, -1)
     col[sel] = np.arange(len(sel))
@@ -423,7 +461,32 @@ def score_gaussian(blob):
     diag = np.diag(sdict["block_covariance"].numpy()) * dof
     own = Ub[np.arange(M), jb]
     part("block moments", diag[jb], Bb.sum(0)[jb] + p_in * (Ub[:, jb].sum(0) - own), own, has_b)
-    # gene variances: Q / dof = var + err_var; var shrunk, then floored in Psi at VARIANCE_FLOOR mean(var)
+    # older model file: gene variances rebuilt; Q / dof = var + err_var; var shrunk, then floored in Psi
+    if rel is None:
+        a_v = _rebuilt_variances(part, sdict, st, sd, bounds, Vb, Vc, mu, yb, c, sel, w, kept, c_eff, p_in, a_m, gi,
+                                 dof, K, N)
+    score = sum((dl * T - dl**2 / 2) / nsd**2 for T, dl, nsd in parts.values())
+    info = {k: {"canaries": int((dl != 0).sum()), "mean_abs_signal": float(np.abs(dl[dl != 0]).mean()) if dl.any() else 0.0,
+                "noise_sd": nsd, "mean_mu": float(np.abs(dl[dl != 0]).mean() / nsd) if dl.any() else 0.0}
+            for k, (T, dl, nsd) in parts.items()}
+    info["source"] = "released" if rel is not None else "rebuilt"
+    info["shrink"] = {"gene means": a_m, "gene variances": a_v}
+    score_gaussian.parts = parts
+    return score, info
+
+
+def _rebuilt_variances(part, sdict, st, sd, bounds, Vb, Vc, mu, yb, c, sel, w, kept, c_eff, p_in, a_m, gi, dof, K, N):
+    """Older model files (no ``statistics["released"]``): the gene-variance sums rebuilt from ``Psi`` and ``W``.
+
+    ``diag(Psi) + diag(W W^T)`` is the released variance shrunk (:func:`_unshrink`) and floored;
+    un-floored coordinates only, the known error variance of ``mu`` added back. Returns the
+    variances' shrinkage weight (``part`` is called only if it is not 0).
+    """
+    import numpy as np
+
+    from fedsynth.generators.gaussian import VARIANCE_FLOOR
+    from fedsynth.privacy.clip import clip_rows
+
     psi = sdict["residual_variance"].numpy()
     W = sdict["loadings"].numpy()
     d = psi + (W**2).sum(1)
@@ -444,12 +507,7 @@ def score_gaussian(blob):
         Qb = clip_rows((Vb - mu[yb]) ** 2, bound).sum(0)
         own = Qc[np.arange(M), gi]
         part("gene variances", Q[gi], Qb[gi] + p_in * (Qc[:, gi].sum(0) - own), own, ~floored[gi])
-    score = sum((dl * T - dl**2 / 2) / nsd**2 for T, dl, nsd in parts.values())
-    info = {k: {"canaries": int((dl != 0).sum()), "mean_abs_signal": float(np.abs(dl[dl != 0]).mean()) if dl.any() else 0.0,
-                "noise_sd": nsd} for k, (T, dl, nsd) in parts.items()}
-    info["shrink"] = {"gene means": a_m, "gene variances": a_v}
-    score_gaussian.parts = parts
-    return score, info
+    return a_v
 
 
 def _centred_cells(table, codes):
