@@ -79,6 +79,7 @@ from _common import (  # noqa: E402
     shell,
     summary,
     write_json,
+    write_results,
 )
 
 import synthdata  # noqa: E402
@@ -297,9 +298,10 @@ def run_cell(ds, gen, eps, seed, draw, fresh=False) -> dict:
     sim = run["evaluation"]
     mine = tstr(Xs, ys, X[te], y[te], models=("logreg",), seed=seed)["tstr"]["logreg"]
     simlr = sim["tstr"]["logreg"]
-    if abs(mine["accuracy"] - simlr["accuracy"]) > 1e-12 or abs(mine["macro_f1"] - simlr["macro_f1"]) > 1e-12:
+    # synthetic.csv holds 6 significant digits, so the re-read matrix can move a borderline prediction
+    if abs(mine["accuracy"] - simlr["accuracy"]) > 0.01 or abs(mine["macro_f1"] - simlr["macro_f1"]) > 0.01:
         raise RuntimeError(f"{outdir}: the rebuilt holdout does not give simulate's TSTR score "
-                           f"({mine['accuracy']} vs {simlr['accuracy']})")
+                           f"(accuracy {mine['accuracy']} vs {simlr['accuracy']}, macro-F1 {mine['macro_f1']} vs {simlr['macro_f1']})")
     Xtr = X[tr]
     disc = discriminator_auroc(Xs, Xtr, seed=seed)
     mia = membership_inference(Xs, Xtr, X[te], seed=seed)
@@ -398,10 +400,7 @@ def main(argv=None) -> int:
                         f"peak {m['site_peak_mib']} MiB/site")
     cells = cached_cells()
     md = render(cells, started, mc)
-    (OUT / "high_dim.md").write_text(md)
-    write_json(OUT / "high_dim.json", {"cells": cells, "machine": mc})
-    print("\n" + md)
-    print(f"wrote {rel(OUT / 'high_dim.md')} and {rel(OUT / 'high_dim.json')}")
+    write_results("high_dim", {"cells": cells, "machine": mc}, md)
     return 0
 
 

@@ -63,7 +63,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, REPO, env1, git_state, machine, md_table, rel, shell, write_json  # noqa: E402
+from _common import OUT, REPO, env1, git_state, machine, md_table, rel, shell, write_json, write_results  # noqa: E402
 
 import synthdata  # noqa: E402
 from high_dim import Monitor  # noqa: E402
@@ -356,10 +356,7 @@ def main(argv=None) -> int:
     results = cached()
     md = render(results, mc)
     WORK.mkdir(parents=True, exist_ok=True)
-    (OUT / "scale.md").write_text(md)
-    write_json(OUT / "scale.json", {"results": results, "machine": mc})
-    print("\n" + md)
-    print(f"wrote {rel(OUT / 'scale.md')} and {rel(OUT / 'scale.json')}")
+    write_results("scale", {"results": results, "machine": mc}, md)
     return 0
 
 
