@@ -177,7 +177,8 @@ def test_killed_party_is_named_and_others_exit(launch_parties, site_data, secret
         errs = error_lines(p)
         assert len(errs) == 1, describe(procs)
         assert "rank 2" in errs[0], describe(procs)
-        assert "stopped responding" in errs[0] or "crashed" in errs[0], describe(procs)
+        # rank 2 itself went silent, or (under load) a site that saw it first aborted and its notice named rank 2
+        assert "stopped responding" in errs[0] or "crashed" in errs[0] or "naming rank 2" in errs[0], describe(procs)
     assert no_outputs(procs) == []
 
 
