@@ -123,6 +123,30 @@ def code_hash(extra: tuple = ()) -> str:
     return h.hexdigest()[:12]
 
 
+def reuse_or_reset(outdir: Path, key: str, *, fresh: bool, needs: tuple = ()) -> dict | None:
+    """run.json of an earlier run in ``outdir`` stamped with ``key`` (command + code hash), or None.
+
+    None (and ``outdir`` made ready for a new run, its run.json removed) when
+    ``fresh``, when the stamp differs, or when a file of ``needs`` is missing.
+    """
+    stamp = outdir / "command.txt"
+    if (not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key
+            and all((outdir / n).is_file() for n in needs)):
+        return json.loads((outdir / "run.json").read_text())
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "run.json").unlink(missing_ok=True)
+    return None
+
+
+def stamp_run(outdir: Path, line: str, key: str, code_files: tuple, code_before: str) -> None:
+    """Stamp a finished run with ``key`` (unless fedsynth's code changed while it ran) and its git state."""
+    if code_hash(code_files) != code_before:
+        print("    NOTE: fedsynth's code changed while this run was going; it will be re-run next time")
+        key = f"{line}\n# fedsynth code changed during the run"
+    (outdir / "command.txt").write_text(key + "\n")
+    (outdir / "git.json").write_text(json.dumps(git_state(code_files)) + "\n")
+
+
 def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: str = "",
                  code_files: tuple = ()) -> dict:
     """Run ``fedsynth simulate ARGS --outdir OUTDIR``; return run.json plus bookkeeping.
@@ -135,18 +159,15 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
     outdir = Path(outdir)
     cmd = [FEDSYNTH, "simulate", *map(str, args), "--outdir", outdir, "--overwrite"]
     line = shell(cmd)
-    stamp = outdir / "command.txt"
     # a cached run is reused only if the command and fedsynth's algorithm code are unchanged
     key = f"{line}\n# fedsynth code {code_hash(code_files)}"
-    if not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key:
-        run = json.loads((outdir / "run.json").read_text())
+    run = reuse_or_reset(outdir, key, fresh=fresh)
+    if run is not None:
         run["_cached"] = True
         run["_command"] = line
         run["_git"] = json.loads((outdir / "git.json").read_text()) if (outdir / "git.json").is_file() else None
         print(f"    [cached] {label}", flush=True)
         return run
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "run.json").unlink(missing_ok=True)
     code_before = code_hash(code_files)
     t0 = time.monotonic()
     with open(outdir / "simulate.log", "w") as logf:
@@ -156,11 +177,7 @@ def run_simulate(args: list[str], outdir: Path, *, fresh: bool = False, label: s
     if proc.returncode != 0:
         tail = (outdir / "simulate.log").read_text().splitlines()[-15:]
         raise RuntimeError(f"simulate failed ({proc.returncode}): {line}\n" + "\n".join(tail))
-    if code_hash(code_files) != code_before:
-        print("    NOTE: fedsynth's code changed while this run was going; it will be re-run next time")
-        key = f"{line}\n# fedsynth code changed during the run"
-    stamp.write_text(key + "\n")
-    (outdir / "git.json").write_text(json.dumps(git_state(code_files)) + "\n")
+    stamp_run(outdir, line, key, code_files, code_before)
     run = json.loads((outdir / "run.json").read_text())
     run["_cached"] = False
     run["_command"] = line

@@ -72,11 +72,12 @@ from _common import (  # noqa: E402
     code_hash,
     env1,
     fmt,
-    git_state,
     machine,
     md_table,
     rel,
+    reuse_or_reset,
     shell,
+    stamp_run,
     summary,
     write_json,
     write_results,
@@ -213,16 +214,12 @@ def run_monitored(args: list, outdir: Path, code_files: tuple, fresh: bool = Fal
     # copy the venv was installed from (another worktree), while the site processes import this one
     cmd = [Path(sys.executable), "-m", "fedsynth", "simulate", *args, "--outdir", outdir, "--overwrite"]
     line = shell(cmd)
-    stamp = outdir / "command.txt"
     key = f"{line}\n# fedsynth code {code_hash(code_files)}"
     res_file = outdir / "resources.json"
-    if (not fresh and (outdir / "run.json").is_file() and stamp.is_file() and stamp.read_text().strip() == key
-            and res_file.is_file()):
-        run = json.loads((outdir / "run.json").read_text())
+    run = reuse_or_reset(outdir, key, fresh=fresh, needs=(res_file.name,))
+    if run is not None:
         run.update(_cached=True, _command=line, _resources=json.loads(res_file.read_text()))
         return run
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "run.json").unlink(missing_ok=True)
     before = code_hash(code_files)
     t0 = time.monotonic()
     with open(outdir / "simulate.log", "w") as logf:
@@ -237,15 +234,11 @@ def run_monitored(args: list, outdir: Path, code_files: tuple, fresh: bool = Fal
     if rc != 0:
         tail = (outdir / "simulate.log").read_text().splitlines()[-15:]
         raise RuntimeError(f"simulate failed ({rc}): {line}\n" + "\n".join(tail))
-    if code_hash(code_files) != before:
-        print("    NOTE: fedsynth's code changed during this run; it will be re-run next time")
-        key = f"{line}\n# fedsynth code changed during the run"
     resources = {"simulate_wall_seconds": round(wall, 2), "load_avg_after": os.getloadavg(),
                  "sites": {str(r): {k: round(v, 2) for k, v in rec.items()} for r, rec in sorted(mon.sites.items())},
                  "simulate_process": {k: round(v, 2) for k, v in mon.parent.items()}}
     write_json(res_file, resources)
-    stamp.write_text(key + "\n")
-    (outdir / "git.json").write_text(json.dumps(git_state(code_files)) + "\n")
+    stamp_run(outdir, line, key, code_files, before)
     run = json.loads((outdir / "run.json").read_text())
     run.update(_cached=False, _command=line, _resources=resources)
     return run
