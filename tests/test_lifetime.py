@@ -17,6 +17,44 @@ IDS = [f"TCGA-XX-{i:04d}" for i in range(100)]
 RUN = [Mechanism("counts", 4.0), Mechanism("dp-sgd", 1.2, 0.1, 50)]
 
 
+def _open_ledger(args):
+    directory, go = args
+    go.wait()
+    ledger = LifetimeLedger(directory, IDS)
+    return ledger.patients
+
+
+def test_sites_starting_together_share_one_whole_salt(tmp_path):
+    """The sites of one simulate share a ledger directory and create it at once (a CI failure:
+    the loser of the salt's O_EXCL race stopped with 'cannot use it (File exists)')."""
+    import multiprocessing as mp
+
+    for attempt in range(3):
+        directory = tmp_path / f"race{attempt}"
+        with mp.Manager() as manager:
+            go = manager.Event()
+            with mp.get_context("fork").Pool(6) as pool:
+                pending = pool.map_async(_open_ledger, [(directory, go)] * 6)
+                go.set()
+                views = pending.get(timeout=60)
+        assert all(v == views[0] for v in views)  # one salt: every site hashes a patient alike
+        assert len((directory / "salt").read_bytes()) == 32
+        assert sorted(p.name for p in directory.iterdir()) == ["salt"]  # no temporary left behind
+
+
+def test_a_salt_published_between_check_and_create_is_used(tmp_path, monkeypatch):
+    """The race made deterministic: the salt appears after this process found it missing."""
+    import pathlib
+
+    (tmp_path / "salt").write_bytes(b"s" * 32)
+    real_exists = pathlib.Path.exists
+    monkeypatch.setattr(pathlib.Path, "exists", lambda self: False if self.name == "salt" else real_exists(self))
+    late = LifetimeLedger(tmp_path, IDS).patients
+    monkeypatch.undo()
+    assert late == LifetimeLedger(tmp_path, IDS).patients
+    assert (tmp_path / "salt").read_bytes() == b"s" * 32
+
+
 def test_spend_follows_the_patients_across_runs_and_splits(tmp_path):
     first = LifetimeLedger(tmp_path, IDS[:60])
     info = first.begin(RUN, delta=1e-5, limit=None, generator="cvae", private=True)

@@ -52,6 +52,34 @@ def default_dir() -> Path:
     return Path(env) if env else Path.home() / ".local" / "share" / "fedsynth" / "ledger"
 
 
+def _salt(path: Path) -> bytes:
+    """The ledger's salt at ``path``, created if missing.
+
+    Sites of one ``simulate`` share a ledger directory and start together, so
+    the salt is written whole to a private temporary file and published with
+    ``link``, which fails if another process got there first: every process
+    then reads the same complete 32 bytes, never a half-written or second salt.
+    """
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another site published it first: use theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+    salt = path.read_bytes()
+    if len(salt) != 32:
+        raise OSError(f"{path.name} holds {len(salt)} bytes, not 32")
+    return salt
+
+
 class LifetimeLedger:
     """The persistent ledger in ``directory`` for the patients ``sample_ids`` (module doc)."""
 
@@ -59,14 +87,7 @@ class LifetimeLedger:
         self.dir = Path(directory)
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            salt_path = self.dir / SALT
-            if not salt_path.exists():
-                fd = os.open(salt_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(os.urandom(32))
-                    f.flush()
-                    os.fsync(f.fileno())
-            salt = salt_path.read_bytes()
+            salt = _salt(self.dir / SALT)
         except OSError as e:
             raise InputError(f"--ledger-dir {self.dir}: cannot use it ({e.strerror or e})") from None
         self.patients = sorted({hmac.new(salt, str(s).encode(), hashlib.sha256).hexdigest()[:32] for s in sample_ids})
