@@ -23,6 +23,7 @@ from .workflows.evaluate import evaluate_site
 from .workflows.preprocess import preprocess_file
 from .workflows.simulate import run_simulation
 from .workflows.split import split_sites_to_files
+from .workflows.synthesize import OUTPUTS as SYNTHETIC_OUTPUTS
 from .workflows.synthesize import synthesize_to
 from .workflows.train import train_site
 
@@ -65,9 +66,18 @@ def user_errors(fn):
 def data_options(fn):
     """Options shared by every command that reads an expression matrix."""
     opts = [
-        click.option("--label-column", default=None, help="Column (or h5ad obs column) holding the class label."),
+        click.option("--label-column", default=None,
+                     help="Column holding the class label: of the matrix (or h5ad obs), or of --samplesheet."),
+        click.option("--samplesheet", type=click.Path(), default=None,
+                     help="nf-core-style samplesheet (CSV/TSV): sample IDs in 'sample' (else the first column), "
+                          "the label in --label-column, other columns as sample metadata. Rows repeating a "
+                          "sample (one per sequencing run) are merged. For matrices such as nf-core/rnaseq's "
+                          "salmon.merged.gene_counts.tsv (gene_id, gene_name, one column per sample)."),
         click.option("--labels-file", type=click.Path(), default=None,
                      help="CSV/TSV (sample_id,label) with the labels, instead of --label-column."),
+        click.option("--layer", default=None,
+                     help="For .h5ad: read this layer instead of X (e.g. counts, with --input-kind counts); "
+                          "'raw' reads .raw."),
         click.option("--orientation", type=click.Choice(["auto", "samples-by-genes", "genes-by-samples"]),
                      default="auto", show_default=True,
                      help="Layout of a CSV/TSV. auto: samples-by-genes if --label-column is a column header; "
@@ -77,7 +87,9 @@ def data_options(fn):
         click.option("--sample-id-column", default=None, help="Column with sample IDs (default: the first column)."),
         click.option("--input-kind", type=click.Choice(["log", "counts"]), default="log", show_default=True,
                      help="log: log-scale expression used as given. counts: raw integer counts, normalised to "
-                          "log1p(CPM); synthetic counts are drawn back with a Poisson count model."),
+                          "log1p(CPM); synthetic counts are drawn back with a Poisson count model. salmon/RSEM "
+                          "estimated counts (nf-core/rnaseq *.gene_counts.tsv) are rounded as tximport/DESeq2 "
+                          "do; TPM is refused."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -104,8 +116,8 @@ def train_options(fn):
 
 def _data_kw(kw: dict) -> dict:
     """Pop the data options out of a command's keywords."""
-    return {name: kw.pop(name) for name in ("label_column", "labels_file", "orientation", "meta_columns",
-                                            "sample_id_column", "input_kind")}
+    return {name: kw.pop(name) for name in ("label_column", "labels_file", "samplesheet", "layer", "orientation",
+                                            "meta_columns", "sample_id_column", "input_kind")}
 
 
 def _train_config(kw: dict):
@@ -212,16 +224,24 @@ def train(rank, world_size, rendezvous, secret_file, data, site_name, outdir, ov
 @click.option("--class-proportions", default=None,
               help="e.g. LumA=0.5,Basal=0.5 (default: the model's DP class proportions).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for sampling.")
-@click.option("--label-column", default="label", show_default=True, help="Name of the label column written.")
-@click.option("--outdir", required=True, type=click.Path(), help="Writes synthetic.csv and synthetic.h5ad here.")
+@click.option("--label-column", default="label", show_default=True,
+              help="Name of the label column written (give your input's, e.g. condition, so that "
+                   "synthetic.samplesheet.csv fits your contrasts file).")
+@click.option("--annotation", type=click.Path(), default=None,
+              help="A matrix with this site's gene annotation (nf-core/rnaseq gene_counts.tsv, or a preprocessed "
+                   ".h5ad): its gene_id as written (with version) and gene_name go into the outputs. Only its gene "
+                   "columns are read.")
+@click.option("--outdir", required=True, type=click.Path(),
+              help="Writes synthetic.csv and synthetic.h5ad here; for a model trained on counts also "
+                   "synthetic.gene_counts.tsv and synthetic.samplesheet.csv (nf-core/rnaseq's layout).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @user_errors
-def synthesize(model_path, n, class_proportions, seed, label_column, outdir, overwrite):
+def synthesize(model_path, n, class_proportions, seed, label_column, annotation, outdir, overwrite):
     """Draw N synthetic samples from a released model (no other site needed)."""
     setup_logging()
-    out = prepare_outdir(outdir, ["synthetic.csv", "synthetic.h5ad"], overwrite)
+    out = prepare_outdir(outdir, list(SYNTHETIC_OUTPUTS), overwrite)
     expr, labels, meta = synthesize_to(out, model_path, n, class_proportions=class_proportions, seed=seed,
-                                       label_column=label_column, overwrite=overwrite)
+                                       label_column=label_column, overwrite=overwrite, annotation_from=annotation)
     click.echo(f"fedsynth synthesize: {len(expr)} samples x {expr.shape[1]} genes "
                f"({', '.join(f'{c}: {(labels == c).sum()}' for c in meta['classes'])}) -> {out}")
 

@@ -4,7 +4,20 @@ Supported formats, chosen by file extension:
 
 - ``.csv`` (comma) and ``.tsv`` / ``.txt`` (tab), each optionally gzipped
   (``.csv.gz``, ``.tsv.gz``, ``.txt.gz``);
-- ``.h5ad`` (AnnData): ``obs`` are samples, ``var`` are genes.
+- ``.h5ad`` (AnnData): ``obs`` are samples, ``var`` are genes; ``X``, a
+  layer (``--layer counts``) or ``.raw`` (``--layer raw``).
+
+nf-core/rnaseq's merged matrices (``salmon.merged.gene_counts.tsv``,
+``rsem.merged.gene_counts.tsv``: ``gene_id``, annotation columns such as
+``gene_name`` or ``transcript_id(s)``, then one column per sample) are read
+genes-by-samples, their annotation kept beside the genes
+(:attr:`RawTable.gene_annotation`), and their fractional estimated counts
+marked as such (:attr:`RawTable.estimated_counts`) so that counts
+validation rounds them as tximport/DESeq2 do. A samplesheet (``--samplesheet``,
+nf-core style: a ``sample`` column, one row per sequencing run) supplies the
+labels and the sample metadata. Ensembl version suffixes of gene IDs
+(``ENSG00000000003.15``) are removed, so that sites on different Ensembl
+releases match (:attr:`RawTable.notes` says so).
 
 Every user-caused problem is raised as :class:`~fedsynth.errors.InputError`
 (a bad file) or :class:`~fedsynth.errors.ParameterError` (a bad option), with
@@ -18,8 +31,9 @@ import csv
 import gzip
 import json
 import os
+import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -31,6 +45,7 @@ from fedsynth.errors import InputError, ParameterError
 __all__ = [
     "RawTable",
     "read_expression",
+    "read_gene_annotation",
     "write_table",
     "atomic_path",
     "atomic_write_text",
@@ -38,6 +53,13 @@ __all__ = [
 ]
 
 SUPPORTED_FORMATS = ".csv, .tsv, .txt (optionally .gz), .h5ad"
+#: Gene annotation columns of a genes-by-samples matrix (nf-core/rnaseq: ``gene_name``; RSEM: ``transcript_id(s)``).
+ANNOTATION_COLUMNS = ("gene_name", "gene_symbol", "gene_biotype", "transcript_id", "transcript_id(s)",
+                      "transcript_ids")
+#: The gene ID column's header in nf-core/rnaseq's matrices.
+GENE_ID_COLUMN = "gene_id"
+#: An Ensembl stable ID with a version (GENCODE's pseudo-autosomal copies end in ``_PAR_Y``).
+_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*[GTPER]\d{11})\.\d+(_PAR_Y)?$")
 ORIENTATIONS = ("auto", "samples-by-genes", "genes-by-samples")
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
 
@@ -56,12 +78,26 @@ class RawTable:
         Non-expression, non-label columns (e.g. ``er_status``, ``age``), indexed by sample ID.
     path : str
         The file the table was read from (used in error messages).
+    gene_annotation : pandas.DataFrame or None
+        Annotation columns of a genes-by-samples file (``gene_name``, ...), indexed by the
+        gene IDs of ``expr``; ``input_id`` holds each gene's ID as the file wrote it.
+    estimated_counts : str or None
+        ``"salmon"``, ``"RSEM"`` or ``"nf-core/rnaseq"`` when the file is recognised as a
+        merged matrix of estimated counts (fractional values are rounded as counts).
+    notes : list of str
+        What reading changed, for the logs and the run record (version suffixes removed, ...).
+    layers : tuple of str
+        The layers an ``.h5ad`` file offers (``"raw"`` too when it has ``.raw``).
     """
 
     expr: pd.DataFrame
     labels: pd.Series | None
     meta: pd.DataFrame
     path: str
+    gene_annotation: pd.DataFrame | None = None
+    estimated_counts: str | None = None
+    notes: list = field(default_factory=list)
+    layers: tuple = ()
 
 
 # --------------------------------------------------------------------------- reading
@@ -208,21 +244,133 @@ def _samples_by_genes(df, path, label_column, meta_columns, sample_id_column) ->
     return expr, labels, rest.iloc[:, meta_pos]
 
 
-def _genes_by_samples(df, path) -> pd.DataFrame:
+def _genes_by_samples(df, path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Samples x genes from a genes-by-samples table, and its annotation columns (or None)."""
     gene_ids = df.iloc[:, 0]
     if gene_ids.isna().any():
         raise InputError(f"{path}: {int(gene_ids.isna().sum())} rows have no gene ID")
-    values = df.iloc[:, 1:]
-    bad = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
+    header = list(df.columns)
+    annot_pos = [i for i in range(1, len(header)) if header[i] in ANNOTATION_COLUMNS]
+    sample_pos = [i for i in range(1, len(header)) if i not in annot_pos]
+    if not sample_pos:
+        kept = f" after the gene ID and annotation columns ({', '.join(header[i] for i in annot_pos)})" if annot_pos else ""
+        raise InputError(f"{path}: no sample columns{kept}")
+    values = df.iloc[:, sample_pos]
+    bad = [header[i] for i in sample_pos if not pd.api.types.is_numeric_dtype(df.iloc[:, i])]
     if bad:
-        raise InputError(f"{path}: {len(bad)} sample columns are not numeric (e.g. {_examples(bad)})")
+        hint = (f"; annotation columns are recognised by name ({', '.join(ANNOTATION_COLUMNS)})"
+                if header[0] == GENE_ID_COLUMN else "")
+        raise InputError(f"{path}: {len(bad)} sample columns are not numeric (e.g. {_examples(bad)}){hint}")
+    ids = pd.Index(gene_ids.astype(str), dtype=object)
     expr = values.astype(np.float64).T
     expr.index = pd.Index([str(c) for c in values.columns], dtype=object)
-    expr.columns = pd.Index(gene_ids.astype(str), dtype=object)
-    return expr
+    expr.columns = ids
+    annotation = None
+    if annot_pos:
+        annotation = pd.DataFrame({header[i]: df.iloc[:, i].astype(object).to_numpy() for i in annot_pos},
+                                  index=ids)
+    return expr, annotation
 
 
-def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column) -> tuple:
+def _estimated_counts_source(path: Path, header: Sequence[str]) -> str | None:
+    """Which tool wrote ``path``, if it is one of nf-core/rnaseq's merged estimated-counts matrices.
+
+    Recognised by name and layout: a first column ``gene_id`` and a file name
+    that says counts (``*gene_counts*``, ``*transcript_counts*``) or names the
+    quantifier; TPM files (``*tpm*``) never are.
+    """
+    name = path.name.lower()
+    if not header or header[0] != GENE_ID_COLUMN or "tpm" in name:
+        return None
+    if "transcript_id(s)" in header or "rsem" in name:
+        return "RSEM"
+    if "salmon" in name:
+        return "salmon"
+    if "gene_counts" in name or "transcript_counts" in name:
+        return "nf-core/rnaseq"
+    return None
+
+
+def _strip_ensembl_versions(expr: pd.DataFrame, annotation: pd.DataFrame | None, path: Path):
+    """Remove Ensembl version suffixes from the gene IDs; returns (expr, annotation, note or None)."""
+    ids = [str(g) for g in expr.columns]
+    stripped = [(_ENSEMBL_VERSION.sub(r"\1\2", g)) for g in ids]
+    changed = sum(a != b for a, b in zip(ids, stripped))
+    if not changed:
+        return expr, annotation, None  # duplicates are validation's to report
+    twice = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+    if len(twice):
+        raise InputError(f"{path}: {len(twice)} gene IDs appear more than once (e.g. {_examples(twice)})")
+    dup = pd.Index(stripped)[pd.Index(stripped).duplicated()].unique()
+    if len(dup):
+        originals = [g for g, s in zip(ids, stripped) if s == dup[0]]
+        raise InputError(f"{path}: {len(dup)} gene IDs appear more than once without their Ensembl version "
+                         f"(e.g. {', '.join(originals[:2])})")
+    first = next(i for i, (a, b) in enumerate(zip(ids, stripped)) if a != b)
+    expr = expr.copy()
+    expr.columns = pd.Index(stripped, dtype=object)
+    annotation = pd.DataFrame(index=pd.Index(ids, dtype=object)) if annotation is None else annotation.copy()
+    annotation.insert(0, "input_id", ids)
+    annotation.index = pd.Index(stripped, dtype=object)
+    note = (f"gene IDs: Ensembl version suffixes removed from {changed} of {len(ids)} IDs "
+            f"(e.g. {ids[first]} -> {stripped[first]}), so that sites on other Ensembl releases match")
+    return expr, annotation, note
+
+
+def _read_samplesheet(path, label_column: str | None) -> tuple[pd.Series | None, pd.DataFrame, str]:
+    """Labels and sample metadata from an nf-core-style samplesheet; returns (labels, meta, id column).
+
+    The sample ID column is ``sample`` if there is one, else the first column.
+    Rows that repeat a sample (one per sequencing run) are merged; their label
+    must agree. Metadata columns whose values differ between a sample's rows
+    (e.g. ``fastq_1``) are dropped.
+    """
+    p = Path(path)
+    _check_exists(p)
+    kind, gz = _file_kind(p)
+    if kind == "h5ad":
+        raise InputError(f"{p}: a samplesheet must be CSV or TSV")
+    df = _read_delimited(p, kind, gz, all_str=True)
+    header = list(df.columns)
+    id_col = "sample" if "sample" in header else header[0]
+    if label_column is not None and label_column not in header:
+        raise InputError(f"{p}: column '{label_column}' not found (columns: {_examples(header, 8)})")
+    ids = df[id_col]
+    if ids.isna().any():
+        raise InputError(f"{p}: {int(ids.isna().sum())} rows have no sample ID in '{id_col}'")
+    ids = ids.str.strip()
+    df = df.assign(**{id_col: ids})
+    groups = df.groupby(id_col, sort=False)
+    if label_column is not None:
+        n_labels = groups[label_column].nunique(dropna=False)
+        clash = n_labels[n_labels > 1]
+        if len(clash):
+            sample = clash.index[0]
+            values = sorted(str(v) for v in df.loc[df[id_col] == sample, label_column].unique())
+            raise InputError(f"{p}: sample {sample} has rows with different '{label_column}' values "
+                             f"({', '.join(values)}); a sample's rows (one per sequencing run) must agree")
+    first = groups.first()
+    constant = [c for c in header if c != id_col and (groups[c].nunique(dropna=False) <= 1).all()]
+    meta = first[[c for c in constant if c != label_column]]
+    meta.index = pd.Index(first.index.astype(str), dtype=object)
+    labels = None
+    if label_column is not None:
+        labels = pd.Series(first[label_column].to_numpy(dtype=object), index=meta.index, name=label_column)
+    return labels, meta, id_col
+
+
+def _match_samplesheet(expr: pd.DataFrame, ss_index: pd.Index, path: Path, ss_path) -> None:
+    """Every sample of the matrix is in the samplesheet and every samplesheet sample in the matrix."""
+    missing = expr.index[~expr.index.isin(ss_index)]
+    if len(missing):
+        raise InputError(f"{ss_path}: {len(missing)} samples of {path} are not in the samplesheet "
+                         f"(e.g. {_examples(missing)})")
+    unknown = ss_index[~ss_index.isin(expr.index)]
+    if len(unknown):
+        raise InputError(f"{ss_path}: {len(unknown)} samples are not in {path} (e.g. {_examples(unknown)})")
+
+
+def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column, layer: str | None = None) -> tuple:
     import anndata
 
     try:
@@ -233,13 +381,24 @@ def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column) -> tupl
     for name in list(meta_columns) + [c for c in (label_column, sample_id_column) if c is not None]:
         if name not in obs.columns:
             raise InputError(f"{path}: column '{name}' not found in obs")
-    if adata.X is None:
-        raise InputError(f"{path}: the file has no expression matrix (X)")
-    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    available = tuple(adata.layers.keys()) + (("raw",) if adata.raw is not None else ())
+    var_names = adata.var_names
+    if layer is None:
+        X = adata.X
+        if X is None:
+            raise InputError(f"{path}: the file has no expression matrix (X)")
+    elif layer in adata.layers:
+        X = adata.layers[layer]
+    elif layer == "raw" and adata.raw is not None:
+        X, var_names = adata.raw.X, adata.raw.var_names
+    else:
+        offered = ", ".join(available) if available else "none"
+        raise InputError(f"{path}: no layer '{layer}' (--layer; this file has: {offered})")
+    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
     ids = obs[sample_id_column].astype(str) if sample_id_column is not None else obs.index.astype(str)
     index = pd.Index(ids, dtype=object)
     expr = pd.DataFrame(X.astype(np.float64), index=index,
-                        columns=pd.Index(adata.var_names.astype(str), dtype=object))
+                        columns=pd.Index(var_names.astype(str), dtype=object))
     labels = None
     if label_column is not None:
         col = obs[label_column].astype(object)
@@ -247,7 +406,55 @@ def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column) -> tupl
                            name=label_column)
     meta = obs.drop(columns=[c for c in (label_column, sample_id_column) if c is not None])
     meta.index = index
-    return expr, labels, meta
+    annotation = _h5ad_annotation(path, adata.var) if var_names is adata.var_names else None
+    return expr, labels, meta, available, annotation
+
+
+def _h5ad_annotation(path: Path, var: pd.DataFrame) -> pd.DataFrame | None:
+    """The gene annotation columns of an H5AD's ``var`` (as :func:`write_table` stores them), or None."""
+    cols = [c for c in var.columns if c in ANNOTATION_COLUMNS or c == "input_id"]
+    if not cols:
+        return None
+    out = var[cols].astype(object).copy()
+    out.index = pd.Index(var.index.astype(str), dtype=object)
+    return out
+
+
+def read_gene_annotation(path: str | os.PathLike) -> pd.DataFrame | None:
+    """The gene annotation of a matrix file (nf-core/rnaseq TSV, or an H5AD ``var``), or None.
+
+    Indexed by gene ID without Ensembl version suffix; an ``input_id`` column
+    keeps the ID as the file wrote it where that differs. Only the gene ID and
+    annotation columns are used: no sample value is read.
+    """
+    p = Path(path)
+    _check_exists(p)
+    kind, gz = _file_kind(p)
+    if kind == "h5ad":
+        import anndata
+
+        try:
+            adata = anndata.read_h5ad(p, backed="r")
+            var = adata.var.copy()
+            adata.file.close()
+        except Exception as exc:
+            raise InputError(f"{p}: cannot parse as H5AD: {_first_line(exc)}") from None
+        annotation = _h5ad_annotation(p, var)
+        ids = [str(g) for g in var.index]
+    else:
+        df = _read_delimited(p, kind, gz, all_str=True)
+        header = list(df.columns)
+        if header[:1] != [GENE_ID_COLUMN]:
+            raise InputError(f"{p}: no gene annotation: the first column is not '{GENE_ID_COLUMN}'")
+        ids = df.iloc[:, 0].astype(str).tolist()
+        cols = [c for c in header[1:] if c in ANNOTATION_COLUMNS]
+        annotation = pd.DataFrame({c: df[c].astype(object).to_numpy() for c in cols},
+                                  index=pd.Index(ids, dtype=object)) if cols else None
+    if annotation is not None and "input_id" in annotation.columns:
+        return annotation
+    frame = pd.DataFrame(index=pd.Index(ids, dtype=object)) if annotation is None else annotation
+    _, stripped, _ = _strip_ensembl_versions(pd.DataFrame(columns=frame.index), frame, p)
+    return None if stripped is None or stripped.shape[1] == 0 else stripped
 
 
 def read_expression(
@@ -255,6 +462,8 @@ def read_expression(
     *,
     label_column: str | None = None,
     labels_file: str | os.PathLike | None = None,
+    samplesheet: str | os.PathLike | None = None,
+    layer: str | None = None,
     orientation: str = "auto",
     meta_columns: Sequence[str] = (),
     sample_id_column: str | None = None,
@@ -266,22 +475,33 @@ def read_expression(
     path : str or PathLike
         The matrix file; the format comes from the extension.
     label_column : str, optional
-        Column (CSV/TSV header or H5AD ``obs`` column) holding the class labels.
+        Column (CSV/TSV header or H5AD ``obs`` column) holding the class labels;
+        with ``samplesheet``, the samplesheet's column.
     labels_file : str or PathLike, optional
         CSV/TSV with a header row and two columns: sample ID, label. Every sample
         of the matrix must have a label; extra IDs in the labels file are ignored.
         Give either ``label_column`` or ``labels_file``, not both.
+    samplesheet : str or PathLike, optional
+        nf-core-style CSV/TSV, one row per sample or per sequencing run: the
+        sample IDs in ``sample`` (else the first column), the labels in
+        ``label_column``, other columns become sample metadata. Repeated rows of
+        a sample are merged. Its samples and the matrix's must be the same.
+    layer : str, optional
+        For ``.h5ad``: read ``layers[layer]`` instead of ``X``; ``"raw"`` reads
+        ``.raw`` (when the file has no layer of that name).
     orientation : {"auto", "samples-by-genes", "genes-by-samples"}
         Layout of a CSV/TSV file. In ``"samples-by-genes"`` rows are samples; in
         ``"genes-by-samples"`` rows are genes (first column: gene IDs) and the
         header holds sample IDs, and labels can only come from ``labels_file``.
         ``"auto"`` decides as follows:
 
-        1. ``label_column`` is given: it must be a header, and rows are samples;
-        2. else ``labels_file`` is given: the axis (row IDs or column headers) that
+        1. ``label_column`` is given (without ``samplesheet``): it must be a
+           header, and rows are samples;
+        2. else the first header is ``gene_id`` (nf-core/rnaseq): genes-by-samples;
+        3. else ``labels_file`` or ``samplesheet`` is given: the axis (row IDs or column headers) that
            shares more IDs with the labels file holds the samples (a tie is an error);
-        3. else for ``.h5ad``: samples-by-genes;
-        4. else an InputError asks for an explicit ``--orientation``.
+        4. else for ``.h5ad``: samples-by-genes;
+        5. else an InputError asks for an explicit ``--orientation``.
 
         H5AD files are always read with ``obs`` as samples.
     meta_columns : sequence of str
@@ -307,34 +527,59 @@ def read_expression(
     p = Path(path)
     if orientation not in ORIENTATIONS:
         raise ParameterError(f"--orientation must be one of {', '.join(ORIENTATIONS)}, not '{orientation}'")
+    if samplesheet is not None and labels_file is not None:
+        raise ParameterError("give either --samplesheet (with --label-column) or --labels-file, not both")
     if label_column is not None and labels_file is not None:
         raise ParameterError("give either --label-column or --labels-file, not both")
+    if samplesheet is not None and label_column is None:
+        raise ParameterError("--samplesheet needs --label-column: the samplesheet column with the class labels")
     _check_exists(p)
     kind, gz = _file_kind(p)
-    labels_from_file = _read_labels_file(labels_file) if labels_file is not None else None
+    if layer is not None and kind != "h5ad":
+        raise ParameterError(f"--layer applies to .h5ad files, not {p}")
+    ss_meta = None
+    if samplesheet is not None:
+        labels_from_file, ss_meta, _ = _read_samplesheet(samplesheet, label_column)
+        matrix_label = None  # the label is the samplesheet's column
+    else:
+        labels_from_file = _read_labels_file(labels_file) if labels_file is not None else None
+        matrix_label = label_column
+    annotation, estimated, layers = None, None, ()
 
     if kind == "h5ad":
         if orientation == "genes-by-samples":
             raise ParameterError(f"--orientation genes-by-samples does not apply to {p}: H5AD obs are samples")
-        expr, labels, meta = _read_h5ad(p, label_column, meta_columns, sample_id_column)
+        expr, labels, meta, layers, annotation = _read_h5ad(p, matrix_label, meta_columns, sample_id_column, layer)
     else:
-        str_columns = tuple(c for c in (label_column, sample_id_column) if c is not None)
+        str_columns = tuple(c for c in (matrix_label, sample_id_column) if c is not None)
         df = _read_delimited(p, kind, gz, str_columns=str_columns, first_str=sample_id_column is None)
         if orientation == "auto":
-            orientation = _auto_orientation(df, p, label_column, labels_from_file, sample_id_column)
+            if matrix_label is None and list(df.columns)[:1] == [GENE_ID_COLUMN]:
+                orientation = "genes-by-samples"  # nf-core/rnaseq's layout
+            else:
+                orientation = _auto_orientation(df, p, matrix_label, labels_from_file, sample_id_column)
         if orientation == "genes-by-samples":
-            if label_column is not None:
-                raise ParameterError("--label-column cannot be used with genes-by-samples; use --labels-file")
+            if matrix_label is not None:
+                raise ParameterError("--label-column cannot be used with genes-by-samples; use --labels-file "
+                                     "or --samplesheet")
             if sample_id_column is not None or meta_columns:
                 raise ParameterError("--sample-id-column and --meta-columns apply to samples-by-genes files only")
-            expr, labels = _genes_by_samples(df, p), None
+            (expr, annotation), labels = _genes_by_samples(df, p), None
+            estimated = _estimated_counts_source(p, list(df.columns))
             meta = pd.DataFrame(index=expr.index)
         else:
-            expr, labels, meta = _samples_by_genes(df, p, label_column, meta_columns, sample_id_column)
+            expr, labels, meta = _samples_by_genes(df, p, matrix_label, meta_columns, sample_id_column)
 
-    if labels_from_file is not None:
+    if samplesheet is not None:
+        _match_samplesheet(expr, labels_from_file.index, p, samplesheet)
+        labels = labels_from_file.reindex(expr.index)
+        extra = ss_meta.reindex(expr.index)
+        meta = pd.concat([meta, extra[[c for c in extra.columns if c not in meta.columns]]], axis=1)
+    elif labels_from_file is not None:
         labels = _attach_labels(expr, labels_from_file, p, labels_file)
-    return RawTable(expr=expr, labels=labels, meta=meta, path=str(p))
+    expr, annotation, note = _strip_ensembl_versions(expr, annotation, p)
+    return RawTable(expr=expr, labels=labels, meta=meta, path=str(p), gene_annotation=annotation,
+                    estimated_counts=estimated, notes=[note] if note else [], layers=layers)
 
 
 def _auto_orientation(df, path, label_column, labels_from_file, sample_id_column) -> str:
@@ -424,6 +669,8 @@ def write_table(
     label_column: str = "label",
     overwrite: bool = False,
     uns: dict | None = None,
+    var: pd.DataFrame | None = None,
+    layers: dict | None = None,
 ) -> None:
     """Write a samples x genes matrix with an optional label column, atomically.
 
@@ -444,6 +691,10 @@ def write_table(
     uns : dict, optional
         Unstructured metadata, stored in H5AD files only; values must be str,
         numbers, lists of those, or nested dicts of those.
+    var : pandas.DataFrame, optional
+        Gene annotation (H5AD only), one row per column of ``expr`` in that order.
+    layers : dict, optional
+        H5AD only: more matrices the shape of ``expr`` (e.g. ``{"counts": ...}``).
     """
     p = Path(path)
     kind, gz = _file_kind(p)
@@ -461,8 +712,12 @@ def write_table(
         obs = pd.DataFrame(index=sample_ids)
         if labels is not None:
             obs[label_column] = pd.Categorical([str(v) for v in labels])
-        adata = anndata.AnnData(X=expr.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=genes),
-                                uns=dict(uns or {}))
+        var_frame = pd.DataFrame(index=genes)
+        if var is not None:
+            for name in var.columns:
+                var_frame[str(name)] = [None if pd.isna(v) else str(v) for v in var[name]]
+        adata = anndata.AnnData(X=expr.to_numpy(dtype=np.float32), obs=obs, var=var_frame, uns=dict(uns or {}),
+                                layers={k: np.asarray(v) for k, v in (layers or {}).items()})
         with atomic_path(p, overwrite=overwrite) as tmp:
             adata.write_h5ad(tmp)
         return

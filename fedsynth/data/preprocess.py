@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -26,11 +27,16 @@ __all__ = [
     "split_sites",
     "split_holdout",
     "as_labels",
+    "expression_as_validated",
 ]
+
+log = logging.getLogger("fedsynth")
 
 INPUT_KINDS = ("counts", "log")
 LOG_MAX = 50.0  # log-scale values above this look like raw counts
 INT_TOL = 1e-6
+#: TPM (and CPM) columns sum to 1e6: counts input whose every sample sums to within this share of it is refused.
+TPM_SUM, TPM_TOL = 1e6, 0.01
 
 
 #: Public value range of an expression value per input kind (no data needed):
@@ -55,6 +61,8 @@ class Cohort:
         Raw per-sample count totals (counts input only).
     source : str
         The file the data came from.
+    notes : list of str
+        What reading and validation changed (rounded estimated counts, version suffixes removed).
     """
 
     X: np.ndarray
@@ -64,6 +72,7 @@ class Cohort:
     input_kind: str
     library_sizes: np.ndarray | None
     source: str
+    notes: list = field(default_factory=list)
 
     @property
     def n_samples(self) -> int:
@@ -135,9 +144,14 @@ def validate_and_normalise(
     input_kind : {"log", "counts"}
         ``"counts"``: values must be non-negative integers (tolerance 1e-6) and
         every sample needs a positive library size (row sum); X becomes
-        ``log1p(counts / library_size * 1e6)`` (log1p CPM). ``"log"``: values are
-        used as given; negative values are allowed, but a maximum above 50 is
-        taken to mean raw counts and is an error.
+        ``log1p(counts / library_size * 1e6)`` (log1p CPM). Estimated counts
+        from a recognised salmon/RSEM matrix (``raw.estimated_counts``) are
+        rounded to the nearest integer first, as tximport and DESeq2 do
+        (``round``); samples that all sum to 1e6 (within 1%) are TPM, not
+        counts, and refused. ``"log"``: values are used as given; negative
+        values are allowed, but a maximum above 50 is an error: raw counts,
+        or (when only a few columns reach it) metadata columns to list with
+        ``--meta-columns``.
     label_column : str
         Name of the label column, used in the message when labels are absent.
     min_samples : int
@@ -178,16 +192,27 @@ def validate_and_normalise(
 
     labels = _check_labels(raw, label_column, allowed_labels)
 
+    notes = list(raw.notes)
     if input_kind == "counts":
         neg = values < 0
         if neg.any():
             raise InputError(f"{path}: {int(neg.sum())} negative values in counts input "
                              f"(first at {_first_cell(neg, sample_ids, genes)})")
         frac = np.abs(values - np.round(values)) > INT_TOL
-        if frac.any():
+        sums = values.sum(axis=1)
+        if frac.any() and len(sums) and np.all(np.abs(sums / TPM_SUM - 1.0) < TPM_TOL):
+            raise InputError(f"{path}: every sample sums to about 1e6: this looks like TPM, not counts; "
+                             "give the estimated counts (nf-core/rnaseq's *.gene_counts.tsv), or pass "
+                             "--input-kind log with log-scale values")
+        if frac.any() and raw.estimated_counts:
+            notes.append(f"{int(frac.sum())} fractional {raw.estimated_counts} estimated counts rounded to the "
+                         "nearest integer, as tximport and DESeq2 do")
+            values = np.round(values)
+        elif frac.any():
+            hint = ("; pass --input-kind log if the data are log-scale" if not raw.layers else
+                    f"; this file has layers {', '.join(raw.layers)}: pass --layer to read counts from one")
             raise InputError(f"{path}: {int(frac.sum())} non-integer values in counts input "
-                             f"(first at {_first_cell(frac, sample_ids, genes)}); pass --input-kind log "
-                             "if the data are log-scale")
+                             f"(first at {_first_cell(frac, sample_ids, genes)}){hint}")
         library_sizes = values.sum(axis=1)
         empty = np.flatnonzero(library_sizes <= 0)
         if len(empty):
@@ -197,9 +222,7 @@ def validate_and_normalise(
     else:
         vmax = values.max()
         if vmax > LOG_MAX:
-            where = _first_cell(values == vmax, sample_ids, genes)
-            raise InputError(f"{path}: maximum value {vmax:g} (at {where}) is above {LOG_MAX:g}; "
-                             "looks like raw counts; pass --input-kind counts")
+            _check_log_maximum(values, sample_ids, genes, path)
         library_sizes = None
         X = values
 
@@ -207,10 +230,44 @@ def validate_and_normalise(
         raise InputError(f"{path}: only {len(sample_ids)} samples; at least {min_samples} are needed")
 
     cohort = Cohort(X=X, labels=labels, sample_ids=sample_ids, genes=genes, input_kind=input_kind,
-                    library_sizes=library_sizes, source=path)
+                    library_sizes=library_sizes, source=path, notes=notes)
+    for note in notes:
+        log.info("%s: %s", path, note)
     if cohort.n_samples > 1 and len(constant_genes(cohort)) == cohort.n_genes:
         raise InputError(f"{path}: all {cohort.n_genes} genes are constant across the {cohort.n_samples} samples")
     return cohort
+
+
+#: At most this share of the columns (and at least one) above LOG_MAX reads as metadata, not counts.
+META_SHARE = 0.05
+
+
+def expression_as_validated(raw: RawTable, input_kind: str) -> pd.DataFrame:
+    """``raw.expr`` as validation reads it: recognised estimated counts rounded (counts input), else as given.
+
+    What ``preprocess`` and ``simulate`` write out, so that the next reader
+    (which no longer knows the file was salmon's or RSEM's) finds integers.
+    """
+    if input_kind == "counts" and raw.estimated_counts:
+        return raw.expr.round()
+    return raw.expr
+
+
+def _check_log_maximum(values: np.ndarray, sample_ids, genes, path) -> None:
+    """Raise the InputError for log input above LOG_MAX: metadata columns if only a few reach it, else counts."""
+    col_max = values.max(axis=0)
+    high = np.flatnonzero(col_max > LOG_MAX)
+    if len(high) <= max(1, int(META_SHARE * len(genes))) and len(high) < len(genes):
+        names = [genes[j] for j in high]
+        rest = float(np.delete(col_max, high).max())
+        raise InputError(f"{path}: column(s) {', '.join(repr(n) for n in names[:5])}{', ...' if len(names) > 5 else ''} "
+                         f"reach {float(col_max[high].max()):g} while the other {len(genes) - len(high)} stay at or "
+                         f"below {rest:g}: they look like sample metadata, not genes; list them with "
+                         f"--meta-columns {','.join(names)}")
+    vmax = values.max()
+    where = _first_cell(values == vmax, sample_ids, genes)
+    raise InputError(f"{path}: maximum value {vmax:g} (at {where}) is above {LOG_MAX:g}; "
+                     "looks like raw counts; pass --input-kind counts")
 
 
 def _check_labels(raw: RawTable, label_column: str, allowed_labels) -> np.ndarray:

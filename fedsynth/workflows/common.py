@@ -12,11 +12,12 @@ from ..errors import InputError, ParameterError
 def read_options(data_kw: dict) -> dict:
     """The :func:`~fedsynth.data.io.read_expression` keywords from the data options."""
     if not data_kw.get("label_column") and not data_kw.get("labels_file"):
-        raise ParameterError("give --label-column or --labels-file")
+        raise ParameterError("give --label-column (with --samplesheet: its column) or --labels-file")
     meta = data_kw.get("meta_columns") or ()
     if isinstance(meta, str):
         meta = tuple(c for c in meta.split(",") if c)
     return {"label_column": data_kw.get("label_column"), "labels_file": data_kw.get("labels_file"),
+            "samplesheet": data_kw.get("samplesheet"), "layer": data_kw.get("layer"),
             "orientation": data_kw.get("orientation", "auto"), "meta_columns": tuple(meta),
             "sample_id_column": data_kw.get("sample_id_column")}
 

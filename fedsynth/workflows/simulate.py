@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from ..data.io import atomic_write_json, read_expression, write_table
-from ..data.preprocess import split_holdout, split_sites, validate_and_normalise
+from ..data.preprocess import expression_as_validated, split_holdout, split_sites, validate_and_normalise
 from ..errors import FedsynthError, InputError, ParameterError
 from ..evaluation import tstr
 from ..generators.protocol import TrainConfig
 from . import options
 from .common import prepare_outdir, read_options
 from .records import run_record
+from .synthesize import OUTPUTS as SYNTHETIC_OUTPUTS
 from .synthesize import synthesize, synthesize_to
 
 log = logging.getLogger("fedsynth")
@@ -129,20 +130,22 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
     if local_only and sites == 1:
         raise ParameterError("--local-only needs --sites >= 2")
     meta_cols = list(read_kw.get("meta_columns", ()))
-    if site_column and site_column not in meta_cols:
-        meta_cols.append(site_column)
+    if site_column and site_column not in meta_cols and not read_kw.get("samplesheet"):
+        meta_cols.append(site_column)  # with a samplesheet the site is one of its columns
     label_column = read_kw.get("label_column") or "label"
-    outputs = ["run.json"] + ([] if local_only else ["model.pt", "synthetic.csv", "synthetic.h5ad"])
+    outputs = ["run.json"] + ([] if local_only else ["model.pt", *SYNTHETIC_OUTPUTS])
     out = prepare_outdir(outdir, outputs + (["local"] if local_only else []), overwrite)
 
     raw = read_expression(data, **(read_kw | {"meta_columns": tuple(meta_cols)}))
     # validate the whole file once, so a bad input fails before any process starts
-    validate_and_normalise(raw, input_kind=input_kind, label_column=label_column)
+    cohort = validate_and_normalise(raw, input_kind=input_kind, label_column=label_column)
     if site_column and site_column not in raw.meta.columns:
-        raise InputError(f"{data}: --site-column {site_column!r} is not a column")
+        where = read_kw.get("samplesheet") or data
+        raise InputError(f"{where}: --site-column {site_column!r} is not a column")
+    expr = expression_as_validated(raw, input_kind)  # salmon/RSEM estimated counts rounded once, here
     labels = raw.labels.astype(str)
     site_values = raw.meta[site_column].astype(str) if site_column else None
-    parts = _split(raw.expr, labels.to_numpy(), site_values, sites=sites, split=split, alpha=alpha, seed=split_seed)
+    parts = _split(expr, labels.to_numpy(), site_values, sites=sites, split=split, alpha=alpha, seed=split_seed)
 
     timings = {"split": time.monotonic() - t_start}
     work = Path(tempfile.mkdtemp(prefix="fedsynth-sim-"))
@@ -156,7 +159,7 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
             else:
                 tr, te = rows, rows[:0]
             path = work / f"site_{len(names)}.csv"
-            write_table(raw.expr.iloc[tr], labels.iloc[tr], path)
+            write_table(expr.iloc[tr], labels.iloc[tr], path)
             train_files.append(path)
             test_idx.append(te)
             names.append(name)
@@ -171,8 +174,8 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
         all_train = np.concatenate([p[1] for p in parts])
         held = np.concatenate(test_idx) if test_idx else np.array([], int)
         all_train = np.setdiff1d(all_train, held)
-        X_test, y_test = raw.expr.iloc[held], labels.iloc[held]
-        X_train, y_train = raw.expr.iloc[all_train], labels.iloc[all_train]
+        X_test, y_test = expr.iloc[held], labels.iloc[held]
+        X_train, y_train = expr.iloc[all_train], labels.iloc[all_train]
         n_syn = n_synthetic or len(all_train)
 
         def scale(frame):
@@ -197,8 +200,8 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
                 dest = out / "local" / name
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(od / "model.pt", dest / "model.pt")
-                expr, lab, _ = synthesize(od / "model.pt", n_syn, seed=split_seed)
-                local[name] = {"n": site_n[i], "evaluation": evaluate(expr, lab)}
+                syn, lab, _ = synthesize(od / "model.pt", n_syn, seed=split_seed)
+                local[name] = {"n": site_n[i], "evaluation": evaluate(syn, lab)}
             timings["training"] = time.monotonic() - t1
             run = {"command": "simulate", "mode": "local-only", "generator": cfg.generator,
                    "options": options.record(cfg), "epsilon": cfg.epsilon, "delta": cfg.delta,
@@ -216,18 +219,18 @@ def run_simulation(data, *, data_kw: dict, sites: int, site_column: str | None, 
         shutil.copy2(site_outs[0] / "model.pt", out / "model.pt.tmp")
         os.replace(out / "model.pt.tmp", out / "model.pt")
         t2 = time.monotonic()
-        expr, lab, meta = synthesize_to(out, out / "model.pt", n_syn, seed=split_seed, label_column=label_column,
-                                        overwrite=True)
+        syn, lab, meta = synthesize_to(out, out / "model.pt", n_syn, seed=split_seed, label_column=label_column,
+                                       overwrite=True, annotation=raw.gene_annotation)
         timings["synthesize"] = time.monotonic() - t2
         t3 = time.monotonic()
-        evaluation = evaluate(expr, lab)
+        evaluation = evaluate(syn, lab)
         timings["evaluate"] = time.monotonic() - t3
         timings["total"] = time.monotonic() - t_start
         run = run_record(
             "simulate", cfg, meta,
             sites=[{"name": n, "n": c, "n_holdout": int(len(t))} for n, c, t in zip(names, site_n, test_idx)],
             wall_seconds=timings, mode="centralised" if len(parts) == 1 else "federated", models_identical=True,
-            model_sha256=digests.pop(), n_synthetic=n_syn, evaluation=evaluation,
+            model_sha256=digests.pop(), n_synthetic=n_syn, evaluation=evaluation, input_notes=cohort.notes,
             site_wall_seconds={r["site"]: r["wall_seconds"] for r in site_runs},
             site_communication={r["site"]: r.get("communication") for r in site_runs},
             site_lifetime={r["site"]: r.get("lifetime") for r in site_runs})

@@ -73,6 +73,7 @@ def train_site(*, rank: int, world_size: int, rendezvous: str, secret_file, data
     save_model(out / "model.pt", result.generator, result.meta)
     timings["total"] = time.monotonic() - t0
     run = run_record("train", cfg, result.meta, sites=result.meta["dp"]["sites"], wall_seconds=timings,
-                     site=site_name, rank=rank, communication=traffic, lifetime=result.lifetime)
+                     site=site_name, rank=rank, communication=traffic, lifetime=result.lifetime,
+                     input_notes=cohort.notes)
     atomic_write_json(out / "run.json", run)
     return SiteRun(out, run)
