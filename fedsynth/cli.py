@@ -22,7 +22,7 @@ from .workflows.common import prepare_outdir
 from .workflows.evaluate import evaluate_site
 from .workflows.preprocess import preprocess_file
 from .workflows.simulate import run_simulation
-from .workflows.split import split_sites_to_files
+from .workflows.split import split_samplesheet_sites_to_files, split_sites_to_files
 from .workflows.synthesize import OUTPUTS as SYNTHETIC_OUTPUTS
 from .workflows.synthesize import synthesize_to
 from .workflows.train import train_site
@@ -343,7 +343,11 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
 
 @main.command("split-sites")
 @click.option("--data", required=True, type=click.Path(),
-              help="One samples x genes CSV/TSV (optionally .gz) holding every site's samples.")
+              help="One samples x genes CSV/TSV (optionally .gz) holding every site's samples; with --samplesheet, "
+                   "the matrix (e.g. nf-core/rnaseq's salmon.merged.gene_counts.tsv).")
+@click.option("--samplesheet", type=click.Path(), default=None,
+              help="The matrix's samplesheet; --site-column is then its column, and every site gets its own "
+                   "samplesheet rows and sample columns.")
 @click.option("--site-column", required=True, help="Column naming each sample's site (e.g. the hospital).")
 @click.option("--n-sites", type=int, required=True, help="Keep the K largest sites (ties by name); rank 0 is the largest.")
 @click.option("--min-samples", type=int, default=4, show_default=True, help="Fewest samples a kept site may have.")
@@ -354,13 +358,23 @@ def simulate(data, sites, site_column, split, alpha, holdout, split_seed, local_
               help="Folder for OUTDIR/<rank>__<site>.csv|tsv[.gz] (created if missing).")
 @click.option("--overwrite", is_flag=True, help="Replace site files that already exist in --outdir.")
 @user_errors
-def split_sites_command(data, site_column, n_sites, min_samples, meta_columns, sample_id_column, outdir, overwrite):
+def split_sites_command(data, samplesheet, site_column, n_sites, min_samples, meta_columns, sample_id_column, outdir,
+                        overwrite):
     """Split one matrix into its K largest sites, one file per site.
 
     For the pipeline's --mode local (K hospitals on one host). Each file holds
     the header and the site's rows as read: every column, the same delimiter,
-    gzipped if --data is; no value is changed. On any error nothing is written.
+    gzipped if --data is; no value is changed. With --samplesheet each site
+    gets OUTDIR/<rank>__<site>.<matrix name> (the gene columns and its own
+    sample columns) and OUTDIR/<rank>__<site>.samplesheet.csv (its rows, every
+    sequencing run). On any error nothing is written.
     """
+    if samplesheet:
+        pairs = split_samplesheet_sites_to_files(data, samplesheet, site_column=site_column, n_sites=n_sites,
+                                                 outdir=outdir, min_samples=min_samples, overwrite=overwrite)
+        click.echo(f"fedsynth split-sites: the {len(pairs)} largest sites of {samplesheet} by {site_column!r} -> "
+                   + ", ".join(f"{m} + {s.name}" for m, s in pairs))
+        return
     files = split_sites_to_files(data, site_column=site_column, n_sites=n_sites, outdir=outdir,
                                  min_samples=min_samples, overwrite=overwrite,
                                  meta_columns=[c.strip() for c in meta_columns.split(",") if c.strip()],

@@ -149,3 +149,39 @@ def test_cli_prints_one_summary_line_or_one_error_line(tmp_path):
     assert bad.stderr.splitlines() == [f"fedsynth: error: {data}: site column: 1 sites have fewer than 3 samples "
                                        "(e.g. A8); lower --n-sites to keep only larger sites"]
     assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------ the samplesheet + matrix form (issue 13)
+def test_samplesheet_form_splits_the_matrix_columns_and_the_samplesheet_rows(tmp_path):
+    from fedsynth.workflows.split import split_samplesheet_sites_to_files
+    from testkit import REPO
+
+    fix = REPO / "tests" / "fixtures" / "rnaseq"
+    matrix, sheet = fix / "salmon.merged.gene_counts.tsv", fix / "samplesheet.csv"
+    pairs = split_samplesheet_sites_to_files(matrix, sheet, site_column="site", n_sites=2, outdir=tmp_path / "s")
+    assert [(m.name, s.name) for m, s in pairs] == [
+        ("0__hospA.salmon.merged.gene_counts.tsv", "0__hospA.samplesheet.csv"),
+        ("1__hospB.salmon.merged.gene_counts.tsv", "1__hospB.samplesheet.csv")]
+    real = [line.split("\t") for line in matrix.read_text().splitlines()]
+    sheet_lines = sheet.read_text().splitlines()
+    for (m, s), site in zip(pairs, ("hospA", "hospB")):
+        mine = [line for line in sheet_lines[1:] if line.endswith(f",{site}")]
+        assert s.read_text().splitlines() == [sheet_lines[0]] + mine  # every lane's row, verbatim
+        ids = {line.split(",")[0] for line in mine}
+        cols = [0, 1] + [j for j, h in enumerate(real[0]) if h in ids]
+        assert [line.split("\t") for line in m.read_text().splitlines()] == [[r[j] for j in cols] for r in real]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(f.name for pair in pairs for f in pair)
+
+
+def test_samplesheet_form_with_an_unknown_sample_writes_nothing(tmp_path):
+    from fedsynth.workflows.split import split_samplesheet_sites_to_files
+    from testkit import REPO
+
+    fix = REPO / "tests" / "fixtures" / "rnaseq"
+    sheet = tmp_path / "sheet.csv"
+    lines = (fix / "samplesheet.csv").read_text().splitlines()
+    sheet.write_text("\n".join(lines + [lines[1].replace("HOSPA_001", "GHOST_9")]) + "\n")
+    with pytest.raises(InputError, match=r"sheet\.csv: 1 samples are not in .*GHOST_9"):
+        split_samplesheet_sites_to_files(fix / "salmon.merged.gene_counts.tsv", sheet, site_column="site",
+                                         n_sites=3, outdir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

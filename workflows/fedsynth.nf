@@ -38,15 +38,25 @@ workflow FEDSYNTH {
     n_sites = params.n_sites as int
     ch_labels = params.labels_file ? file(params.labels_file, checkIfExists: true) : []
 
+    // --matrix given: --input is its samplesheet (nf-core/differentialabundance's form)
+    def matrix = params.matrix ? file(params.matrix, checkIfExists: true) : null
+    def samplesheet = params.matrix ? file(params.input, checkIfExists: true) : []
+
     if (params.mode == 'local') {
-        // all n_sites sites of one matrix, on this host, in this run
-        SPLIT_SITES(file(params.input, checkIfExists: true), params.site_column, n_sites)
+        // all n_sites sites of one matrix (and its samplesheet), on this host, in this run
+        SPLIT_SITES(matrix ?: file(params.input, checkIfExists: true), samplesheet, params.site_column, n_sites)
         ch_versions = ch_versions.mix(SPLIT_SITES.out.versions)
         ch_sites = SPLIT_SITES.out.sites
             .flatten()
-            .map { f ->
-                def (rank, name) = f.name.replaceFirst(/\.(csv|tsv)(\.gz)?$/, '').split('__', 2)
-                [[id: name, rank: rank as int, n_sites: n_sites], f]
+            .map { f -> [f.name.split('__', 2)[0] as int, f] }
+            .groupTuple()
+            .map { rank, files ->
+                // <rank>__<site>.samplesheet.csv beside <rank>__<site>.<matrix name>, or <rank>__<site>.csv alone
+                def sheet = files.find { it.name ==~ /.*\.samplesheet\.(csv|tsv)(\.gz)?$/ }
+                def data = files.find { it != sheet }
+                def name = sheet ? sheet.name.split('__', 2)[1].replaceFirst(/\.samplesheet\.(csv|tsv)(\.gz)?$/, '')
+                                 : data.name.split('__', 2)[1].replaceFirst(/\.(csv|tsv)(\.gz)?$/, '')
+                [[id: name, rank: rank, n_sites: n_sites], data, sheet ?: []]
             }
         SESSION_SECRET()
         ch_secret = SESSION_SECRET.out.secret
@@ -56,7 +66,8 @@ workflow FEDSYNTH {
         // this site only; the others run the same pipeline elsewhere
         def rank = params.site_rank as int
         def name = params.site_name ?: "site${rank}"
-        ch_sites = Channel.of([[id: name, rank: rank, n_sites: n_sites], file(params.input, checkIfExists: true)])
+        ch_sites = Channel.of([[id: name, rank: rank, n_sites: n_sites], matrix ?: file(params.input, checkIfExists: true),
+                               samplesheet])
         ch_secret = Channel.value(file(params.secret_file, checkIfExists: true))
         rendezvous = params.rendezvous
     }
@@ -67,7 +78,8 @@ workflow FEDSYNTH {
     FEDERATED_TRAIN(PREPROCESS.out.train, ch_secret, rendezvous)
     ch_versions = ch_versions.mix(FEDERATED_TRAIN.out.versions.first())
 
-    SYNTHESIZE(FEDERATED_TRAIN.out.model)
+    // the site's validated matrix carries its gene annotation (gene_name, versioned gene_id) for the outputs
+    SYNTHESIZE(FEDERATED_TRAIN.out.model.join(PREPROCESS.out.train))
     ch_versions = ch_versions.mix(SYNTHESIZE.out.versions.first())
 
     if (params.skip_evaluation) {
@@ -94,9 +106,10 @@ workflow FEDSYNTH {
         .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true, newLine: true)
 
     emit:
-    model     = FEDERATED_TRAIN.out.model
-    synthetic = SYNTHESIZE.out.csv
-    metrics   = ch_metrics
-    summary   = REPORT.out.txt
-    versions  = ch_versions
+    model       = FEDERATED_TRAIN.out.model
+    synthetic   = SYNTHESIZE.out.csv
+    gene_counts = SYNTHESIZE.out.gene_counts   // counts input: nf-core/rnaseq layout, with synthetic.samplesheet.csv
+    metrics     = ch_metrics
+    summary     = REPORT.out.txt
+    versions    = ch_versions
 }

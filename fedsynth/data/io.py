@@ -85,7 +85,9 @@ class RawTable:
         ``"salmon"``, ``"RSEM"`` or ``"nf-core/rnaseq"`` when the file is recognised as a
         merged matrix of estimated counts (fractional values are rounded as counts).
     notes : list of str
-        What reading changed, for the logs and the run record (version suffixes removed, ...).
+        What reading changed, for the logs and the run record (version suffixes removed, ...);
+        for an ``.h5ad`` written by ``fedsynth preprocess``, what preprocessing recorded first
+        (``uns["fedsynth"]["notes"]``).
     layers : tuple of str
         The layers an ``.h5ad`` file offers (``"raw"`` too when it has ``.raw``).
     """
@@ -275,9 +277,12 @@ def _genes_by_samples(df, path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 def _estimated_counts_source(path: Path, header: Sequence[str]) -> str | None:
     """Which tool wrote ``path``, if it is one of nf-core/rnaseq's merged estimated-counts matrices.
 
-    Recognised by name and layout: a first column ``gene_id`` and a file name
-    that says counts (``*gene_counts*``, ``*transcript_counts*``) or names the
-    quantifier; TPM files (``*tpm*``) never are.
+    Recognised by layout and name: a first column ``gene_id``, and then
+    nf-core/rnaseq's second column (``gene_name``; RSEM's ``transcript_id(s)``)
+    or a file name that says counts (``*gene_counts*``, ``*transcript_counts*``)
+    or names the quantifier. TPM files (``*tpm*``) never are; TPM or log values
+    in this layout are still refused by counts validation (column sums of 1e6,
+    maxima of log scale).
     """
     name = path.name.lower()
     if not header or header[0] != GENE_ID_COLUMN or "tpm" in name:
@@ -286,7 +291,7 @@ def _estimated_counts_source(path: Path, header: Sequence[str]) -> str | None:
         return "RSEM"
     if "salmon" in name:
         return "salmon"
-    if "gene_counts" in name or "transcript_counts" in name:
+    if "gene_counts" in name or "transcript_counts" in name or header[1:2] == ["gene_name"]:
         return "nf-core/rnaseq"
     return None
 
@@ -382,7 +387,7 @@ def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column, layer: 
         if name not in obs.columns:
             raise InputError(f"{path}: column '{name}' not found in obs")
     available = tuple(adata.layers.keys()) + (("raw",) if adata.raw is not None else ())
-    var_names = adata.var_names
+    var_names, raw_var = adata.var_names, None
     if layer is None:
         X = adata.X
         if X is None:
@@ -390,7 +395,7 @@ def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column, layer: 
     elif layer in adata.layers:
         X = adata.layers[layer]
     elif layer == "raw" and adata.raw is not None:
-        X, var_names = adata.raw.X, adata.raw.var_names
+        X, var_names, raw_var = adata.raw.X, adata.raw.var_names, adata.raw.var
     else:
         offered = ", ".join(available) if available else "none"
         raise InputError(f"{path}: no layer '{layer}' (--layer; this file has: {offered})")
@@ -406,8 +411,9 @@ def _read_h5ad(path: Path, label_column, meta_columns, sample_id_column, layer: 
                            name=label_column)
     meta = obs.drop(columns=[c for c in (label_column, sample_id_column) if c is not None])
     meta.index = index
-    annotation = _h5ad_annotation(path, adata.var) if var_names is adata.var_names else None
-    return expr, labels, meta, available, annotation
+    annotation = _h5ad_annotation(path, adata.var if raw_var is None else raw_var)
+    recorded = adata.uns.get("fedsynth", {}).get("notes", []) if isinstance(adata.uns.get("fedsynth"), dict) else []
+    return expr, labels, meta, available, annotation, [str(n) for n in np.atleast_1d(recorded)]
 
 
 def _h5ad_annotation(path: Path, var: pd.DataFrame) -> pd.DataFrame | None:
@@ -544,12 +550,13 @@ def read_expression(
     else:
         labels_from_file = _read_labels_file(labels_file) if labels_file is not None else None
         matrix_label = label_column
-    annotation, estimated, layers = None, None, ()
+    annotation, estimated, layers, earlier = None, None, (), []
 
     if kind == "h5ad":
         if orientation == "genes-by-samples":
             raise ParameterError(f"--orientation genes-by-samples does not apply to {p}: H5AD obs are samples")
-        expr, labels, meta, layers, annotation = _read_h5ad(p, matrix_label, meta_columns, sample_id_column, layer)
+        expr, labels, meta, layers, annotation, earlier = _read_h5ad(p, matrix_label, meta_columns,
+                                                                     sample_id_column, layer)
     else:
         str_columns = tuple(c for c in (matrix_label, sample_id_column) if c is not None)
         df = _read_delimited(p, kind, gz, str_columns=str_columns, first_str=sample_id_column is None)
@@ -579,7 +586,7 @@ def read_expression(
         labels = _attach_labels(expr, labels_from_file, p, labels_file)
     expr, annotation, note = _strip_ensembl_versions(expr, annotation, p)
     return RawTable(expr=expr, labels=labels, meta=meta, path=str(p), gene_annotation=annotation,
-                    estimated_counts=estimated, notes=[note] if note else [], layers=layers)
+                    estimated_counts=estimated, notes=earlier + ([note] if note else []), layers=layers)
 
 
 def _auto_orientation(df, path, label_column, labels_from_file, sample_id_column) -> str:

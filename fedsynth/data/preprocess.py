@@ -204,6 +204,9 @@ def validate_and_normalise(
             raise InputError(f"{path}: every sample sums to about 1e6: this looks like TPM, not counts; "
                              "give the estimated counts (nf-core/rnaseq's *.gene_counts.tsv), or pass "
                              "--input-kind log with log-scale values")
+        if frac.any() and raw.estimated_counts and values.max() <= LOG_MAX:
+            raise InputError(f"{path}: non-integer values no larger than {values.max():g}: these look like log-scale "
+                             f"values, not {raw.estimated_counts} estimated counts; pass --input-kind log")
         if frac.any() and raw.estimated_counts:
             notes.append(f"{int(frac.sum())} fractional {raw.estimated_counts} estimated counts rounded to the "
                          "nearest integer, as tximport and DESeq2 do")

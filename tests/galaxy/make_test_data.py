@@ -21,6 +21,15 @@ Run from the project root with the project's environment:
   evaluate tool's --run-record; written by hand: simulate's ledger is a
   throw-away one).
 - session.key / short_secret.txt: a test session secret and one too short.
+- rnaseq.gene_counts.tsv + rnaseq.samplesheet.csv: nf-core/rnaseq's salmon
+  layout (gene_id with Ensembl versions, gene_name, fractional estimated
+  counts) and its samplesheet (lanes as extra rows; condition, site), 36
+  samples x 40 genes at 3 sites (tests/fixtures/make_rnaseq_fixtures.py);
+  rnaseq_scanpy.h5ad: the same counts the scanpy way (log-normalised X,
+  counts in layers['counts']); model_counts.pt: `fedsynth simulate` on the
+  pair (counts, epsilon 5).
+
+    .venv/bin/python tests/galaxy/make_test_data.py --only rnaseq   # just these
 
 Keep every file small: the Galaxy tests upload each of them.
 """
@@ -51,7 +60,29 @@ def fedsynth(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "fedsynth", *args], check=True, env=env, cwd=ROOT)
 
 
+def rnaseq() -> None:
+    """The nf-core/rnaseq-shaped test data (module doc)."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import make_rnaseq_fixtures as fx
+
+    counts, samples, _ = fx.cohort(n_per_site=12, n_genes=40, n_de=6, log2_fc=2.0, seed=3)
+    fx.write_salmon(counts, OUT / "rnaseq.gene_counts.tsv")
+    fx.write_samplesheet(samples, OUT / "rnaseq.samplesheet.csv")
+    fx.write_scanpy_h5ad(counts, samples, OUT / "rnaseq_scanpy.h5ad")
+    work = Path(tempfile.mkdtemp(prefix="fedsynth-testdata-"))
+    try:
+        fedsynth("simulate", "--data", str(OUT / "rnaseq.gene_counts.tsv"), "--samplesheet",
+                 str(OUT / "rnaseq.samplesheet.csv"), "--label-column", "condition", "--input-kind", "counts",
+                 "--site-column", "site", "--holdout", "0", "--epsilon", "5", "--outdir", str(work / "sim"))
+        shutil.copy2(work / "sim" / "model.pt", OUT / "model_counts.pt")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--only", "rnaseq"]:
+        rnaseq()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     d = pd.read_csv(ROOT / "data" / "brca_pam50_sites.csv")
     parts = [d[(d.site == s) & (d.pam50 == lab)].head(4) for s in SITES for lab in LABELS]
@@ -93,6 +124,7 @@ def main() -> None:
     if not (OUT / "session.key").exists():
         (OUT / "session.key").write_text(secrets.token_hex(32) + "\n")
     (OUT / "short_secret.txt").write_text("tooshort\n")
+    rnaseq()
     for p in sorted(OUT.iterdir()):
         print(f"{p.stat().st_size:>8}  {p.name}")
 

@@ -22,6 +22,11 @@ GOOD = {
     "--classes": "LumA,LumB,Basal,Her2,NormalLike",
 }
 
+RNASEQ = REPO / "tests" / "fixtures" / "rnaseq"
+SHEET_FORM = {"--input": str(RNASEQ / "samplesheet.csv"), "--matrix": str(RNASEQ / "salmon.merged.gene_counts.tsv"),
+              "--label_column": "condition", "--meta_columns": None, "--classes": "control,treated",
+              "--input_kind": "counts"}
+
 #: case -> (changes to GOOD (None: drop the option), what the message must say)
 CASES = {
     "missing_input": ({"--input": None}, "--input is required"),
@@ -34,6 +39,15 @@ CASES = {
     "dp_without_classes": ({"--classes": None}, "--classes is required with DP"),
     "pgm_split_malformed": ({"--pgm_split": "0.5,0.5"},
                             "--pgm_split must be three shares EDGES,MARGINALS,PAIRS, e.g. 0.3,0.6,0.1 (got '0.5,0.5')"),
+    # the samplesheet form (--input samplesheet --matrix), checked against assets/schema_input.json and the matrix
+    "samplesheet_unknown_sample": ({**SHEET_FORM, "--input": "{base}/extra.samplesheet.csv"},
+                                   "--input extra.samplesheet.csv: 1 samples are not in --matrix "
+                                   "salmon.merged.gene_counts.tsv (e.g. GHOST_001)"),
+    "samplesheet_matrix_sample_missing": ({**SHEET_FORM, "--input": "{base}/short.samplesheet.csv"},
+                                          "--input short.samplesheet.csv: 1 samples of --matrix "
+                                          "salmon.merged.gene_counts.tsv are not in the samplesheet (e.g. HOSPB_007)"),
+    "samplesheet_label_column_missing": ({**SHEET_FORM, "--label_column": "group"},
+                                         "--input samplesheet.csv: no column 'group'"),
 }
 
 
@@ -44,13 +58,16 @@ def bad_runs(run_nf, tmp_path_factory):
     site = base / "site.csv"
     site.write_text((REPO / "data" / "brca_pam50_sites.csv").read_text())
     key = write_secret(base / "session.key")
+    sheet = (RNASEQ / "samplesheet.csv").read_text().splitlines()
+    (base / "extra.samplesheet.csv").write_text("\n".join(sheet + [sheet[1].replace("HOSPA_001", "GHOST_001")]) + "\n")
+    (base / "short.samplesheet.csv").write_text("\n".join(r for r in sheet if not r.startswith("HOSPB_007,")) + "\n")
     results, pending = {}, list(CASES.items())
     while pending:
         batch, pending = pending[:3], pending[3:]
         started = []
         for name, (change, _) in batch:
             opts = {"--input": str(site), **GOOD, "--secret_file": str(key), **change}
-            args = [a for k, v in opts.items() if v is not None for a in (k, v)]
+            args = [a for k, v in opts.items() if v is not None for a in (k, v.replace("{base}", str(base)))]
             started.append((name, run_nf(args + ["--outdir", str(base / name / "results")], base / name,
                                          background=True)))
         for name, proc in started:

@@ -1,7 +1,8 @@
-"""`nextflow run main.nf -profile test`: all three demo sites (BH, A8, A2 of
-data/brca_pam50_sites.csv) on this host in one run, end to end, with real
-training (the default generator, epsilon 1): the three FEDERATED_TRAIN tasks must run at
-the same time on a 2-core machine.
+"""`nextflow run main.nf -profile test_matrix`: the single-matrix form, all three
+demo sites (BH, A8, A2 of data/brca_pam50_sites.csv) on this host in one run, end
+to end, with real training (the default generator, epsilon 1): the three
+FEDERATED_TRAIN tasks must run at the same time on a 2-core machine.
+(`-profile test`, the nf-core/rnaseq samplesheet + matrix form: test_pipeline_samplesheet.py.)
 
 Mirrored for nf-test users by tests/nf-test/main.nf.test."""
 
@@ -17,14 +18,14 @@ from nfhelpers import JAVA_TRACE, PAM50, load_model, same_model
 pytestmark = pytest.mark.multiprocess
 
 SITES = ["BH", "A8", "A2"]
-N_SYNTHETIC = 200   # conf/test.config
+N_SYNTHETIC = 200   # conf/test_matrix.config
 N_GENES = 50
 
 
 @pytest.fixture(scope="module")
 def test_profile(run_nf, tmp_path_factory):
     base = tmp_path_factory.mktemp("test_profile")
-    run = run_nf(["-profile", "test", "--outdir", base / "results"], base, timeout=1500)
+    run = run_nf(["-profile", "test_matrix", "--outdir", base / "results"], base, timeout=1500)
     assert run.returncode == 0, run.explain()
     return run, base / "results"
 
@@ -46,10 +47,10 @@ def test_synthetic_matrix_shape_and_labels(test_profile):
             rows = list(csv.reader(f))
         header, body = rows[0], rows[1:]
         assert len(body) == N_SYNTHETIC
-        assert "label" in header
-        genes = [h for h in header[1:] if h != "label"]
+        assert "pam50" in header  # the input's own label column name (--label_column)
+        genes = [h for h in header[1:] if h != "pam50"]
         assert len(genes) == N_GENES, header
-        labels = {r[header.index("label")] for r in body}
+        labels = {r[header.index("pam50")] for r in body}
         assert labels <= PAM50 and len(labels) >= 3, labels
         for r in body[:20]:
             [float(r[header.index(g)]) for g in genes]
@@ -92,7 +93,7 @@ def test_each_site_evaluated_on_its_own_holdout(test_profile):
 
 def test_a_registered_generator_runs_through_the_pipeline_unedited(run_nf, tmp_path):
     """The fourth generator (marginals) and its own option reach every site from the generated params."""
-    run = run_nf(["-profile", "test", "--generator", "marginals", "--marginals_bins", 5, "--skip_evaluation",
+    run = run_nf(["-profile", "test_matrix", "--generator", "marginals", "--marginals_bins", 5, "--skip_evaluation",
                   "--outdir", tmp_path / "results"], tmp_path, timeout=1500)
     assert run.returncode == 0, run.explain()
     models = [load_model(tmp_path / "results" / site / "model" / "model.pt") for site in SITES]

@@ -143,6 +143,12 @@ def validateParameters(String schemaPath) {
     if (t != null && nSites != null && t >= nSites)
         problems << "--max_colluders ${t} must be less than --n_sites ${nSites}: the honest sites' noise must carry the guarantee"
 
+    if (!isBlank(params.matrix) && !('input' in bad) && !('matrix' in bad)) {
+        def sheetSchema = new File(new File(schemaPath).parentFile, 'assets/schema_input.json').path
+        problems.addAll(validateSamplesheet(params.input.toString(), params.matrix.toString(), sheetSchema,
+            [params.label_column, params.mode == 'local' ? params.site_column : null]))
+    }
+
     // nextflow turns --site-rank into site-rank and siteRank: catch such typos
     def unknown = params.keySet().findAll { k -> !(k in known) && !(k.contains('-')) }.findAll { k ->
         !known.contains(k.replaceAll(/([A-Z])/, '_$1').toLowerCase())
@@ -160,6 +166,80 @@ def validateParameters(String schemaPath) {
             problems.collect { "  * ${it}" }.join('\n')
         error(msg)
     }
+}
+
+/*
+ * --input as a samplesheet (with --matrix): its rows against assets/schema_input.json
+ * (required columns, patterns), the label and site columns present and constant over a
+ * sample's rows, and its samples against the matrix header (CSV/TSV, optionally .gz;
+ * an .h5ad matrix is matched by PREPROCESS). Returns the problems found.
+ */
+def readDelimited(File f) {
+    def stream = new FileInputStream(f)
+    if (f.name.endsWith('.gz')) stream = new java.util.zip.GZIPInputStream(stream)
+    def sep = f.name.replaceFirst(/\.gz$/, '').endsWith('.csv') ? ',' : '\t'
+    def lines = stream.withReader('UTF-8') { r -> r.readLines() }.findAll { it.trim() }
+    def split = { String line -> line.split(java.util.regex.Pattern.quote(sep), -1).collect { it.trim().replaceAll(/^"|"$/, '') } }
+    return [sep: sep, header: lines ? split(lines[0].startsWith('\uFEFF') ? lines[0].substring(1) : lines[0]) : [], rows: lines.drop(1).collect(split)]
+}
+
+def matrixSamples(File f) {
+    // the sample columns of a genes-by-samples matrix (nf-core/rnaseq: gene_id, annotation columns, samples)
+    def stream = new FileInputStream(f)
+    if (f.name.endsWith('.gz')) stream = new java.util.zip.GZIPInputStream(stream)
+    def sep = f.name.replaceFirst(/\.gz$/, '').endsWith('.csv') ? ',' : '\t'
+    def first = stream.withReader('UTF-8') { r -> r.readLine() } ?: ''
+    def header = (first.startsWith('\uFEFF') ? first.substring(1) : first).split(java.util.regex.Pattern.quote(sep), -1).collect { it.trim().replaceAll(/^"|"$/, '') }
+    if (!header || header[0] != 'gene_id') return null   // samples-by-genes, or no gene_id: left to PREPROCESS
+    def annotation = ['gene_name', 'gene_symbol', 'gene_biotype', 'transcript_id', 'transcript_id(s)', 'transcript_ids']
+    return header.drop(1).findAll { !(it in annotation) }
+}
+
+def validateSamplesheet(String sheetPath, String matrixPath, String schemaPath, List columns) {
+    def problems = []
+    def sheetFile = new File(sheetPath)
+    if (!sheetFile.isFile()) return problems   // reported by the parameter check
+    def schema = new groovy.json.JsonSlurper().parse(new File(schemaPath))
+    def table = readDelimited(sheetFile)
+    def header = table.header
+    def name = sheetFile.name
+    def required = (schema.items.required ?: []) + columns.findAll { it }
+    required.findAll { !(it in header) }.each { c ->
+        problems << "--input ${name}: no column '${c}' (columns: ${header.take(8).join(', ')})"
+    }
+    if (problems) return problems
+    def idx = header.findIndexOf { it == 'sample' }
+    def values = [:].withDefault { [:] }
+    table.rows.eachWithIndex { row, i ->
+        if (row.size() != header.size()) {
+            problems << "--input ${name}: line ${i + 2} has ${row.size()} fields, the header has ${header.size()}"
+            return
+        }
+        schema.items.properties.each { col, spec ->
+            def v = row[header.indexOf(col)]
+            if (spec.pattern && !(v ==~ spec.pattern))
+                problems << "--input ${name}: line ${i + 2}: ${spec.errorMessage ?: col + ' does not match ' + spec.pattern} (got '${v}')"
+        }
+        columns.findAll { it }.each { c -> values[c].get(row[idx], [] as Set) << row[header.indexOf(c)] }
+    }
+    values.each { c, bySample ->
+        def clash = bySample.findAll { s, vs -> vs.size() > 1 }
+        if (clash) {
+            def s = clash.keySet().first()
+            problems << "--input ${name}: sample ${s} has rows with different '${c}' values (${clash[s].sort().join(', ')}); a sample's rows (one per sequencing run) must agree"
+        }
+    }
+    def matrixFile = new File(matrixPath)
+    if (problems || !matrixFile.isFile() || matrixFile.name.endsWith('.h5ad')) return problems
+    def inMatrix = matrixSamples(matrixFile)
+    if (inMatrix == null) return problems
+    def inSheet = table.rows.collect { it[idx] } as LinkedHashSet
+    def notInSheet = inMatrix.findAll { !(it in inSheet) }
+    def notInMatrix = inSheet.findAll { !(it in inMatrix) }
+    def eg = { List l -> l.take(3).join(', ') + (l.size() > 3 ? ', ...' : '') }
+    if (notInSheet) problems << "--input ${name}: ${notInSheet.size()} samples of --matrix ${matrixFile.name} are not in the samplesheet (e.g. ${eg(notInSheet)})"
+    if (notInMatrix) problems << "--input ${name}: ${notInMatrix.size()} samples are not in --matrix ${matrixFile.name} (e.g. ${eg(notInMatrix as List)})"
+    return problems
 }
 
 def paramsHelp(String schemaPath, String command) {

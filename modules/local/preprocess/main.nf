@@ -5,8 +5,8 @@ process PREPROCESS {
     label 'process_single'
 
     input:
-    tuple val(meta), path(data)
-    path labels_file            // [] when the label is a column of data
+    tuple val(meta), path(data), path(samplesheet)   // samplesheet: [] when the label is a column of data
+    path labels_file            // [] when the label is a column of data or of the samplesheet
 
     output:
     tuple val(meta), path("${prefix}.train.h5ad")  , emit: train
@@ -17,11 +17,13 @@ process PREPROCESS {
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
     def labels = labels_file ? "--labels-file ${labels_file}" : ''
+    def sheet = samplesheet ? "--samplesheet ${samplesheet}" : ''
     """
     export OMP_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus}
     fedsynth preprocess \\
         --data ${data} \\
         ${labels} \\
+        ${sheet} \\
         --out ${prefix}.train.h5ad \\
         --holdout-out ${prefix}.holdout.h5ad \\
         ${args}
