@@ -285,3 +285,18 @@ def test_log_values_in_the_nf_core_layout_given_as_counts_are_refused(tmp_path):
     assert raw.estimated_counts == "nf-core/rnaseq"  # recognised by its layout (gene_id, gene_name), not its name
     with pytest.raises(InputError, match=r"expression\.tsv: non-integer values no larger than .*look like log-scale"):
         validate_and_normalise(raw, input_kind="counts", label_column="condition")
+
+
+def test_gzipped_matrix_and_samplesheet_read_alike(tmp_path):
+    import gzip
+
+    for src in (SALMON, SHEET):
+        with open(src, "rb") as f, gzip.open(tmp_path / (src.name + ".gz"), "wb") as g:
+            g.write(f.read())
+    plain = read_expression(SALMON, samplesheet=SHEET, label_column="condition")
+    gz = read_expression(tmp_path / (SALMON.name + ".gz"), samplesheet=tmp_path / (SHEET.name + ".gz"),
+                         label_column="condition")
+    assert gz.estimated_counts == "salmon"
+    pd.testing.assert_frame_equal(gz.expr, plain.expr)
+    assert (gz.labels == plain.labels).all()
+    pd.testing.assert_frame_equal(gz.gene_annotation, plain.gene_annotation)
