@@ -164,14 +164,19 @@ def _read_delimited(path: Path, kind: str, gz: bool, str_columns: Sequence[str] 
     return df
 
 
-def _read_labels_file(path: str | os.PathLike) -> pd.Series:
-    """Read a two-column (sample id, label) file with a header row."""
+def _read_sheet(path: str | os.PathLike, what: str) -> tuple[Path, pd.DataFrame]:
+    """A CSV/TSV of sample information (``what``: "a labels file", "a samplesheet"), every column as str."""
     p = Path(path)
     _check_exists(p)
     kind, gz = _file_kind(p)
     if kind == "h5ad":
-        raise InputError(f"{p}: a labels file must be CSV or TSV")
-    df = _read_delimited(p, kind, gz, all_str=True)
+        raise InputError(f"{p}: {what} must be CSV or TSV")
+    return p, _read_delimited(p, kind, gz, all_str=True)
+
+
+def _read_labels_file(path: str | os.PathLike) -> pd.Series:
+    """Read a two-column (sample id, label) file with a header row."""
+    p, df = _read_sheet(path, "a labels file")
     if df.shape[1] < 2:
         raise InputError(f"{p}: a labels file needs two columns (sample id, label); found {df.shape[1]}")
     ids = df.iloc[:, 0]
@@ -330,12 +335,7 @@ def _read_samplesheet(path, label_column: str | None) -> tuple[pd.Series | None,
     must agree. Metadata columns whose values differ between a sample's rows
     (e.g. ``fastq_1``) are dropped.
     """
-    p = Path(path)
-    _check_exists(p)
-    kind, gz = _file_kind(p)
-    if kind == "h5ad":
-        raise InputError(f"{p}: a samplesheet must be CSV or TSV")
-    df = _read_delimited(p, kind, gz, all_str=True)
+    p, df = _read_sheet(path, "a samplesheet")
     header = list(df.columns)
     id_col = "sample" if "sample" in header else header[0]
     if label_column is not None and label_column not in header:
