@@ -722,7 +722,7 @@ def write_table(
         var_frame = pd.DataFrame(index=genes)
         if var is not None:
             for name in var.columns:
-                var_frame[str(name)] = [None if pd.isna(v) else str(v) for v in var[name]]
+                var_frame[str(name)] = ["" if pd.isna(v) else str(v) for v in var[name]]
         adata = anndata.AnnData(X=expr.to_numpy(dtype=np.float32), obs=obs, var=var_frame, uns=dict(uns or {}),
                                 layers={k: np.asarray(v) for k, v in (layers or {}).items()})
         with atomic_path(p, overwrite=overwrite) as tmp:
