@@ -143,7 +143,9 @@ def validateParameters(String schemaPath) {
     if (t != null && nSites != null && t >= nSites)
         problems << "--max_colluders ${t} must be less than --n_sites ${nSites}: the honest sites' noise must carry the guarantee"
 
-    if (!isBlank(params.matrix) && !('input' in bad) && !('matrix' in bad)) {
+    if (!isBlank(params.matrix) && !isBlank(params.labels_file))
+        problems << "--labels_file cannot be used with --matrix: the labels are the samplesheet's (--input) --label_column"
+    if (!isBlank(params.matrix) && isBlank(params.labels_file) && !('input' in bad) && !('matrix' in bad)) {
         def sheetSchema = new File(new File(schemaPath).parentFile, 'assets/schema_input.json').path
         problems.addAll(validateSamplesheet(params.input.toString(), params.matrix.toString(), sheetSchema,
             [params.label_column, params.mode == 'local' ? params.site_column : null]))
