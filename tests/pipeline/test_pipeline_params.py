@@ -48,6 +48,8 @@ CASES = {
                                           "salmon.merged.gene_counts.tsv are not in the samplesheet (e.g. HOSPB_007)"),
     "samplesheet_label_column_missing": ({**SHEET_FORM, "--label_column": "group"},
                                          "--input samplesheet.csv: no column 'group'"),
+    "samplesheet_with_labels_file": ({**SHEET_FORM, "--labels_file": "{base}/site.csv"},
+                                     "--labels_file cannot be used with --matrix"),
 }
 
 
