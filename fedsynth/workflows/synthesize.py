@@ -115,6 +115,12 @@ def _annotation_columns(annotation: pd.DataFrame | None, genes: list[str]) -> pd
     return frame
 
 
+def _check_sheet_label(label_column: str) -> None:
+    if label_column in ("sample", "synthetic"):
+        raise ParameterError(f"--label-column {label_column!r} is a column synthetic.samplesheet.csv already has; "
+                             "choose another name")
+
+
 def write_gene_counts(expr: pd.DataFrame, labels: pd.Series, out, *, annotation: pd.DataFrame | None = None,
                       label_column: str = "label", overwrite: bool = False) -> tuple:
     """Write ``synthetic.gene_counts.tsv`` and ``synthetic.samplesheet.csv`` (module doc) atomically.
@@ -133,9 +139,7 @@ def write_gene_counts(expr: pd.DataFrame, labels: pd.Series, out, *, annotation:
     label_column : str
         The samplesheet's label column (the input's own name for it).
     """
-    if label_column in ("sample", "synthetic"):
-        raise ParameterError(f"--label-column {label_column!r} is a column synthetic.samplesheet.csv already has; "
-                             "choose another name")
+    _check_sheet_label(label_column)
     table = _annotation_columns(annotation, [str(g) for g in expr.columns])
     counts = pd.DataFrame(np.asarray(expr.to_numpy(), dtype=np.int64).T, columns=[str(i) for i in expr.index])
     matrix = pd.concat([table.reset_index(drop=True), counts], axis=1)
@@ -168,10 +172,11 @@ def synthesize_to(out, model_path, n: int, *, class_proportions: str | None = No
                         "delta": float(dp["delta"]), "max_colluders": int(dp["max_colluders"]),
                         "input_kind": meta["input_kind"], "seed": int(seed)}}
     counts = meta["input_kind"] == "counts"
+    if counts:
+        _check_sheet_label(label_column)  # before anything is written
     var = None
     if annotation is not None:
-        var = _annotation_columns(annotation, [str(g) for g in expr.columns]).drop(columns="gene_id")
-        var["input_id"] = _annotation_columns(annotation, [str(g) for g in expr.columns])["gene_id"].to_numpy()
+        var = _annotation_columns(annotation, [str(g) for g in expr.columns]).rename(columns={"gene_id": "input_id"})
     write_table(expr, labels, out / "synthetic.csv", label_column=label_column, overwrite=overwrite)
     write_table(expr, labels, out / "synthetic.h5ad", label_column=label_column, overwrite=overwrite, uns=uns,
                 var=var, layers={"counts": expr.to_numpy(dtype=np.int64)} if counts else None)
