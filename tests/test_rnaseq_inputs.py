@@ -305,3 +305,15 @@ def test_gzipped_matrix_and_samplesheet_read_alike(tmp_path):
     pd.testing.assert_frame_equal(gz.expr, plain.expr)
     assert (gz.labels == plain.labels).all()
     pd.testing.assert_frame_equal(gz.gene_annotation, plain.gene_annotation)
+
+
+def test_a_label_column_the_samplesheet_cannot_hold_writes_nothing(tmp_path):
+    from fedsynth.workflows.synthesize import synthesize_to
+
+    model = REPO / "galaxy_tools" / "fedsynth" / "test-data" / "model_counts.pt"  # trained on counts
+    with pytest.raises(ParameterError, match="'sample' is a column synthetic.samplesheet.csv already has"):
+        synthesize_to(tmp_path, model, 5, label_column="sample")
+    assert list(tmp_path.iterdir()) == []
+    synthesize_to(tmp_path, model, 5, label_column="condition", annotation_from=SALMON)
+    sheet = pd.read_csv(tmp_path / "synthetic.samplesheet.csv")
+    assert list(sheet.columns) == ["sample", "condition", "synthetic"]
