@@ -85,13 +85,7 @@ def split_sites_to_files(
         column has.
     """
     path = Path(data)
-    if path.name.lower().endswith(".h5ad"):
-        raise InputError(f"{path}: split-sites copies the rows of a CSV/TSV file (optionally .gz), not .h5ad")
-    if not site_column:
-        raise ParameterError("--site-column must name the column that holds each sample's site")
-    for flag, value in (("--n-sites", n_sites), ("--min-samples", min_samples)):
-        if int(value) != value or value < 1:
-            raise ParameterError(f"{flag} must be a positive integer, not {value}")
+    _check_split_args(path, "the rows of a CSV/TSV file", site_column, "column", n_sites, min_samples)
     raw = read_expression(path, orientation="samples-by-genes", meta_columns=(site_column, *meta_columns),
                           sample_id_column=sample_id_column)
     delim, gz = _delimiter(path)
@@ -110,6 +104,17 @@ def split_sites_to_files(
     _write_files(out, [(f, header, [body[i] for i in rows], delim, gz) for f, (_, rows) in zip(files, parts)],
                  overwrite)
     return files
+
+
+def _check_split_args(path: Path, copies: str, site_column, column: str, n_sites, min_samples) -> None:
+    """The checks both split forms make before reading: a delimited file, a site column, positive counts."""
+    if path.name.lower().endswith(".h5ad"):
+        raise InputError(f"{path}: split-sites copies {copies} (optionally .gz), not .h5ad")
+    if not site_column:
+        raise ParameterError(f"--site-column must name the {column} that holds each sample's site")
+    for flag, value in (("--n-sites", n_sites), ("--min-samples", min_samples)):
+        if int(value) != value or value < 1:
+            raise ParameterError(f"{flag} must be a positive integer, not {value}")
 
 
 def _safe_names(parts, path, site_column) -> list[str]:
@@ -195,13 +200,8 @@ def split_samplesheet_sites_to_files(
         from the samplesheet or the other way round.
     """
     mpath, spath = Path(data), Path(samplesheet)
-    if mpath.name.lower().endswith(".h5ad"):
-        raise InputError(f"{mpath}: split-sites copies the columns of a CSV/TSV matrix (optionally .gz), not .h5ad")
-    if not site_column:
-        raise ParameterError("--site-column must name the samplesheet column that holds each sample's site")
-    for flag, value in (("--n-sites", n_sites), ("--min-samples", min_samples)):
-        if int(value) != value or value < 1:
-            raise ParameterError(f"{flag} must be a positive integer, not {value}")
+    _check_split_args(mpath, "the columns of a CSV/TSV matrix", site_column, "samplesheet column", n_sites,
+                      min_samples)
     raw = read_expression(mpath, samplesheet=spath, label_column=site_column)  # the matching of samples, checked
     sites = raw.labels.reindex(raw.expr.index)
     try:
