@@ -301,13 +301,12 @@ def _estimated_counts_source(path: Path, header: Sequence[str]) -> str | None:
     return None
 
 
-def _strip_ensembl_versions(expr: pd.DataFrame, annotation: pd.DataFrame | None, path: Path):
-    """Remove Ensembl version suffixes from the gene IDs; returns (expr, annotation, note or None)."""
-    ids = [str(g) for g in expr.columns]
+def _unversioned(ids: list[str], path: Path) -> tuple[list[str], str] | None:
+    """``ids`` without Ensembl version suffixes and the note saying so; None if none had one."""
     stripped = [(_ENSEMBL_VERSION.sub(r"\1\2", g)) for g in ids]
     changed = sum(a != b for a, b in zip(ids, stripped))
     if not changed:
-        return expr, annotation, None  # duplicates are validation's to report
+        return None  # duplicates are validation's to report
     twice = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
     if len(twice):
         raise InputError(f"{path}: {len(twice)} gene IDs appear more than once (e.g. {_examples(twice)})")
@@ -317,18 +316,32 @@ def _strip_ensembl_versions(expr: pd.DataFrame, annotation: pd.DataFrame | None,
         raise InputError(f"{path}: {len(dup)} gene IDs appear more than once without their Ensembl version "
                          f"(e.g. {', '.join(originals[:2])})")
     first = next(i for i, (a, b) in enumerate(zip(ids, stripped)) if a != b)
+    return stripped, (f"gene IDs: Ensembl version suffixes removed from {changed} of {len(ids)} IDs "
+                      f"(e.g. {ids[first]} -> {stripped[first]}), so that sites on other Ensembl releases match")
+
+
+def _with_unversioned_index(annotation: pd.DataFrame | None, ids: list[str], stripped: list[str]) -> pd.DataFrame:
+    """``annotation`` (or an empty frame) re-indexed by ``stripped``, the IDs as written in ``input_id``."""
+    out = pd.DataFrame(index=pd.Index(ids, dtype=object)) if annotation is None else annotation.copy()
+    out.insert(0, "input_id", ids)
+    out.index = pd.Index(stripped, dtype=object)
+    return out
+
+
+def _strip_ensembl_versions(expr: pd.DataFrame, annotation: pd.DataFrame | None, path: Path):
+    """Remove Ensembl version suffixes from the gene IDs; returns (expr, annotation, note or None)."""
+    ids = [str(g) for g in expr.columns]
+    found = _unversioned(ids, path)
+    if found is None:
+        return expr, annotation, None
+    stripped, note = found
     expr = expr.copy()
     expr.columns = pd.Index(stripped, dtype=object)
-    annotation = pd.DataFrame(index=pd.Index(ids, dtype=object)) if annotation is None else annotation.copy()
-    annotation.insert(0, "input_id", ids)
-    annotation.index = pd.Index(stripped, dtype=object)
-    note = (f"gene IDs: Ensembl version suffixes removed from {changed} of {len(ids)} IDs "
-            f"(e.g. {ids[first]} -> {stripped[first]}), so that sites on other Ensembl releases match")
-    return expr, annotation, note
+    return expr, _with_unversioned_index(annotation, ids, stripped), note
 
 
-def _read_samplesheet(path, label_column: str | None) -> tuple[pd.Series | None, pd.DataFrame, str]:
-    """Labels and sample metadata from an nf-core-style samplesheet; returns (labels, meta, id column).
+def _read_samplesheet(path, label_column: str | None) -> tuple[pd.Series | None, pd.DataFrame]:
+    """Labels and sample metadata from an nf-core-style samplesheet; returns (labels, meta).
 
     The sample ID column is ``sample`` if there is one, else the first column.
     Rows that repeat a sample (one per sequencing run) are merged; their label
@@ -361,7 +374,7 @@ def _read_samplesheet(path, label_column: str | None) -> tuple[pd.Series | None,
     labels = None
     if label_column is not None:
         labels = pd.Series(first[label_column].to_numpy(dtype=object), index=meta.index, name=label_column)
-    return labels, meta, id_col
+    return labels, meta
 
 
 def _match_samplesheet(expr: pd.DataFrame, ss_index: pd.Index, path: Path, ss_path) -> None:
@@ -458,9 +471,8 @@ def read_gene_annotation(path: str | os.PathLike) -> pd.DataFrame | None:
                                   index=pd.Index(ids, dtype=object)) if cols else None
     if annotation is not None and "input_id" in annotation.columns:
         return annotation
-    frame = pd.DataFrame(index=pd.Index(ids, dtype=object)) if annotation is None else annotation
-    _, stripped, _ = _strip_ensembl_versions(pd.DataFrame(columns=frame.index), frame, p)
-    return None if stripped is None or stripped.shape[1] == 0 else stripped
+    found = _unversioned(ids, p)
+    return annotation if found is None else _with_unversioned_index(annotation, ids, found[0])
 
 
 def read_expression(
@@ -545,7 +557,7 @@ def read_expression(
         raise ParameterError(f"--layer applies to .h5ad files, not {p}")
     ss_meta = None
     if samplesheet is not None:
-        labels_from_file, ss_meta, _ = _read_samplesheet(samplesheet, label_column)
+        labels_from_file, ss_meta = _read_samplesheet(samplesheet, label_column)
         matrix_label = None  # the label is the samplesheet's column
     else:
         labels_from_file = _read_labels_file(labels_file) if labels_file is not None else None
