@@ -257,7 +257,7 @@ def _genes_by_samples(df, path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if gene_ids.isna().any():
         raise InputError(f"{path}: {int(gene_ids.isna().sum())} rows have no gene ID")
     header = list(df.columns)
-    annot_pos = [i for i in range(1, len(header)) if header[i] in ANNOTATION_COLUMNS]
+    annot_pos = _annotation_positions(header)
     sample_pos = [i for i in range(1, len(header)) if i not in annot_pos]
     if not sample_pos:
         kept = f" after the gene ID and annotation columns ({', '.join(header[i] for i in annot_pos)})" if annot_pos else ""
@@ -272,11 +272,20 @@ def _genes_by_samples(df, path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     expr = values.astype(np.float64).T
     expr.index = pd.Index([str(c) for c in values.columns], dtype=object)
     expr.columns = ids
-    annotation = None
-    if annot_pos:
-        annotation = pd.DataFrame({header[i]: df.iloc[:, i].astype(object).to_numpy() for i in annot_pos},
-                                  index=ids)
-    return expr, annotation
+    return expr, _annotation_frame(df, annot_pos, ids)
+
+
+def _annotation_positions(header: Sequence[str]) -> list[int]:
+    """Positions of the annotation columns after a genes-by-samples table's gene ID column."""
+    return [i for i in range(1, len(header)) if header[i] in ANNOTATION_COLUMNS]
+
+
+def _annotation_frame(df: pd.DataFrame, positions: list[int], ids) -> pd.DataFrame | None:
+    """The annotation columns at ``positions``, indexed by the gene IDs (None if there are none)."""
+    if not positions:
+        return None
+    return pd.DataFrame({df.columns[i]: df.iloc[:, i].astype(object).to_numpy() for i in positions},
+                        index=pd.Index(ids, dtype=object))
 
 
 def _estimated_counts_source(path: Path, header: Sequence[str]) -> str | None:
@@ -466,9 +475,7 @@ def read_gene_annotation(path: str | os.PathLike) -> pd.DataFrame | None:
         if header[:1] != [GENE_ID_COLUMN]:
             raise InputError(f"{p}: no gene annotation: the first column is not '{GENE_ID_COLUMN}'")
         ids = df.iloc[:, 0].astype(str).tolist()
-        cols = [c for c in header[1:] if c in ANNOTATION_COLUMNS]
-        annotation = pd.DataFrame({c: df[c].astype(object).to_numpy() for c in cols},
-                                  index=pd.Index(ids, dtype=object)) if cols else None
+        annotation = _annotation_frame(df, _annotation_positions(header), ids)
     if annotation is not None and "input_id" in annotation.columns:
         return annotation
     found = _unversioned(ids, p)
