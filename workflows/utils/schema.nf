@@ -176,22 +176,31 @@ def validateParameters(String schemaPath) {
  * sample's rows, and its samples against the matrix header (CSV/TSV, optionally .gz;
  * an .h5ad matrix is matched by PREPROCESS). Returns the problems found.
  */
-def readDelimited(File f) {
+// CSV or TSV by name, optionally gzipped: `lines` lines of f (all when null), each split into trimmed,
+// unquoted fields (a leading byte-order mark dropped)
+def readFields(File f, Integer lines = null) {
     def stream = new FileInputStream(f)
     if (f.name.endsWith('.gz')) stream = new java.util.zip.GZIPInputStream(stream)
     def sep = f.name.replaceFirst(/\.gz$/, '').endsWith('.csv') ? ',' : '\t'
-    def lines = stream.withReader('UTF-8') { r -> r.readLines() }.findAll { it.trim() }
-    def split = { String line -> line.split(java.util.regex.Pattern.quote(sep), -1).collect { it.trim().replaceAll(/^"|"$/, '') } }
-    return [sep: sep, header: lines ? split(lines[0].startsWith('\uFEFF') ? lines[0].substring(1) : lines[0]) : [], rows: lines.drop(1).collect(split)]
+    def text = stream.withReader('UTF-8') { r ->
+        if (lines == null) return r.readLines()
+        def out = []
+        for (int i = 0; i < lines; i++) { def l = r.readLine(); if (l == null) break; out << l }
+        return out
+    }.findAll { it.trim() }
+    if (text && text[0].startsWith('\uFEFF')) text[0] = text[0].substring(1)
+    return text.collect { line -> line.split(java.util.regex.Pattern.quote(sep), -1).collect { it.trim().replaceAll(/^"|"$/, '') } }
+}
+
+def readDelimited(File f) {
+    def rows = readFields(f)
+    return [header: rows ? rows[0] : [], rows: rows.drop(1)]
 }
 
 def matrixSamples(File f) {
     // the sample columns of a genes-by-samples matrix (nf-core/rnaseq: gene_id, annotation columns, samples)
-    def stream = new FileInputStream(f)
-    if (f.name.endsWith('.gz')) stream = new java.util.zip.GZIPInputStream(stream)
-    def sep = f.name.replaceFirst(/\.gz$/, '').endsWith('.csv') ? ',' : '\t'
-    def first = stream.withReader('UTF-8') { r -> r.readLine() } ?: ''
-    def header = (first.startsWith('\uFEFF') ? first.substring(1) : first).split(java.util.regex.Pattern.quote(sep), -1).collect { it.trim().replaceAll(/^"|"$/, '') }
+    def fields = readFields(f, 1)
+    def header = fields ? fields[0] : []
     if (!header || header[0] != 'gene_id') return null   // samples-by-genes, or no gene_id: left to PREPROCESS
     def annotation = ['gene_name', 'gene_symbol', 'gene_biotype', 'transcript_id', 'transcript_id(s)', 'transcript_ids']
     return header.drop(1).findAll { !(it in annotation) }
