@@ -65,6 +65,17 @@ def test_salmon_estimated_counts_are_rounded_as_deseq2_does_and_logged():
     assert any("fractional salmon estimated counts rounded" in n for n in cohort.notes)
 
 
+def test_input_notes_do_not_reveal_the_number_of_records():
+    """run.json (shared with the other sites and beyond) carries the input notes: a note that counted
+    rounded values would tell a site's exact record count, which only the noisy N may reveal."""
+    raw = read_expression(SALMON, samplesheet=SHEET, label_column="condition")
+    fewer = raw.expr.index[:-7]
+    smaller = read_expression(SALMON, samplesheet=SHEET, label_column="condition")
+    smaller.expr, smaller.labels = smaller.expr.loc[fewer], smaller.labels.loc[fewer]
+    notes = [validate_and_normalise(r, input_kind="counts", label_column="condition").notes for r in (raw, smaller)]
+    assert notes[0] == notes[1] and len(notes[0]) == 2
+
+
 def test_rsem_layout_is_recognised_with_its_transcript_column():
     raw = read_expression(RSEM, samplesheet=SHEET, label_column="condition")
     assert raw.estimated_counts == "RSEM"

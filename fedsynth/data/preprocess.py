@@ -208,8 +208,10 @@ def validate_and_normalise(
             raise InputError(f"{path}: non-integer values no larger than {values.max():g}: these look like log-scale "
                              f"values, not {raw.estimated_counts} estimated counts; pass --input-kind log")
         if frac.any() and raw.estimated_counts:
-            notes.append(f"{int(frac.sum())} fractional {raw.estimated_counts} estimated counts rounded to the "
-                         "nearest integer, as tximport and DESeq2 do")
+            # no count in the note: it goes into run.json, which is shared, and how many values were fractional
+            # follows the site's exact number of records, which only the noisy N may reveal
+            notes.append(f"fractional {raw.estimated_counts} estimated counts rounded to the nearest integer, "
+                         "as tximport and DESeq2 do")
             values = np.round(values)
         elif frac.any():
             hint = ("; pass --input-kind log if the data are log-scale" if not raw.layers else
