@@ -96,7 +96,8 @@ def run_one(gen_name, X, y, Xte, yte, classes, eps, rng, n_syn=None, options=Non
                       options=options)
     schema = Schema(genes=[f"g{j}" for j in range(X.shape[1])], classes=list(classes), input_kind="log",
                     site_names=["a", "b", "c"])
-    gen = registry.create(gen_name, cfg.options, FitContext(seed=int(rng.integers(1 << 30))))
+    ctx = FitContext(seed=int(rng.integers(1 << 30)), epsilon=eps, delta=cfg.delta)
+    gen = registry.create(gen_name, cfg.options, ctx)
     from dataclasses import replace
 
     plan = plan_releases(gen, replace(schema, n_total=len(X)), cfg, final=False)

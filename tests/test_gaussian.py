@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsynth.generators import registry
+from fedsynth.generators import gaussian as ga, registry
 from testkit import BUNDLED, PY, describe, free_port, start_process, wait_all
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(400)]
@@ -163,15 +164,15 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert run["generator"] == "gaussian" and run["mode"] == "federated"
     assert run["epsilon"] == 1.0 and 0 < run["epsilon_spent"] <= 1.0
     # about 160 training tumours, 5 classes, 51 coordinates: D < 2 N / K, so no class screen
-    assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "gene means", "class means",
-                                                         "gene variances", "block moments"]
+    assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "record scale", "gene means",
+                                                         "class means", "gene variances", "block moments"]
     assert all(m["noise_multiplier"] > 0 for m in run["budget_split"])
     assert len(run["sites"]) == 3 and run["models_identical"] is True
     assert run["generator_params"]["components"] == 4
     # each site's traffic is recorded: its secure-sum shares (8 bytes a value) and the TCP bytes it sent,
     # which include every share it contributed to the all-reduces
     for name, c in run["site_communication"].items():
-        assert c["secure_sums"] == 6 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
+        assert c["secure_sums"] == 7 and c["share_bytes"] == 8 * c["secure_sum_values"] > 0, name
         assert c["tcp_bytes_sent"] >= c["share_bytes"] and c["tcp_sockets"] >= 2, (name, c)
 
     blob = load_blob(out / "model.pt")
@@ -182,6 +183,13 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert dp["k"] == 3 and dp["max_colluders"] == 1 and run["max_colluders"] == 1
     assert dp["epsilon_vs_site"] == pytest.approx(dp["epsilon_spent"]) and run["epsilon_vs_site"] == dp["epsilon_vs_site"]
     assert dp["epsilon_vs_coalition"]["2"] > dp["epsilon"]
+    # the bounds set from the released scales are the ones the record states, and the noise follows them
+    scales = blob["statistics"]["scales"]
+    assert 1.0 < scales["record"] < 5.0 and 0.5 < scales["centred"] < scales["record"]  # log2 bulk expression
+    for name, bound in dp["clip_bounds"].items():
+        assert dp["sensitivity"][name] == pytest.approx(bound), name
+        assert dp["noise_std"][name] == pytest.approx(dp["noise_multipliers"][name] * bound), name
+    assert dp["clip_bounds"]["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * scales["record"] * math.sqrt(51))
     assert [s["name"] for s in dp["sites"]] == [s["name"] for s in run["sites"]]
     assert "n" not in dp["sites"][0] and abs(dp["n_total"] - sum(s["n"] for s in run["sites"])) < 6 * dp["n_total_sd"]
     assert {m["name"]: m["noise_multiplier"] for m in dp["mechanisms"]} == dp["noise_multipliers"]

@@ -40,12 +40,17 @@ def test_sizes_follow_their_formulas(G, N, K, r):
     assert p == min(g, P)
     # what they must achieve: the block's released values stay below D (K + r), the size of the rest
     assert p * (p + 1) / 2 <= D * (K + r)
-    b = ga.release_bounds(G, N, K, r)
-    assert b["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * math.sqrt(D))
-    assert b["class screen"] == pytest.approx(ga.CLASS_MEAN_CLIP * math.sqrt(G))
-    assert b["class means"] == pytest.approx(ga.SELECTED_CLIP * math.sqrt(g))
-    assert b["gene variances"] == pytest.approx(ga.VARIANCE_CLIP * math.sqrt(D))
-    assert b["block moments"] == pytest.approx(ga.RESIDUAL_CLIP**2 * p)
+    s_v, s_r = 0.9, 0.7  # released scales (log1p-CPM-like); the bounds are in their units
+    b = ga.release_bounds(G, N, K, r, (s_v, s_r))
+    assert b["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * s_v * math.sqrt(D))
+    assert b["class screen"] == pytest.approx(ga.CLASS_MEAN_CLIP * s_r * math.sqrt(G))
+    assert b["class means"] == pytest.approx(ga.SELECTED_CLIP * s_r * math.sqrt(g))
+    assert b["gene variances"] == pytest.approx(ga.VARIANCE_CLIP * s_r**2 * math.sqrt(D))
+    assert b["block moments"] == pytest.approx((ga.RESIDUAL_CLIP * s_r) ** 2 * p)
+    assert b["class counts"] == b["record scale"] == 1.0
+    # the plan is made at the fallback scales, before anything is released
+    b0 = ga.release_bounds(G, N, K, r)
+    assert b0["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * ga.FALLBACK_SCALES[0] * math.sqrt(D))
     split = ga.budget_split("log", G, N, K)
     assert sum(split.values()) == pytest.approx(sum(ga.BUDGET_SPLIT.values()) + ga.SCREEN_SHARE)
     if G == 50:  # 41 records per class, 51 coordinates: a screen would drop 10 PAM50 genes to save 20% noise
@@ -107,11 +112,15 @@ def plan_for(G, N, K, r=4, epsilon=1.0):
     return ReleasePlan.calibrate(specs, epsilon=epsilon, delta=1e-5)
 
 
-def run(X, y, K, plan, secure_sum, N):
-    """``release_moments`` through the product's Releaser; ``N`` as released before (held fixed)."""
+def run(X, y, K, plan, secure_sum, N, *, releaser=False):
+    """``release_moments`` through the product's Releaser; ``N`` as released before (held fixed).
+
+    With ``releaser``, also the Releaser, whose plan holds the bounds set from the released scales.
+    """
     rel = Releaser(secure_sum, plan, "gaussian")
     rel.rounds["record count"] = 1  # released before fit, by the protocol
-    return ga.release_moments(rel, X, y, K, N, components=4, clip=plan.private)
+    st = ga.release_moments(rel, X, y, K, N, components=4, clip=plan.private)
+    return (st, rel) if releaser else st
 
 
 def test_every_release_is_within_its_declared_sensitivity_given_earlier_outputs():
@@ -119,7 +128,9 @@ def test_every_release_is_within_its_declared_sensitivity_given_earlier_outputs(
     K, N = 4, len(y)
     plan = plan_for(X.shape[1], N, K)
     full = Recorder()
-    run(X, y, K, plan, full, N)
+    _, rel = run(X, y, K, plan, full, N, releaser=True)
+    final = rel.plan.specs  # the bounds as set from the released scales, which the replays hold fixed
+    assert final["gene means"].sensitivity != plan.specs["gene means"].sensitivity
     assert "class screen" in full.values  # 60 records per class, 301 coordinates: screened
     # the records that clipping binds hardest, and a few others
     norms = np.linalg.norm(ga.to_profile_level(X), axis=1)
@@ -128,14 +139,14 @@ def test_every_release_is_within_its_declared_sensitivity_given_earlier_outputs(
         without = Recorder(replay=full.values)
         run(X[keep], y[keep], K, plan, without, N)
         for name, v in full.values.items():
-            spec = plan.specs[name]
+            spec = final[name]
             moved = float(np.linalg.norm(v - without.values[name]))
             assert moved <= spec.sensitivity * (1 + 1e-9), (name, i, moved, spec.sensitivity)
     # and the bounds bind: removing the record with the largest norm moves some release by its full Delta
     worst = int(np.argmax(norms))
     without = Recorder(replay=full.values)
     run(np.delete(X, worst, 0), np.delete(y, worst), K, plan, without, N)
-    ratios = {n: float(np.linalg.norm(full.values[n] - without.values[n])) / plan.specs[n].sensitivity
+    ratios = {n: float(np.linalg.norm(full.values[n] - without.values[n])) / final[n].sensitivity
               for n in full.values}
     assert max(ratios[n] for n in ("gene means", "class screen", "class means", "gene variances")) > 0.99, ratios
 
@@ -144,11 +155,15 @@ def test_every_release_gets_the_noise_the_accountant_planned():
     X, y = structured()
     plan = plan_for(X.shape[1], len(y), 4)
     rec = Recorder()
-    run(X, y, 4, plan, rec, len(y))
+    _, rel = run(X, y, 4, plan, rec, len(y), releaser=True)
     declared = [n for n in plan.specs if n != "record count"]
     assert list(rec.noise) == declared
     for name in declared:
-        assert rec.noise[name] == pytest.approx(plan.noise_sd(name)) and rec.noise[name] > 0, name
+        # the multiplier as calibrated, times the bound each release was made with
+        assert rel.plan.multipliers[name] == plan.multipliers[name], name
+        assert rec.noise[name] == pytest.approx(plan.multipliers[name] * rel.plan.specs[name].sensitivity), name
+        assert rec.noise[name] > 0, name
+    assert rel.record()["sensitivity"]["gene means"] == rel.plan.specs["gene means"].sensitivity
     # the model file keeps the per-gene releases as revealed, before post-processing
     st = run(X, y, 4, plan, Recorder(), len(y))
     for name, value in st["released"].items():
@@ -195,3 +210,75 @@ def test_gene_mean_shrinkage_uses_the_known_noise():
     assert np.mean((shrunk - truth) ** 2) < 0.7 * np.mean((noisy - truth) ** 2)
     assert err == pytest.approx(np.mean((shrunk - truth) ** 2), rel=0.2)
     assert ga.shrink_towards_mean(noisy, 0.0)[0] is noisy
+
+
+# ------------------------------------------------------------ scales
+def test_typical_scale_finds_the_records_scale_and_refuses_noise():
+    rng = np.random.default_rng(4)
+    for scale in (0.7, 2.5):  # log1p-CPM-like and log2-bulk-like records
+        V = rng.normal(0, scale, (400, 800))
+        hist = ga.scale_histogram(V)
+        assert hist.sum() == 400  # one record, one count: sensitivity 1
+        est = ga.typical_scale(hist + rng.normal(0, 10, hist.shape), 10.0)
+        assert est == pytest.approx(scale, rel=0.1)  # within half a quarter-octave bin
+    # a histogram whose peak does not stand out of its noise says nothing
+    noise = rng.normal(0, 30, len(ga.SCALE_BINS) - 1)
+    assert ga.typical_scale(noise, 30.0) is None
+
+
+def test_centred_scale_removes_the_means_and_their_known_noise():
+    rng = np.random.default_rng(5)
+    D, n = 2000, 300
+    m = rng.gamma(2.0, 1.0, D)  # ||m||^2 / D about 6, against a centred scale of 1.3^2 = 1.7
+    V = m + rng.normal(0, 1.3, (n, D))
+    s_v = float(np.sqrt((V**2).sum(1).mean() / D))
+    m_hat = V.mean(0) + rng.normal(0, 0.8, D)
+    est = ga.centred_scale(s_v, m_hat, 0.8**2)
+    assert est == pytest.approx(1.3, rel=0.07)
+    # ignoring the means' noise would overstate ||m|| and understate the scale
+    assert ga.centred_scale(s_v, m_hat, 0.0) < 0.85 * est
+    # the floor, when the level dominates and the difference is within noise
+    assert ga.centred_scale(1.0, np.full(D, 2.0), 0.0) == pytest.approx(0.25)
+
+
+def test_statistics_follow_the_scale_of_the_data():
+    """log2 and 2 x log2 input: every bound, and so every clipped statistic, scales with the data."""
+    X, y = structured()
+    K, N = 4, len(y)
+    plan = plan_for(X.shape[1], N, K)
+    st1, rel1 = run(X, y, K, plan, Recorder(), N, releaser=True)
+    st2, rel2 = run(2.0 * X, y, K, plan, Recorder(), N, releaser=True)
+    assert st2["scales"]["record"] == pytest.approx(2 * st1["scales"]["record"], rel=1e-12)
+    assert st2["scales"]["centred"] == pytest.approx(2 * st1["scales"]["centred"], rel=1e-12)
+    for name in ("gene means", "class screen", "class means"):
+        assert rel2.plan.specs[name].sensitivity == pytest.approx(2 * rel1.plan.specs[name].sensitivity, rel=1e-12)
+    for name in ("gene variances", "block moments"):
+        assert rel2.plan.specs[name].sensitivity == pytest.approx(4 * rel1.plan.specs[name].sensitivity, rel=1e-12)
+    assert st2["selected"] == st1["selected"]
+    np.testing.assert_allclose(st2["class_means"], 2 * np.asarray(st1["class_means"]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(st2["variances"], 4 * np.asarray(st1["variances"]), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("G, N, K", [(765, 559, 10), (20000, 3000, 5)])
+def test_selection_grows_with_the_budget(G, N, K):
+    D = G + 1
+    L = math.log(1e5)
+    for eps in (0.5, 1.0, 4.0):
+        F = ga.selection_factor(eps, 1e-5)
+        rho = (math.sqrt(L + eps) - math.sqrt(L)) ** 2  # the zCDP budget of (epsilon, delta)
+        assert F == pytest.approx(math.sqrt(rho / ga.SELECTION_REFERENCE))
+        g = ga.selected_coordinates(D, N, K, F)
+        g0 = math.ceil(F * N / K)
+        assert g == (g0 if D >= ga.SCREEN_MIN_RATIO * g0 else D)
+    assert ga.selection_factor(1.0, 1e-5) == pytest.approx(1.0)
+    assert ga.selection_factor(4.0, 1e-5) == pytest.approx(3.78, abs=0.01)
+    assert ga.selection_factor(0.5, 1e-5) == pytest.approx(0.51, abs=0.01)
+    # a smaller delta is more noise at the same epsilon: fewer coordinates
+    assert ga.selection_factor(1.0, 1e-8) < 1.0
+    # what it must achieve: the class-mean noise per coordinate, ~ sqrt(g) / F, falls as the budget grows
+    sizes = [ga.selected_coordinates(D, N, K, ga.selection_factor(e, 1e-5)) for e in (0.5, 1.0, 2.0)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    noise = [math.sqrt(g) / ga.selection_factor(e, 1e-5) for g, e in zip(sizes, (0.5, 1.0, 2.0))]
+    assert noise[0] > noise[1] > noise[2]
+    # without DP every coordinate
+    assert ga.selected_coordinates(D, N, K, ga.selection_factor(None, 1e-5)) == D

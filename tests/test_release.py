@@ -190,3 +190,39 @@ def test_released_count_is_rounded_and_floored():
     assert released_count(Measurement("record count", np.array([201.6]), 20.0, 1.0), 5) == 202
     assert released_count(Measurement("record count", np.array([-40.0]), 20.0, 1.0), 5) == 5
     assert released_count(Measurement("record count", np.array([1.2]), 20.0, 1.0), 1) == 2
+
+
+def test_bound_set_from_released_values_keeps_the_multiplier():
+    """A bound computed from earlier releases changes the noise s.d. with it, never the multiplier."""
+    from fedsynth.privacy.release import ReleasePlan, Releaser, with_record_count
+
+    class Plain:
+        def released_noise_std(self, sd):
+            return sd
+
+        def sum(self, x, *, noise_std=0.0, step=""):
+            self.asked = noise_std
+            return x.clone()
+
+    plan = ReleasePlan.calibrate(with_record_count(specs()), epsilon=EPSILON, delta=DELTA, one_shot_fraction=FRACTION)
+    ss = Plain()
+    release = Releaser(ss, plan, "t")
+    release.bound("a", 5.0)
+    assert plan.specs["a"].sensitivity == 2.0  # the calibrated plan itself is not changed
+    assert release.plan.multipliers == plan.multipliers
+    m = release("a", [1.0, 2.0])
+    assert m.sensitivity == 5.0 and ss.asked == pytest.approx(plan.multipliers["a"] * 5.0) == m.noise_sd
+    assert release.record()["sensitivity"]["a"] == 5.0
+    with pytest.raises(RuntimeError, match="already made"):
+        release.bound("a", 1.0)
+    with pytest.raises(KeyError):
+        release.bound("undeclared", 1.0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            release.bound("b", bad)
+    # the privacy spent is the plan's, whatever the bounds
+    release.bound("b", 100.0)
+    release("b", [0.0])
+    release("b", [0.0])
+    assert [(x.name, x.noise_multiplier) for x in release.ledger.mechanisms] == [
+        ("a", plan.multipliers["a"]), ("b", plan.multipliers["b"])]

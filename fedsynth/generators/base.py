@@ -89,6 +89,10 @@ class FitContext:
     progress: bool = False
     seed: int | None = None
     shared_seed: int = 0
+    #: the run's budget, public like every option (``None``: ``--no-dp``); a generator may size its
+    #: releases by it (never their noise: the plan calibrates that)
+    epsilon: float | None = 1.0
+    delta: float = 1e-5
 
 
 class Generator(ABC):

@@ -24,40 +24,56 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    ``pi_k = max(c_k, 1) / sum_j max(c_j, 1)``; a class is divided by
    ``c'_k = max(c_k, 1, 2 s_c)`` (``s_c`` the count noise), so a class
    whose count is within noise of zero is shrunk, not divided by ~0;
-2. **gene means** ``m = (1/N) sum_i clip(v_i, R_1)``, ``R_1 = c_1 sqrt(D)``.
+2. **record scale**: a histogram of ``log2(||v_i|| / sqrt(D))`` in
+   quarter octaves (``Delta = 1``, :func:`scale_histogram`); its peak gives
+   ``s_v``, the records' typical r.m.s. per coordinate
+   (:func:`typical_scale`). Every clip below is in units of ``s_v`` or of
+   ``s_r`` (after 3), so the noise relative to the data does not depend on
+   the log base or on the normalisation (log2 bulk, log1p-CPM single
+   cells); where the peak does not clear its noise, fixed
+   :data:`FALLBACK_SCALES` stand in;
+3. **gene means** ``m = (1/N) sum_i clip(v_i, R_1)``, ``R_1 = c_1 s_v sqrt(D)``.
    The ``G`` profile means are shrunk towards their average by their known
-   noise variance ``s^2`` (:func:`shrink_towards_mean`);
-3. **class screen** (only when ``D >= 2 ceil(N / K)``: a class has at most
-   half as many records as there are coordinates): class sums of ``clip(v_i - m, R_2)``,
-   ``R_2 = c_2 sqrt(G)``. Per coordinate, the centred chi-square statistic
-   of its class deviations (:func:`_screen_scores`) ranks the coordinates;
-   the top ``g = ceil(N / K)`` (:func:`selected_coordinates`; without a
-   screen ``g = D``) and the level are selected. Post-processing:
+   noise variance ``s^2`` (:func:`shrink_towards_mean`). Then
+   ``s_r^2 = s_v^2 - (||m||^2 - D s^2) / D``, the typical r.m.s. per
+   coordinate of ``v - m`` (:func:`centred_scale`, post-processing);
+4. **class screen** (only when ``D >= 2 g``): class sums of
+   ``clip(v_i - m, R_2)``, ``R_2 = c_2 s_r sqrt(G)``. Per coordinate, the
+   centred chi-square statistic of its class deviations
+   (:func:`_screen_scores`) ranks the coordinates; the top
+   ``g = ceil(F N / K)`` and the level are selected
+   (:func:`selected_coordinates`; without a screen ``g = D``). ``F``
+   (:func:`selection_factor`) is inverse to the noise level the budget
+   allows: 1 at epsilon 1, about ``epsilon`` elsewhere. Post-processing:
    selection is free;
-4. **class means** on the ``g`` selected coordinates: class sums of
-   ``clip((v_i - m)_sel, c_s sqrt(g))``. The pooled mean of the sums
+5. **class means** on the ``g`` selected coordinates: class sums of
+   ``clip((v_i - m)_sel, c_s s_r sqrt(g))``. The pooled mean of the sums
    corrects ``m`` there; each class's deviation from it is de-noised by
    its known noise (:func:`denoise_deviations`: the larger of a per-gene
    linear empirical-Bayes weight and a per-class James-Stein factor).
    Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
    sums added over classes (they measure ``m``'s error too, with noise
    variance ``K s_0^2 / N^2``; combined with ``m`` by inverse variances);
-5. **gene variances**: the sum of ``clip(r_i^2, c_v sqrt(D))`` (elementwise
-   squares of ``r_i = v_i - mu_{y_i}``; ``Delta = c_v sqrt(D)``), divided by
-   ``N - K``, less the known error variance of ``mu`` in that coordinate;
-6. **block moments**: the upper triangle of ``sum_i u_i u_i^T``,
-   ``u_i = clip(r_i[B], c_3 sqrt(p))`` on the block ``B`` of the ``p``
+6. **gene variances**: the sum of ``clip(r_i^2, c_v s_r^2 sqrt(D))``
+   (elementwise squares of ``r_i = v_i - mu_{y_i}``), divided by ``N - K``,
+   less the known error variance of ``mu`` in that coordinate;
+7. **block moments**: the upper triangle of ``sum_i u_i u_i^T``,
+   ``u_i = clip(r_i[B], c_3 s_r sqrt(p))`` on the block ``B`` of the ``p``
    highest-ranked selected coordinates (:func:`block_size`;
-   ``||u u^T||_F = ||u||^2``, so ``Delta = c_3^2 p``: Analyze-Gauss);
-7. for counts input, the library-size model
+   ``||u u^T||_F = ||u||^2``, so ``Delta = c_3^2 s_r^2 p``: Analyze-Gauss);
+8. for counts input, the library-size model
    (:mod:`fedsynth.privacy.library_size`).
 
 The screen's weight (:data:`SCREEN_SHARE` times :func:`screen_fraction`,
 ``1 - g / D``) grows with ``D / (N / K)``; the rest of :data:`SCREEN_SHARE`
 goes to the class means, so at 50 genes and a few hundred records there is
 no screen. All bounds are public
-functions of ``G``, ``N``, ``K`` and ``r`` (:func:`release_bounds`); the
-DP record lists them.
+functions of ``G``, ``N``, ``K``, ``r``, the budget and the released scales
+(:func:`release_bounds`); the plan is made at :data:`FALLBACK_SCALES` and
+each bound is set from the released scales before its release
+(:meth:`~fedsynth.privacy.release.Releaser.bound`: the noise multiplier, which
+the guarantee rests on, is unchanged). The DP record lists the bounds as
+used and the scales.
 
 **Fitting** (post-processing, free): the block's noise is a symmetric
 Gaussian matrix with entry s.d. ``s``, whose spectrum fills
@@ -104,7 +120,8 @@ NAME = "gaussian"
 #: Share of the budget (of the composed RDP curve) each release gets.
 BUDGET_SPLIT = {
     "class counts": 0.05,
-    "gene means": 0.25,
+    "record scale": 0.02,
+    "gene means": 0.23,
     "class means": 0.45,
     "gene variances": 0.05,
     "block moments": 0.05,
@@ -113,15 +130,24 @@ BUDGET_SPLIT = {
 SCREEN_SHARE = 0.15
 #: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
 COUNTS_SPLIT = (0.1, 0.03)
-#: ``c_1, c_2`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc).
-GENE_MEAN_CLIP = 2.5
-CLASS_MEAN_CLIP = 0.5
-RESIDUAL_CLIP = 0.7
-#: Clip of the class-mean release over the ``g`` selected coordinates, ``c_s sqrt(g)``.
-SELECTED_CLIP = 1.0
-#: Clip of a record's squared residuals (the variance release), ``c_v sqrt(D)``: a Gaussian
-#: coordinate of unit variance has ``E r^4 = 3``, so ``||r^2|| ~ sqrt(3 D)``.
-VARIANCE_CLIP = 2.0
+#: ``c_1, c_2`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc). Every
+#: clip is in units of a released scale (:func:`typical_scale`): ``c_1`` of the records' typical
+#: r.m.s. per coordinate ``s_v``, the others of the centred records' ``s_r``.
+GENE_MEAN_CLIP = 1.0
+CLASS_MEAN_CLIP = 0.3
+RESIDUAL_CLIP = 0.45
+#: Clip of the class-mean release over the ``g`` selected coordinates, ``c_s s_r sqrt(g)``.
+SELECTED_CLIP = 0.6
+#: Clip of a record's squared residuals (the variance release), ``c_v s_r^2 sqrt(D)``.
+VARIANCE_CLIP = 0.8
+#: Bins of the scale releases: ``log2`` of a record's r.m.s. per coordinate, in quarter octaves
+#: from 2^-6 to 2^6 (values outside go to the end bins).
+SCALE_BINS = np.arange(-6.0, 6.0 + 1e-9, 0.25)
+#: A scale histogram's peak (a window of 3 bins) must exceed this many s.d.s of its noise.
+SCALE_CLEAR = 3.0
+#: ``(s_v, s_r)`` where a scale histogram does not clear its noise: log2 expression of bulk
+#: tumours (50 PAM50 genes and the generated bulk matrices: 2.4-2.8 and 1.5-1.7).
+FALLBACK_SCALES = (2.5, 1.6)
 #: Floor of the residual variances, as a share of the average variance: with
 #: DP it regularises the noisy diagonal (measured: BENCHMARKS.md); without DP
 #: it only keeps ``Psi`` positive.
@@ -132,7 +158,9 @@ COUNT_SHRINK = 2.0
 #: Without DP, the block of second moments covers up to this many coordinates (a 2,000 x 2,000
 #: matrix of doubles is 32 MB; :func:`block_size`).
 NO_DP_BLOCK = 2000
-#: A screen only where ``D >= SCREEN_MIN_RATIO * ceil(N / K)`` (:func:`selected_coordinates`).
+#: zCDP ``rho`` (epsilon 1, delta 1e-5) at which ``g = ceil(N / K)`` (:func:`selection_factor`).
+SELECTION_REFERENCE = (math.sqrt(math.log(1e5) + 1.0) - math.sqrt(math.log(1e5))) ** 2
+#: A screen only where ``D >= SCREEN_MIN_RATIO * g`` (:func:`selected_coordinates`).
 SCREEN_MIN_RATIO = 2.0
 
 
@@ -145,20 +173,53 @@ class GaussianConfig:
     generator: str = NAME
 
 
-def clip_bounds(n_genes: int) -> tuple[float, float]:
-    """Public L2 bounds ``(R_1, R_2)`` of the gene-mean and class-screen releases.
+def clip_bounds(n_genes: int, scales: tuple[float, float] = FALLBACK_SCALES) -> tuple[float, float]:
+    """L2 bounds ``(R_1, R_2)`` of the gene-mean and class-screen releases.
 
-    ``R_1 = c_1 sqrt(G + 1)``, ``R_2 = c_2 sqrt(G)``. Centred log-expression
-    profiles vary by about one unit per gene, so a record's deviation from
-    the gene means has norm about ``sqrt(G)`` and ``R_2`` clips most records
-    (a bias towards the centre, traded for less noise; the screen only
-    ranks); ``R_1 = 2.5 sqrt(G + 1)`` is about the median norm of a
-    ``[profile, level]`` row of log2 expression (19.7 at 50 PAM50 genes).
+    ``R_1 = c_1 s_v sqrt(G + 1)``, ``R_2 = c_2 s_r sqrt(G)``, with ``(s_v,
+    s_r)`` = ``scales`` the released typical r.m.s. per coordinate of the
+    records and of their deviations from the gene means
+    (:func:`typical_scale`). With ``c_1 = 1``, ``R_1`` is the typical norm
+    of a ``[profile, level]`` row; a record's deviation has norm about
+    ``s_r sqrt(G)``, so ``R_2`` clips most records (a bias towards the
+    centre, traded for less noise; the screen only ranks). The bounds scale
+    with the data: log2, natural-log and log1p-CPM input get the same
+    relative noise.
     """
-    return GENE_MEAN_CLIP * math.sqrt(n_genes + 1), CLASS_MEAN_CLIP * math.sqrt(n_genes)
+    s_v, s_r = scales
+    return GENE_MEAN_CLIP * s_v * math.sqrt(n_genes + 1), CLASS_MEAN_CLIP * s_r * math.sqrt(n_genes)
 
 
-def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int) -> dict[str, float]:
+def scale_histogram(V: np.ndarray) -> np.ndarray:
+    """Counts of the records' ``log2(||v_i|| / sqrt(D))`` in :data:`SCALE_BINS` (one per record: sensitivity 1)."""
+    rms = np.linalg.norm(V, axis=1) / math.sqrt(V.shape[1])
+    t = np.log2(np.maximum(rms, 2.0 ** (SCALE_BINS[0] - 1)))
+    idx = np.clip(np.searchsorted(SCALE_BINS, t, side="right") - 1, 0, len(SCALE_BINS) - 2)
+    return np.bincount(idx, minlength=len(SCALE_BINS) - 1).astype(float)
+
+
+def typical_scale(hist: np.ndarray, noise_sd: float) -> float | None:
+    """The typical r.m.s. per coordinate from a released :func:`scale_histogram` (post-processing).
+
+    The window of 3 adjacent bins with the largest count; the count-weighted
+    mean of its bins' centres (in ``log2``), ``2^t``. ``None`` when that
+    window does not exceed :data:`SCALE_CLEAR` times its noise s.d.
+    (``sqrt(3)`` times the per-bin ``noise_sd``): the histogram is then too
+    noisy to say, and the caller uses :data:`FALLBACK_SCALES`.
+    """
+    h = np.asarray(hist, dtype=float)
+    window = np.convolve(h, np.ones(3), mode="same")
+    j = int(np.argmax(window))
+    if window[j] <= max(SCALE_CLEAR * noise_sd * math.sqrt(3.0), 0.0):
+        return None
+    lo, hi = max(j - 1, 0), min(j + 2, len(h))
+    w = np.maximum(h[lo:hi], 0.0)
+    centres = (SCALE_BINS[:-1] + SCALE_BINS[1:])[lo:hi] / 2.0
+    return float(2.0 ** (w @ centres / w.sum())) if w.sum() > 0 else None
+
+
+def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int,
+                 factor: float = 1.0) -> dict[str, float]:
     """Release name -> budget weight, in release order.
 
     The class screen takes :data:`SCREEN_SHARE` times :func:`screen_fraction`
@@ -166,7 +227,7 @@ def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int) ->
     the weights always sum alike (the record count's share, fixed before
     ``N`` is known, stays as planned).
     """
-    f = screen_fraction(n_genes + 1, n_total, n_classes)
+    f = screen_fraction(n_genes + 1, n_total, n_classes, factor)
     split = {}
     for name, share in BUDGET_SPLIT.items():
         if name == "class means":
@@ -255,32 +316,52 @@ class GaussianModel:
 
 
 # ------------------------------------------------------------- sizes
-def selected_coordinates(n_coords: int, n_total: int, n_classes: int) -> int:
+def selection_factor(epsilon: float | None, delta: float) -> float:
+    """``F = sqrt(rho / rho_ref)``: how many times ``N / K`` coordinates the class means are released in.
+
+    ``rho = (sqrt(log(1/delta) + epsilon) - sqrt(log(1/delta)))^2`` is the
+    zCDP budget that ``(epsilon, delta)`` allows, and a Gaussian mechanism's
+    noise s.d. at a fixed share is ``~ 1 / sqrt(rho)``; so ``F`` is inverse
+    to the noise level, 1 at :data:`SELECTION_REFERENCE` (epsilon 1, delta
+    1e-5; 0.51 / 1.96 / 3.78 at epsilon 0.5 / 2 / 4). Without DP (``None``)
+    it is infinite (every coordinate).
+    """
+    if epsilon is None:
+        return math.inf
+    L = math.log(1.0 / delta)
+    return float((math.sqrt(L + epsilon) - math.sqrt(L)) / math.sqrt(SELECTION_REFERENCE))
+
+
+def selected_coordinates(n_coords: int, n_total: int, n_classes: int, factor: float = 1.0) -> int:
     """``g``: how many coordinates the class means are released in.
 
-    ``g = ceil(N / K)`` (records per class) when that is at most half of
-    ``D``, else ``g = D`` (no screen). The class-mean release's noise
-    variance per coordinate grows with ``g`` (its clip is ``c_s sqrt(g)``);
-    a screen is worth its budget and the coordinates it drops only when it
-    at least halves that variance (:data:`SCREEN_MIN_RATIO`). A class mean
-    over more coordinates than a class has records cannot be told from
-    noise at any epsilon. ``g`` also caps the block of second moments
-    (:func:`block_size`).
+    ``g = ceil(F N / K)`` (``F`` records per class, :func:`selection_factor`)
+    when that is at most half of ``D``, else ``g = D`` (no screen). The
+    class-mean release's noise s.d. per coordinate grows as ``sqrt(g)``
+    (its clip is ``c_s s_r sqrt(g)``) and falls as ``1 / F``: ``g`` grows
+    with ``F`` so that less noise buys more coordinates, which is right
+    when the ranked class signal decays about as ``1 / j``. A screen is
+    worth its budget and the coordinates it drops only when it at least
+    halves the noise variance (:data:`SCREEN_MIN_RATIO`). ``g`` also caps
+    the block of second moments (:func:`block_size`).
     """
-    g = max(1, math.ceil(n_total / max(n_classes, 1)))
+    if not math.isfinite(factor):
+        return int(n_coords)
+    g = max(1, math.ceil(factor * n_total / max(n_classes, 1)))
     return int(g) if n_coords >= SCREEN_MIN_RATIO * g else int(n_coords)
 
 
-def screen_fraction(n_coords: int, n_total: int, n_classes: int) -> float:
+def screen_fraction(n_coords: int, n_total: int, n_classes: int, factor: float = 1.0) -> float:
     """Share of :data:`SCREEN_SHARE` the class screen takes: ``1 - g / D`` (0 without a screen).
 
     The rest of :data:`SCREEN_SHARE` goes to the class means: the more
     coordinates the screen drops, the more it is worth.
     """
-    return 1.0 - selected_coordinates(n_coords, n_total, n_classes) / n_coords
+    return 1.0 - selected_coordinates(n_coords, n_total, n_classes, factor) / n_coords
 
 
-def block_size(n_coords: int, n_total: int, n_classes: int, components: int, private: bool = True) -> int:
+def block_size(n_coords: int, n_total: int, n_classes: int, components: int, private: bool = True,
+               factor: float = 1.0) -> int:
     """``p = min(g, P)``, ``P`` the largest with ``P (P + 1) / 2 <= D (K + r)``: side of the block of second moments.
 
     With DP, ``g`` = :func:`selected_coordinates` (no more coordinates than
@@ -293,18 +374,39 @@ def block_size(n_coords: int, n_total: int, n_classes: int, components: int, pri
     cap = int((math.isqrt(1 + 8 * n_coords * (n_classes + components)) - 1) // 2)
     if not private:
         return int(max(1, min(n_coords, max(cap, NO_DP_BLOCK))))
-    return int(max(1, min(selected_coordinates(n_coords, n_total, n_classes), cap)))
+    return int(max(1, min(selected_coordinates(n_coords, n_total, n_classes, factor), cap)))
 
 
-def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int) -> dict[str, float]:
-    """Declared L2 sensitivity of each release (public: ``G``, the released ``N``, ``K``, ``r``)."""
+def centred_scale(s_v: float, m: np.ndarray, noise_var: float) -> float:
+    """``s_r``: the typical r.m.s. per coordinate of ``v - m``, from ``s_v`` and the released means (post-processing).
+
+    ``E ||v - m||^2 / D = E ||v||^2 / D - ||m||^2 / D`` (``s_v^2`` standing for
+    the first), and the released ``m_hat`` has ``E ||m_hat||^2 = ||m||^2 + D s^2``
+    with ``s^2`` = ``noise_var`` per coordinate; floored at ``s_v / 4``
+    (when the level dominates and the difference is within noise).
+    """
+    D = len(m)
+    ms = max(float(m @ m) / D - noise_var, 0.0)
+    return float(math.sqrt(max(s_v**2 - ms, (s_v / 4.0) ** 2)))
+
+
+def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int,
+                   scales: tuple[float, float] = FALLBACK_SCALES, factor: float = 1.0) -> dict[str, float]:
+    """Declared L2 sensitivity of each release.
+
+    Public: ``G``, the released ``N``, ``K``, ``r`` and the released
+    ``scales`` ``(s_v, s_r)`` (:func:`clip_bounds`); the plan is made with
+    :data:`FALLBACK_SCALES` and each bound is set again from the released
+    scales before its release (:meth:`~fedsynth.privacy.release.Releaser.bound`).
+    """
     D = n_genes + 1
-    r1, r2 = clip_bounds(n_genes)
-    g = selected_coordinates(D, n_total, n_classes)
-    p = block_size(D, n_total, n_classes, components)
-    return {"class counts": 1.0, "gene means": r1, "class screen": r2,
-            "class means": SELECTED_CLIP * math.sqrt(g), "gene variances": VARIANCE_CLIP * math.sqrt(D),
-            "block moments": (RESIDUAL_CLIP * math.sqrt(p)) ** 2}
+    r1, r2 = clip_bounds(n_genes, scales)
+    s_r = scales[1]
+    g = selected_coordinates(D, n_total, n_classes, factor)
+    p = block_size(D, n_total, n_classes, components, factor=factor)
+    return {"class counts": 1.0, "record scale": 1.0, "gene means": r1, "class screen": r2,
+            "class means": SELECTED_CLIP * s_r * math.sqrt(g), "gene variances": VARIANCE_CLIP * s_r**2 * math.sqrt(D),
+            "block moments": (RESIDUAL_CLIP * s_r * math.sqrt(p)) ** 2}
 
 
 # ------------------------------------------------------------- releases
@@ -385,7 +487,8 @@ def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, kept: np.n
 
 
 def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, *,
-                    components: int = 4, clip: bool = True, library_sizes: np.ndarray | None = None) -> dict:
+                    components: int = 4, clip: bool = True, library_sizes: np.ndarray | None = None,
+                    factor: float = 1.0) -> dict:
     """The releases of the module doc, each one ``release(name, values)``; then their post-processing.
 
     Parameters
@@ -399,6 +502,8 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         ``N``, the released total record count.
     components
         ``r``, which sizes the block of second moments (:func:`block_size`).
+    factor
+        ``F`` of :func:`selected_coordinates` (:func:`selection_factor`).
     clip
         False only without DP: nothing clipped.
     library_sizes
@@ -407,11 +512,20 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     G = X.shape[1]
     D = G + 1
     K = n_classes
-    bounds = release_bounds(G, n_total, K, components) if clip else dict.fromkeys(
-        ("gene means", "class screen", "class means", "gene variances", "block moments"), math.inf)
-    p_max = block_size(D, n_total, K, components, private=clip)
+    p_max = block_size(D, n_total, K, components, private=clip, factor=factor)
     onehot = np.eye(K)[y]
     V = to_profile_level(X)
+
+    def set_bounds(scales):
+        """The bounds at the released scales; each release not yet made is told its bound."""
+        if not clip:
+            return dict.fromkeys(("gene means", "class screen", "class means", "gene variances", "block moments"),
+                                 math.inf)
+        b = release_bounds(G, n_total, K, components, scales, factor)
+        for name in ("gene means", "class screen", "class means", "gene variances", "block moments"):
+            if name in release.plan.specs and name not in release.rounds:
+                release.bound(name, b[name])
+        return b
 
     # 1. class counts
     counts_m = release("class counts", onehot.sum(0))
@@ -419,12 +533,21 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     kept = np.maximum(counts, 1.0)
     c_eff = np.maximum(kept, COUNT_SHRINK * counts_m.noise_sd)
 
-    # 2. gene means (profile coordinates shrunk by their known noise; the level kept)
+    # 2. the records' typical scale, then the gene means clipped at it (profile coordinates shrunk by
+    # their known noise; the level kept)
+    hv = release("record scale", scale_histogram(V))
+    s_v = typical_scale(hv.value, hv.noise_sd) or FALLBACK_SCALES[0]
+    bounds = set_bounds((s_v, FALLBACK_SCALES[1]))
     gm = release("gene means", clip_rows(V, bounds["gene means"]).sum(0))
     m = gm.value / n_total
     err_var = np.zeros(D)
     m[:-1], err_var[:-1] = shrink_towards_mean(m[:-1], (gm.noise_sd / n_total) ** 2)
     err_var[-1] = (gm.noise_sd / n_total) ** 2
+
+    # 2b. the typical scale of the records' deviations from m, which sizes every later clip:
+    # E ||v - m||^2 = E ||v||^2 - ||m||^2, and ||m_hat||^2 carries D times m's known noise variance
+    s_r = centred_scale(s_v, gm.value / n_total, (gm.noise_sd / n_total) ** 2)
+    bounds = set_bounds((s_v, s_r))
 
     # 3. class screen: every coordinate's between-class signal, to select the coordinates worth releasing
     screened = "class screen" in release.plan.specs
@@ -432,14 +555,14 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         S0 = release("class screen", onehot.T @ clip_rows(V - m, bounds["class screen"]))
         score, _ = _screen_scores(S0.value, S0.noise_sd, c_eff, kept)
         order = np.argsort(-score, kind="stable")
-        g = selected_coordinates(D, n_total, K) if clip else D
+        g = selected_coordinates(D, n_total, K, factor) if clip else D
         sel = np.sort(order[:g])
     else:
         sel = np.arange(D)
     g = len(sel)
 
     # 4. class means on the selected coordinates, de-noised (elsewhere mu_k = m)
-    U1, scale1 = _scaled_clip((V - m)[:, sel], SELECTED_CLIP * math.sqrt(g), bounds["class means"])
+    U1, scale1 = _scaled_clip((V - m)[:, sel], SELECTED_CLIP * s_r * math.sqrt(g), bounds["class means"])
     S1 = release("class means", onehot.T @ U1)
     sums = S1.value / scale1
     nv1 = (S1.noise_sd / scale1 / c_eff) ** 2
@@ -472,7 +595,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     # 6. second moments of the block of the p most class-informative coordinates (DP-PCA)
     blk = np.sort(order[:min(p_max, g)])
     p = len(blk)
-    U2, scale2 = _scaled_clip(R[:, blk], RESIDUAL_CLIP * math.sqrt(p), math.sqrt(bounds["block moments"]))
+    U2, scale2 = _scaled_clip(R[:, blk], RESIDUAL_CLIP * s_r * math.sqrt(p), math.sqrt(bounds["block moments"]))
     B = release("block moments", _upper(U2.T @ U2))
     stats = {
         "class_counts": counts.tolist(),
@@ -485,10 +608,15 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         "block": blk,
         "block_covariance": _symmetric(B.value, p) / scale2**2 / dof,
         "block_noise_sd": B.noise_sd / scale2**2 / dof,
-        "clip_bounds": {k: v for k, v in bounds.items() if k != "class counts"} if clip else None,
+        # the bounds of the releases made, as used (set from the released scales)
+        "clip_bounds": {k: v for k, v in bounds.items() if k in (
+            "gene means", "class screen", "class means", "gene variances", "block moments")
+            and k in release.plan.specs} if clip else None,
+        "scales": {"record": s_v, "centred": s_r},
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
         # or a user checking the record needs, and no more than was released
-        "released": {"gene means": gm.value.tolist(), "gene variances": Q.value.tolist(),
+        "released": {"record scale": hv.value.tolist(), "gene means": gm.value.tolist(),
+                     "gene variances": Q.value.tolist(),
                      **({"class screen": S0.value.tolist()} if screened else {})},
     }
     if library_sizes is not None:
@@ -548,12 +676,17 @@ class GaussianGenerator(Generator):
         if config.components < 0:
             raise ParameterError(f"--components must be >= 0 (got {config.components})")
 
+    @property
+    def factor(self) -> float:
+        """``F`` of :func:`selected_coordinates`, from the run's budget (:func:`selection_factor`)."""
+        return selection_factor(self.context.epsilon, self.context.delta)
+
     def releases(self, schema) -> list[ReleaseSpec]:
         G, K = len(schema.genes), len(schema.classes)
         # before the count is released (the lifetime pre-check) N is unknown: size as if each class had one record
         n = schema.n_total if schema.n_total is not None else K * (G + 1)
-        sens = release_bounds(G, n, K, self.config.components)
-        split = budget_split(schema.input_kind, G, n, K)
+        sens = release_bounds(G, n, K, self.config.components, factor=self.factor)
+        split = budget_split(schema.input_kind, G, n, K, self.factor)
         lib = {spec.name: spec for spec in library_size.specs(*COUNTS_SPLIT)}
         return [lib[name] if name in lib else ReleaseSpec(name, sens[name], share) for name, share in split.items()]
 
@@ -562,14 +695,16 @@ class GaussianGenerator(Generator):
         private = release.plan.private
         stats = release_moments(release, cohort.X, schema.label_index(cohort.labels), len(schema.classes),
                                 schema.n_total, components=self.config.components, clip=private,
-                                library_sizes=cohort.library_sizes if schema.input_kind == "counts" else None)
+                                library_sizes=cohort.library_sizes if schema.input_kind == "counts" else None,
+                                factor=self.factor)
         self.timings["statistics"] = time.monotonic() - t1
         t2 = time.monotonic()
         self.model = fit(stats, self.config.components, len(schema.genes))
         self.timings["fit"] = time.monotonic() - t2
         self.statistics = {k: v for k, v in stats.items()
                            if k not in ("class_means", "variances", "block", "block_covariance")}
-        self._split = budget_split(schema.input_kind, len(schema.genes), schema.n_total, len(schema.classes))
+        self._split = budget_split(schema.input_kind, len(schema.genes), schema.n_total, len(schema.classes),
+                                   self.factor)
 
     def dp_extra(self) -> dict:
         return {"budget_split": self._split, "clip_bounds": self.statistics["clip_bounds"]}

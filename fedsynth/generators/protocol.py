@@ -234,7 +234,8 @@ def fit_at_site(session, cohort, cfg: TrainConfig, *, progress: bool = True) -> 
                                  max_colluders=cfg.max_colluders)
     timings = {"schema": time.monotonic() - t0}
     generator = registry.create(cfg.generator, cfg.options, FitContext(
-        site=session.site_name, progress=progress, seed=cfg.seed, shared_seed=session.shared_seed))
+        site=session.site_name, progress=progress, seed=cfg.seed, shared_seed=session.shared_seed,
+        epsilon=None if cfg.no_dp else cfg.epsilon, delta=cfg.delta))
     guess = replace(schema, n_total=max(cohort.n_samples * session.world_size, len(schema.classes), 2))
     plan = plan_releases(generator, guess, cfg, final=False)
     ledger = LifetimeLedger(cfg.ledger_dir or default_dir(), cohort.sample_ids)

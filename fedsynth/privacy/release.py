@@ -42,7 +42,7 @@ raises. The DP record of the model file is built from the ledger
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -287,6 +287,23 @@ class Releaser:
                 m.steps += 1
                 return
         self.ledger.add(Mechanism(name, z, spec.sample_rate, 1))
+
+    def bound(self, name: str, sensitivity: float) -> None:
+        """Set the L2 bound ``Delta`` of release ``name``, not yet made, from values already released.
+
+        The noise multiplier stays as planned (the guarantee rests on it
+        alone), so the release's noise s.d. ``z Delta`` follows the bound. A
+        bound computed from released values is post-processing, and is the
+        same at every site (each computes it from the same revealed sums).
+        """
+        spec = self.plan.specs.get(name)
+        if spec is None:
+            raise KeyError(f"{self.label}: release {name!r} was not declared in the plan")
+        if name in self.rounds:
+            raise RuntimeError(f"{self.label}: release {name!r} was already made; its bound cannot change")
+        if not (sensitivity > 0 and math.isfinite(sensitivity)):
+            raise ValueError(f"{self.label}: bound of {name!r} must be finite and > 0 (got {sensitivity})")
+        self.plan = replace(self.plan, specs={**self.plan.specs, name: replace(spec, sensitivity=float(sensitivity))})
 
     def replan(self, plan: ReleasePlan) -> None:
         """Continue under ``plan`` (made again once ``N`` is known).
