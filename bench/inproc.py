@@ -113,7 +113,8 @@ def run_one(gen_name, X, y, Xte, yte, classes, eps, rng, n_syn=None, options=Non
     ys = rng.choice(len(classes), size=n, p=props / props.sum())
     Xs = gen.sample(ys, rng)
     r = tstr(Xs, np.asarray(classes)[ys], Xte, yte, models=("logreg",))["tstr"]["logreg"]
-    return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "fit_s": fit_s, "gen": gen}
+    mean_r = float(np.corrcoef(Xs.mean(0), X.mean(0))[0, 1])  # synthetic vs real training gene means
+    return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "gene_mean_r": mean_r, "fit_s": fit_s, "gen": gen}
 
 
 def main(argv=None):
@@ -127,15 +128,17 @@ def main(argv=None):
     for ds in a.datasets:
         for e in a.epsilons:
             eps = None if e == "nodp" else float(e)
-            accs, f1s = [], []
+            accs, f1s, mrs = [], [], []
             for s in a.seeds:
                 X, y, Xte, yte, classes = load(ds, s)
                 for d in range(a.draws):
                     r = run_one(a.generator, X, y, Xte, yte, classes, eps, np.random.default_rng([s, d, 12]))
                     accs.append(r["accuracy"])
                     f1s.append(r["macro_f1"])
+                    mrs.append(r["gene_mean_r"])
             print(f"{ds:8s} eps {e:>4s} {a.generator}: acc {np.median(accs):.3f} ({min(accs):.2f}-{max(accs):.2f}) "
-                  f"F1 {np.median(f1s):.3f} ({min(f1s):.2f}-{max(f1s):.2f})  [{len(accs)} runs]", flush=True)
+                  f"F1 {np.median(f1s):.3f} ({min(f1s):.2f}-{max(f1s):.2f}) gene mean r {np.median(mrs):.3f}  "
+                  f"[{len(accs)} runs]", flush=True)
 
 
 if __name__ == "__main__":
