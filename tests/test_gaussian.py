@@ -169,6 +169,8 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert all(m["noise_multiplier"] > 0 for m in run["budget_split"])
     assert len(run["sites"]) == 3 and run["models_identical"] is True
     assert run["generator_params"]["components"] == 4
+    # epsilon 1 at delta 1e-5 is the selection's reference budget: g = ceil(N / K) (here all 51 coordinates)
+    assert run["generator_params"]["selection_factor"] == pytest.approx(1.0)
     # each site's traffic is recorded: its secure-sum shares (8 bytes a value) and the TCP bytes it sent,
     # which include every share it contributed to the all-reduces
     for name, c in run["site_communication"].items():

@@ -613,6 +613,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
             "gene means", "class screen", "class means", "gene variances", "block moments")
             and k in release.plan.specs} if clip else None,
         "scales": {"record": s_v, "centred": s_r},
+        "selection_factor": factor if clip else None,
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
         # or a user checking the record needs, and no more than was released
         "released": {"record scale": hv.value.tolist(), "gene means": gm.value.tolist(),
@@ -715,6 +716,8 @@ class GaussianGenerator(Generator):
                 "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
                 "selected_clip": SELECTED_CLIP, "variance_clip": VARIANCE_CLIP,
                 "selected_coordinates": len(self.statistics.get("selected", [])),
+                "selection_factor": self.statistics.get("selection_factor"),
+                "scales": self.statistics.get("scales"),
                 "variance_floor": VARIANCE_FLOOR if private else VARIANCE_FLOOR_NO_DP}
 
     @classmethod
