@@ -536,7 +536,13 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     # 2. the records' typical scale, then the gene means clipped at it (profile coordinates shrunk by
     # their known noise; the level kept)
     hv = release("record scale", scale_histogram(V))
-    s_v = typical_scale(hv.value, hv.noise_sd) or FALLBACK_SCALES[0]
+    s_v = typical_scale(hv.value, hv.noise_sd)
+    if s_v is None:
+        s_v = FALLBACK_SCALES[0]
+        log.info("record scale: the norm histogram does not clear its noise; clips at the fallback scales %s",
+                 FALLBACK_SCALES)
+    else:
+        log.info("record scale: typical r.m.s. per coordinate %.3g", s_v)
     bounds = set_bounds((s_v, FALLBACK_SCALES[1]))
     gm = release("gene means", clip_rows(V, bounds["gene means"]).sum(0))
     m = gm.value / n_total
