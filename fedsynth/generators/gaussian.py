@@ -160,6 +160,8 @@ COUNT_SHRINK = 2.0
 NO_DP_BLOCK = 2000
 #: zCDP ``rho`` (epsilon 1, delta 1e-5) at which ``g = ceil(N / K)`` (:func:`selection_factor`).
 SELECTION_REFERENCE = (math.sqrt(math.log(1e5) + 1.0) - math.sqrt(math.log(1e5))) ** 2
+#: The releases whose bounds are clips, set from the released scales (:func:`release_bounds`).
+CLIPPED = ("gene means", "class screen", "class means", "gene variances", "block moments")
 #: A screen only where ``D >= SCREEN_MIN_RATIO * g`` (:func:`selected_coordinates`).
 SCREEN_MIN_RATIO = 2.0
 
@@ -519,10 +521,9 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     def set_bounds(scales):
         """The bounds at the released scales; each release not yet made is told its bound."""
         if not clip:
-            return dict.fromkeys(("gene means", "class screen", "class means", "gene variances", "block moments"),
-                                 math.inf)
+            return dict.fromkeys(CLIPPED, math.inf)
         b = release_bounds(G, n_total, K, components, scales, factor)
-        for name in ("gene means", "class screen", "class means", "gene variances", "block moments"):
+        for name in CLIPPED:
             if name in release.plan.specs and name not in release.rounds:
                 release.bound(name, b[name])
         return b
@@ -615,9 +616,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         "block_covariance": _symmetric(B.value, p) / scale2**2 / dof,
         "block_noise_sd": B.noise_sd / scale2**2 / dof,
         # the bounds of the releases made, as used (set from the released scales)
-        "clip_bounds": {k: v for k, v in bounds.items() if k in (
-            "gene means", "class screen", "class means", "gene variances", "block moments")
-            and k in release.plan.specs} if clip else None,
+        "clip_bounds": {k: bounds[k] for k in CLIPPED if k in release.plan.specs} if clip else None,
         "scales": {"record": s_v, "centred": s_r},
         "selection_factor": factor if clip else None,
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
