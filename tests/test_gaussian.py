@@ -191,7 +191,9 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     for name, bound in dp["clip_bounds"].items():
         assert dp["sensitivity"][name] == pytest.approx(bound), name
         assert dp["noise_std"][name] == pytest.approx(dp["noise_multipliers"][name] * bound), name
-    assert dp["clip_bounds"]["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * scales["record"] * math.sqrt(51))
+    assert dp["clip_bounds"]["gene means"] == pytest.approx(ga.gene_mean_bound(50, scales["record"], scales["level"]))
+    # the level weight the record states follows from the released scales (1 at 51 coordinates, or the level unknown)
+    assert scales["level_weight"] == ga.level_weight(scales["record"], scales["level"], 51)
     assert [s["name"] for s in dp["sites"]] == [s["name"] for s in run["sites"]]
     assert "n" not in dp["sites"][0] and abs(dp["n_total"] - sum(s["n"] for s in run["sites"])) < 6 * dp["n_total_sd"]
     assert {m["name"]: m["noise_multiplier"] for m in dp["mechanisms"]} == dp["noise_multipliers"]

@@ -47,7 +47,21 @@ def test_sizes_follow_their_formulas(G, N, K, r):
     assert b["class means"] == pytest.approx(ga.SELECTED_CLIP * s_r * math.sqrt(g))
     assert b["gene variances"] == pytest.approx(ga.VARIANCE_CLIP * s_r**2 * math.sqrt(D))
     assert b["block moments"] == pytest.approx((ga.RESIDUAL_CLIP * s_r) ** 2 * p)
-    assert b["class counts"] == b["record scale"] == 1.0
+    assert b["class counts"] == 1.0 and b["record scale"] == pytest.approx(math.sqrt(2))  # two histograms
+    # the level weighted by w in the gene means: its clip share is c_l, within [1, sqrt(D)]
+    s_l = 8.0  # a log2 bulk record's level
+    w = ga.level_weight(s_v, s_l, D)
+    assert w == pytest.approx(min(max(ga.LEVEL_SHARE * s_v * math.sqrt(D) / s_l, 1.0), math.sqrt(D)))
+    bl = ga.release_bounds(G, N, K, r, (s_v, s_r), level=s_l)
+    assert bl["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * math.sqrt(D * s_v**2 + (w**2 - 1) * s_l**2))
+    # what it must achieve: at most sqrt(1 + c_l^2) times the unweighted clip (the profile's noise), and
+    # the level's noise (bound / w) w times below a profile coordinate's
+    assert bl["gene means"] <= b["gene means"] * math.sqrt(1 + ga.LEVEL_SHARE**2) * (1 + 1e-12)
+    if G == 50:  # 51 coordinates: the level is a fiftieth of the norm already, no weight
+        assert w == 1.0 and bl["gene means"] == pytest.approx(b["gene means"])
+    else:  # 20,001 coordinates: the unweighted level would get the noise of one gene of 20,000
+        assert w == pytest.approx(ga.LEVEL_SHARE * s_v * math.sqrt(D) / s_l) and w > 7
+    assert ga.level_weight(s_v, None, D) == 1.0  # the level histogram did not clear its noise
     # the plan is made at the fallback scales, before anything is released
     b0 = ga.release_bounds(G, N, K, r)
     assert b0["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * ga.FALLBACK_SCALES[0] * math.sqrt(D))
@@ -72,7 +86,7 @@ def test_no_screen_when_every_class_has_more_records_than_coordinates():
 
 
 # ------------------------------------------------------------------ data
-def structured(n=240, G=300, K=4, seed=3):
+def structured(n=240, G=300, K=4, seed=3, outliers=True):
     """Heavy-tailed gene levels, a rank-3 covariance, class effects on a sparse subset, unequal classes."""
     rng = np.random.default_rng(seed)
     level = rng.gamma(2.0, 2.0, G)
@@ -82,7 +96,8 @@ def structured(n=240, G=300, K=4, seed=3):
         effects[k, rng.choice(G, 15, replace=False)] = rng.normal(0, 2.0, 15)
     y = rng.choice(K, size=n, p=np.array([0.4, 0.3, 0.2, 0.1])[:K] / np.array([0.4, 0.3, 0.2, 0.1])[:K].sum())
     X = level + effects[y] + rng.normal(0, 1, (n, 3)) @ L.T + rng.normal(0, 0.7, (n, G))
-    X[rng.random(X.shape) < 0.01] += 8.0  # a few outlying values, so that clipping matters
+    if outliers:
+        X[rng.random(X.shape) < 0.01] += 8.0  # a few outlying values, so that clipping matters
     return X, y
 
 
@@ -217,13 +232,89 @@ def test_typical_scale_finds_the_records_scale_and_refuses_noise():
     rng = np.random.default_rng(4)
     for scale in (0.7, 2.5):  # log1p-CPM-like and log2-bulk-like records
         V = rng.normal(0, scale, (400, 800))
+        V[:, -1] = 4.0 * scale  # the level
         hist = ga.scale_histogram(V)
-        assert hist.sum() == 400  # one record, one count: sensitivity 1
-        est = ga.typical_scale(hist + rng.normal(0, 10, hist.shape), 10.0)
-        assert est == pytest.approx(scale, rel=0.1)  # within half a quarter-octave bin
+        nb = len(ga.SCALE_BINS) - 1
+        assert hist.shape == (2 * nb,) and hist[:nb].sum() == hist[nb:].sum() == 400  # one count per record in each
+        noisy = hist + rng.normal(0, 10, hist.shape)
+        est = ga.typical_scale(noisy[:nb], 10.0)
+        assert est == pytest.approx(np.sqrt((V**2).mean()), rel=0.1)  # within half a quarter-octave bin
+        assert ga.typical_scale(noisy[nb:], 10.0) == pytest.approx(4.0 * scale, rel=0.1)
     # a histogram whose peak does not stand out of its noise says nothing
     noise = rng.normal(0, 30, len(ga.SCALE_BINS) - 1)
     assert ga.typical_scale(noise, 30.0) is None
+
+
+class Noisy(Recorder):
+    """A secure sum that adds the planned noise (one process, the pooled values)."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.rng = rng
+
+    def sum(self, x, *, noise_std=0.0, step=""):
+        x = super().sum(x, noise_std=noise_std, step=step)
+        return x + torch.from_numpy(self.rng.normal(0.0, noise_std, tuple(x.shape)))
+
+
+def test_the_level_gets_less_noise_than_a_profile_coordinate(monkeypatch):
+    """An error in the level moves every gene of a class: weighted, it is a fraction of the unweighted error.
+
+    Fails when the level is released like any coordinate (``w = 1``): at 2,000 genes and 300 records its
+    noise is that of one gene's mean, about 1.5 times the records' scale, and the class-mean release,
+    clipped, corrects only part of it.
+    """
+    X, y = structured(n=300, G=2000, K=4, seed=7)
+    X += 8.0 - X.mean()  # log2 bulk: a level of 8
+    K, N = 4, len(y)
+    truth = np.stack([ga.to_profile_level(X[y == k]).mean(0)[-1] for k in range(K)])
+
+    def level_error(seed):
+        plan = plan_for(X.shape[1], N, K)
+        st = run(X, y, K, plan, Noisy(np.random.default_rng(seed)), N)
+        assert st["scales"]["level"] == pytest.approx(8.0, rel=0.1)
+        return float(np.sqrt(np.mean((np.asarray(st["class_means"])[:, -1] - truth) ** 2))), st
+    errs = [level_error(s) for s in range(6)]
+    assert all(st["scales"]["level_weight"] > 3 for _, st in errs)
+    monkeypatch.setattr(ga, "LEVEL_SHARE", 0.0)  # w = 1: the level released like a profile coordinate
+    plain = [level_error(s) for s in range(6)]
+    assert all(st["scales"]["level_weight"] == 1.0 for _, st in plain)
+    e, e0 = np.median([x for x, _ in errs]), np.median([x for x, _ in plain])
+    assert e < 0.5 * e0, (e, e0)
+
+
+@pytest.mark.parametrize("D", [51, 20001])
+def test_variance_bound_follows_its_formula(D):
+    s_r = 1.3
+    assert ga.variance_bound(s_r, np.zeros(D)) == pytest.approx(ga.VARIANCE_CLIP * s_r**2 * math.sqrt(D))
+    # what it must achieve: a residual that carries mu's error e_j is clipped as one that does not
+    e2 = np.full(D, 2.0 * s_r**2)
+    assert ga.variance_bound(s_r, e2) == pytest.approx(3.0 * ga.variance_bound(s_r, np.zeros(D)))
+
+
+def test_the_variance_clip_carries_the_known_error_of_the_means(monkeypatch):
+    """Where ``mu``'s error is comparable to the records' spread, the squared residuals are clipped no harder.
+
+    Fails with the bound at ``c_v s_r^2 sqrt(D)`` (mu's error left out): at 2,000 genes and 300 records
+    (a gene mean's noise is then several times a gene's spread) the clip keeps under half as much of the
+    squared residuals (same data, same noise draws), and subtracting ``e_j^2`` after it leaves variances
+    near zero (the 20,000-gene collapse of BENCHMARKS.md section 7).
+    """
+    X, y = structured(n=300, G=2000, K=4, seed=7, outliers=False)
+    X += 8.0 - X.mean()
+    K, N = 4, len(y)
+    V = ga.to_profile_level(X)
+
+    def kept(seed):
+        """The share of the residuals' mean square that the clipped (noise-free) variance sums keep."""
+        rec = Noisy(np.random.default_rng(seed))
+        st = run(X, y, K, plan_for(X.shape[1], N, K), rec, N)
+        R2 = (V - np.asarray(st["class_means"])[y]) ** 2
+        return float(rec.values["gene variances"].sum() / R2.sum())
+    new = [kept(s) for s in range(3)]
+    monkeypatch.setattr(ga, "variance_bound", lambda s_r, e: ga.VARIANCE_CLIP * s_r**2 * math.sqrt(len(e)))
+    old = [kept(s) for s in range(3)]
+    assert all(a > 1.5 * b for a, b in zip(new, old)), (new, old)
 
 
 def test_centred_scale_removes_the_means_and_their_known_noise():

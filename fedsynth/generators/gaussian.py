@@ -24,17 +24,23 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    ``pi_k = max(c_k, 1) / sum_j max(c_j, 1)``; a class is divided by
    ``c'_k = max(c_k, 1, 2 s_c)`` (``s_c`` the count noise), so a class
    whose count is within noise of zero is shrunk, not divided by ~0;
-2. **record scale**: a histogram of ``log2(||v_i|| / sqrt(D))`` in
-   quarter octaves (``Delta = 1``, :func:`scale_histogram`); its peak gives
-   ``s_v``, the records' typical r.m.s. per coordinate
-   (:func:`typical_scale`). Every clip below is in units of ``s_v`` or of
+2. **record scale**: histograms of ``log2(||v_i|| / sqrt(D))`` and of
+   ``log2 |l(x_i)|`` in quarter octaves (one count per record in each:
+   ``Delta = sqrt(2)``, :func:`scale_histogram`); their peaks give ``s_v``,
+   the records' typical r.m.s. per coordinate, and ``s_l``, their typical
+   level (:func:`typical_scale`). Every clip below is in units of ``s_v`` or of
    ``s_r`` (after 3), so the noise relative to the data does not depend on
    the log base or on the normalisation (log2 bulk, log1p-CPM single
    cells); where the peak does not clear its noise, fixed
    :data:`FALLBACK_SCALES` stand in;
-3. **gene means** ``m = (1/N) sum_i clip(v_i, R_1)``, ``R_1 = c_1 s_v sqrt(D)``.
-   The ``G`` profile means are shrunk towards their average by their known
-   noise variance ``s^2`` (:func:`shrink_towards_mean`). Then
+3. **gene means** ``m = W_l^{-1} (1/N) sum_i clip(W_l v_i, R_1)``, with
+   ``W_l`` = diag(1, ..., 1, ``w``) weighting the level by ``w``
+   (:func:`level_weight`) and ``R_1 = c_1 sqrt(D s_v^2 + (w^2 - 1) s_l^2)``
+   (:func:`gene_mean_bound`). An error in the level moves every gene of
+   every record alike, so the level gets a share ``c_l^2`` of the clip
+   (``w s_l = c_l s_v sqrt(D)``) and ``w`` times less noise than a profile
+   coordinate. The ``G`` profile means are shrunk towards their average by
+   their known noise variance ``s^2`` (:func:`shrink_towards_mean`). Then
    ``s_r^2 = s_v^2 - (||m||^2 - D s^2) / D``, the typical r.m.s. per
    coordinate of ``v - m`` (:func:`centred_scale`, post-processing);
 4. **class screen** (only when ``D >= 2 g``): class sums of
@@ -54,9 +60,10 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
    sums added over classes (they measure ``m``'s error too, with noise
    variance ``K s_0^2 / N^2``; combined with ``m`` by inverse variances);
-6. **gene variances**: the sum of ``clip(r_i^2, c_v s_r^2 sqrt(D))``
-   (elementwise squares of ``r_i = v_i - mu_{y_i}``), divided by ``N - K``,
-   less the known error variance of ``mu`` in that coordinate;
+6. **gene variances**: the sum of ``clip(r_i^2, c_v sqrt(sum_j (s_r^2 +
+   e_j^2)^2))`` (elementwise squares of ``r_i = v_i - mu_{y_i}``; ``e_j^2``
+   the known error variance of ``mu_j``, which ``r_i`` carries:
+   :func:`variance_bound`), divided by ``N - K``, less ``e_j^2``;
 7. **block moments**: the upper triangle of ``sum_i u_i u_i^T``,
    ``u_i = clip(r_i[B], c_3 s_r sqrt(p))`` on the block ``B`` of the ``p``
    highest-ranked selected coordinates (:func:`block_size`;
@@ -120,9 +127,9 @@ NAME = "gaussian"
 #: Share of the budget (of the composed RDP curve) each release gets.
 BUDGET_SPLIT = {
     "class counts": 0.05,
-    "record scale": 0.02,
+    "record scale": 0.04,
     "gene means": 0.23,
-    "class means": 0.45,
+    "class means": 0.43,
     "gene variances": 0.05,
     "block moments": 0.05,
 }
@@ -140,8 +147,10 @@ RESIDUAL_CLIP = 0.45
 SELECTED_CLIP = 0.6
 #: Clip of a record's squared residuals (the variance release), ``c_v s_r^2 sqrt(D)``.
 VARIANCE_CLIP = 0.8
-#: Bins of the scale releases: ``log2`` of a record's r.m.s. per coordinate, in quarter octaves
-#: from 2^-6 to 2^6 (values outside go to the end bins).
+#: ``c_l``: the level's share of the gene-mean clip, ``w s_l = c_l s_v sqrt(D)`` (:func:`level_weight`).
+LEVEL_SHARE = 0.5
+#: Bins of the scale releases: ``log2`` of a record's r.m.s. per coordinate (and of its level's
+#: magnitude), in quarter octaves from 2^-6 to 2^6 (values outside go to the end bins).
 SCALE_BINS = np.arange(-6.0, 6.0 + 1e-9, 0.25)
 #: A scale histogram's peak (a window of 3 bins) must exceed this many s.d.s of its noise.
 SCALE_CLEAR = 3.0
@@ -175,29 +184,68 @@ class GaussianConfig:
     generator: str = NAME
 
 
-def clip_bounds(n_genes: int, scales: tuple[float, float] = FALLBACK_SCALES) -> tuple[float, float]:
+def clip_bounds(n_genes: int, scales: tuple[float, float] = FALLBACK_SCALES,
+                level: float | None = None) -> tuple[float, float]:
     """L2 bounds ``(R_1, R_2)`` of the gene-mean and class-screen releases.
 
-    ``R_1 = c_1 s_v sqrt(G + 1)``, ``R_2 = c_2 s_r sqrt(G)``, with ``(s_v,
-    s_r)`` = ``scales`` the released typical r.m.s. per coordinate of the
-    records and of their deviations from the gene means
-    (:func:`typical_scale`). With ``c_1 = 1``, ``R_1`` is the typical norm
-    of a ``[profile, level]`` row; a record's deviation has norm about
+    ``R_1`` = :func:`gene_mean_bound` (``c_1 s_v sqrt(G + 1)`` when the
+    level is not weighted), ``R_2 = c_2 s_r sqrt(G)``, with ``(s_v, s_r)`` =
+    ``scales`` the released typical r.m.s. per coordinate of the records and
+    of their deviations from the gene means, and ``level`` = ``s_l`` the
+    records' typical level (:func:`typical_scale`). With ``c_1 = 1``,
+    ``R_1`` is the typical norm of a ``[profile, w level]`` row; a record's
+    deviation has norm about
     ``s_r sqrt(G)``, so ``R_2`` clips most records (a bias towards the
     centre, traded for less noise; the screen only ranks). The bounds scale
     with the data: log2, natural-log and log1p-CPM input get the same
     relative noise.
     """
     s_v, s_r = scales
-    return GENE_MEAN_CLIP * s_v * math.sqrt(n_genes + 1), CLASS_MEAN_CLIP * s_r * math.sqrt(n_genes)
+    return gene_mean_bound(n_genes, s_v, level), CLASS_MEAN_CLIP * s_r * math.sqrt(n_genes)
+
+
+def _log2_histogram(a: np.ndarray) -> np.ndarray:
+    t = np.log2(np.maximum(a, 2.0 ** (SCALE_BINS[0] - 1)))
+    idx = np.clip(np.searchsorted(SCALE_BINS, t, side="right") - 1, 0, len(SCALE_BINS) - 2)
+    return np.bincount(idx, minlength=len(SCALE_BINS) - 1).astype(float)
 
 
 def scale_histogram(V: np.ndarray) -> np.ndarray:
-    """Counts of the records' ``log2(||v_i|| / sqrt(D))`` in :data:`SCALE_BINS` (one per record: sensitivity 1)."""
+    """Counts of the records' ``log2(||v_i|| / sqrt(D))``, then of ``log2 |l_i|``, each in :data:`SCALE_BINS`.
+
+    One count per record in each half, so removing a record changes two
+    counts by one: L2 sensitivity ``sqrt(2)``.
+    """
     rms = np.linalg.norm(V, axis=1) / math.sqrt(V.shape[1])
-    t = np.log2(np.maximum(rms, 2.0 ** (SCALE_BINS[0] - 1)))
-    idx = np.clip(np.searchsorted(SCALE_BINS, t, side="right") - 1, 0, len(SCALE_BINS) - 2)
-    return np.bincount(idx, minlength=len(SCALE_BINS) - 1).astype(float)
+    return np.concatenate([_log2_histogram(rms), _log2_histogram(np.abs(V[:, -1]))])
+
+
+def level_weight(s_v: float, s_l: float | None, n_coords: int) -> float:
+    """``w``: the weight of the level in the gene-mean release (module doc, release 3).
+
+    ``w = c_l s_v sqrt(D) / s_l`` (``c_l`` = :data:`LEVEL_SHARE`), so a
+    typical record's weighted level ``w |l|`` is ``c_l`` times its whole
+    norm ``s_v sqrt(D)``: the level's mean gets ``w`` times less noise than
+    a profile coordinate's, for a clip ``sqrt(1 + c_l^2)`` times larger.
+    Kept within ``[1, sqrt(D)]``: never less than unweighted, and never
+    below ``1 / sqrt(D)`` of a profile coordinate's noise. 1 when the level
+    histogram did not clear its noise (``s_l`` is None).
+    """
+    if s_l is None or s_l <= 0:
+        return 1.0
+    return float(min(max(LEVEL_SHARE * s_v * math.sqrt(n_coords) / s_l, 1.0), math.sqrt(n_coords)))
+
+
+def gene_mean_bound(n_genes: int, s_v: float, s_l: float | None) -> float:
+    """``R_1 = c_1 sqrt(D s_v^2 + (w^2 - 1) s_l^2)``: the typical norm of a record with its level weighted by ``w``.
+
+    ``||W_l v||^2 = ||v||^2 + (w^2 - 1) l^2``; unweighted (``w = 1``) it is
+    ``c_1 s_v sqrt(D)``.
+    """
+    D = n_genes + 1
+    w = level_weight(s_v, s_l, D)
+    extra = (w**2 - 1.0) * s_l**2 if w > 1.0 else 0.0
+    return GENE_MEAN_CLIP * math.sqrt(D * s_v**2 + extra)
 
 
 def typical_scale(hist: np.ndarray, noise_sd: float) -> float | None:
@@ -379,6 +427,19 @@ def block_size(n_coords: int, n_total: int, n_classes: int, components: int, pri
     return int(max(1, min(selected_coordinates(n_coords, n_total, n_classes, factor), cap)))
 
 
+def variance_bound(s_r: float, err_var: np.ndarray) -> float:
+    """``c_v sqrt(sum_j (s_r^2 + e_j^2)^2)``: the typical norm of a record's squared residuals ``r_i^2``.
+
+    ``r_i = v_i - mu_{y_i}`` carries the known error of ``mu`` (variance
+    ``e_j^2`` = ``err_var``) besides the record's own spread ``~ s_r``; without
+    it (``e = 0``) the bound is ``c_v s_r^2 sqrt(D)``. Where ``mu``'s error is
+    comparable to ``s_r`` (many genes, few records), a clip at ``s_r^2`` alone
+    would shrink every squared residual, and subtracting ``e_j^2`` afterwards
+    would leave almost nothing.
+    """
+    return float(VARIANCE_CLIP * np.sqrt(((s_r**2 + np.asarray(err_var, dtype=float)) ** 2).sum()))
+
+
 def centred_scale(s_v: float, m: np.ndarray, noise_var: float) -> float:
     """``s_r``: the typical r.m.s. per coordinate of ``v - m``, from ``s_v`` and the released means (post-processing).
 
@@ -393,20 +454,24 @@ def centred_scale(s_v: float, m: np.ndarray, noise_var: float) -> float:
 
 
 def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int,
-                   scales: tuple[float, float] = FALLBACK_SCALES, factor: float = 1.0) -> dict[str, float]:
+                   scales: tuple[float, float] = FALLBACK_SCALES, factor: float = 1.0,
+                   level: float | None = None) -> dict[str, float]:
     """Declared L2 sensitivity of each release.
 
-    Public: ``G``, the released ``N``, ``K``, ``r`` and the released
-    ``scales`` ``(s_v, s_r)`` (:func:`clip_bounds`); the plan is made with
-    :data:`FALLBACK_SCALES` and each bound is set again from the released
-    scales before its release (:meth:`~fedsynth.privacy.release.Releaser.bound`).
+    Public: ``G``, the released ``N``, ``K``, ``r``, the released
+    ``scales`` ``(s_v, s_r)`` and ``level`` ``s_l`` (:func:`clip_bounds`);
+    the plan is made with :data:`FALLBACK_SCALES` and each bound is set
+    again from the released scales before its release
+    (:meth:`~fedsynth.privacy.release.Releaser.bound`). The gene variances'
+    bound here is the one without ``mu``'s error; the release uses
+    :func:`variance_bound` with that error, known by then.
     """
     D = n_genes + 1
-    r1, r2 = clip_bounds(n_genes, scales)
+    r1, r2 = clip_bounds(n_genes, scales, level)
     s_r = scales[1]
     g = selected_coordinates(D, n_total, n_classes, factor)
     p = block_size(D, n_total, n_classes, components, factor=factor)
-    return {"class counts": 1.0, "record scale": 1.0, "gene means": r1, "class screen": r2,
+    return {"class counts": 1.0, "record scale": math.sqrt(2.0), "gene means": r1, "class screen": r2,
             "class means": SELECTED_CLIP * s_r * math.sqrt(g), "gene variances": VARIANCE_CLIP * s_r**2 * math.sqrt(D),
             "block moments": (RESIDUAL_CLIP * s_r * math.sqrt(p)) ** 2}
 
@@ -518,11 +583,11 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     onehot = np.eye(K)[y]
     V = to_profile_level(X)
 
-    def set_bounds(scales):
+    def set_bounds(scales, level):
         """The bounds at the released scales; each release not yet made is told its bound."""
         if not clip:
             return dict.fromkeys(CLIPPED, math.inf)
-        b = release_bounds(G, n_total, K, components, scales, factor)
+        b = release_bounds(G, n_total, K, components, scales, factor, level)
         for name in CLIPPED:
             if name in release.plan.specs and name not in release.rounds:
                 release.bound(name, b[name])
@@ -534,27 +599,36 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     kept = np.maximum(counts, 1.0)
     c_eff = np.maximum(kept, COUNT_SHRINK * counts_m.noise_sd)
 
-    # 2. the records' typical scale, then the gene means clipped at it (profile coordinates shrunk by
-    # their known noise; the level kept)
+    # 2. the records' typical scale and level, then the gene means clipped at that scale with the
+    # level weighted (profile coordinates shrunk by their known noise; the level kept)
     hv = release("record scale", scale_histogram(V))
-    s_v = typical_scale(hv.value, hv.noise_sd)
+    nb = len(SCALE_BINS) - 1
+    s_v = typical_scale(hv.value[:nb], hv.noise_sd)
+    s_l = typical_scale(hv.value[nb:], hv.noise_sd)
     if s_v is None:
         s_v = FALLBACK_SCALES[0]
         log.info("record scale: the norm histogram does not clear its noise; clips at the fallback scales %s",
                  FALLBACK_SCALES)
     else:
         log.info("record scale: typical r.m.s. per coordinate %.3g", s_v)
-    bounds = set_bounds((s_v, FALLBACK_SCALES[1]))
-    gm = release("gene means", clip_rows(V, bounds["gene means"]).sum(0))
+    w_l = level_weight(s_v, s_l, D) if clip else 1.0
+    log.info("record level: typical |level| %s, weight %.3g in the gene means",
+             "not clear of its noise" if s_l is None else f"{s_l:.3g}", w_l)
+    bounds = set_bounds((s_v, FALLBACK_SCALES[1]), s_l)
+    Vw = V.copy()
+    Vw[:, -1] *= w_l
+    gm = release("gene means", clip_rows(Vw, bounds["gene means"]).sum(0))
     m = gm.value / n_total
+    m[-1] /= w_l
     err_var = np.zeros(D)
+    m_raw = m.copy()
     m[:-1], err_var[:-1] = shrink_towards_mean(m[:-1], (gm.noise_sd / n_total) ** 2)
-    err_var[-1] = (gm.noise_sd / n_total) ** 2
+    err_var[-1] = (gm.noise_sd / n_total / w_l) ** 2
 
     # 2b. the typical scale of the records' deviations from m, which sizes every later clip:
     # E ||v - m||^2 = E ||v||^2 - ||m||^2, and ||m_hat||^2 carries D times m's known noise variance
-    s_r = centred_scale(s_v, gm.value / n_total, (gm.noise_sd / n_total) ** 2)
-    bounds = set_bounds((s_v, s_r))
+    s_r = centred_scale(s_v, m_raw, (gm.noise_sd / n_total) ** 2)
+    bounds = set_bounds((s_v, s_r), s_l)
 
     # 3. class screen: every coordinate's between-class signal, to select the coordinates worth releasing
     screened = "class screen" in release.plan.specs
@@ -567,6 +641,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     else:
         sel = np.arange(D)
     g = len(sel)
+    assert sel[-1] == D - 1  # the level is always selected
 
     # 4. class means on the selected coordinates, de-noised (elsewhere mu_k = m)
     U1, scale1 = _scaled_clip((V - m)[:, sel], SELECTED_CLIP * s_r * math.sqrt(g), bounds["class means"])
@@ -574,11 +649,19 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     sums = S1.value / scale1
     nv1 = (S1.noise_sd / scale1 / c_eff) ** 2
     centre = sums.sum(0) / float(kept.sum())
-    dev, w1 = denoise_deviations(sums / c_eff[:, None] - centre, nv1)
+    # the profile coordinates' deviations are de-noised together; the level's (always selected, the last)
+    # alone, by its own empirical-Bayes weight: a class's noisy level would shift all its genes
+    raw = sums / c_eff[:, None] - centre
+    (dev, w1), (dev_lv, w1_lv) = denoise_deviations(raw[:, :-1], nv1), denoise_deviations(raw[:, -1:], nv1)
+    dev, w1 = np.hstack([dev, dev_lv]), np.hstack([w1, w1_lv])
+    # the pooled mean of the sums measures m's error there, with noise variance K (s_1 / N)^2: combined
+    # with m by inverse variances (the level's m is often the better of the two)
+    var_c = K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2
+    wc = err_var[sel] / (err_var[sel] + var_c) if var_c > 0 else np.ones(g)
     mu = np.tile(m, (K, 1))
-    mu[:, sel] += centre + dev
+    mu[:, sel] += wc * centre + dev
     props = kept / kept.sum()
-    err_var[sel] = K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2 + props @ (w1**2 * nv1[:, None])
+    err_var[sel] = wc * var_c + props @ (w1**2 * nv1[:, None])
     if screened:
         # the screen's class sums, added over classes, also measure m's error on the other coordinates:
         # sum_i clip(v_i - m) / N, noise variance K (s_0 / N)^2; combined with m by inverse variances
@@ -594,6 +677,9 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
 
     # 5. per-coordinate residual variances, less the known error of mu
     R = V - mu[y]
+    if clip:  # the bound as the residuals are: with mu's known error
+        bounds["gene variances"] = variance_bound(s_r, err_var)
+        release.bound("gene variances", bounds["gene variances"])
     Q = release("gene variances", clip_rows(R**2, bounds["gene variances"]).sum(0))
     dof = max(n_total - K, 1)
     var = Q.value / dof - err_var
@@ -617,7 +703,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         "block_noise_sd": B.noise_sd / scale2**2 / dof,
         # the bounds of the releases made, as used (set from the released scales)
         "clip_bounds": {k: bounds[k] for k in CLIPPED if k in release.plan.specs} if clip else None,
-        "scales": {"record": s_v, "centred": s_r},
+        "scales": {"record": s_v, "centred": s_r, "level": s_l, "level_weight": w_l},
         "selection_factor": factor if clip else None,
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
         # or a user checking the record needs, and no more than was released
@@ -719,7 +805,7 @@ class GaussianGenerator(Generator):
         private = self.statistics.get("clip_bounds") is not None
         return {"components": self.config.components, "components_kept": int(self.model.loadings.shape[1]),
                 "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
-                "selected_clip": SELECTED_CLIP, "variance_clip": VARIANCE_CLIP,
+                "selected_clip": SELECTED_CLIP, "variance_clip": VARIANCE_CLIP, "level_share": LEVEL_SHARE,
                 "selected_coordinates": len(self.statistics.get("selected", [])),
                 "selection_factor": self.statistics.get("selection_factor"),
                 "scales": self.statistics.get("scales"),
