@@ -11,7 +11,10 @@
   earlier outputs held fixed, moves each release by at most ``Delta``;
 * every release gets exactly the noise the accountant planned;
 * the de-noising of class deviations leaves exact values alone, pulls
-  pure noise towards 0 and keeps a signal that stands out of the noise.
+  pure noise towards 0 and keeps a signal that stands out of the noise;
+* the level, weighted in the gene means, gets a fraction of the noise it
+  would get unweighted; the variance clip carries the known error of the
+  means (both fail when the change is undone).
 """
 
 from __future__ import annotations
