@@ -318,6 +318,21 @@ def test_discriminator_identical_is_half_and_separable_is_one():
     assert far["max"] > 0.99 and far["n_per_class"] == 150 and far["n_splits"] == 5
 
 
+def test_discriminator_survives_a_synthetic_cohort_of_few_distinct_records():
+    """A degenerate synthetic cohort (a few records repeated) is scored, not a crash in cross-validation."""
+    from fedsynth.evaluation import discriminator_auroc
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(24, 30))
+    few = np.repeat(rng.normal(size=(3, 30)), 20, axis=0)  # 60 rows, 3 distinct: fewer groups than folds
+    d = discriminator_auroc(few, X, seed=0)
+    assert d["n_splits"] == 3 and d["max"] > 0.9
+    one = np.repeat(rng.normal(size=(1, 30)), 60, axis=0)  # one record repeated: told apart by identity
+    d = discriminator_auroc(one, X, seed=0)
+    assert d["max"] == 1.0 and d["n_splits"] == 0
+    d = discriminator_auroc(np.repeat(X[:1], 60, axis=0), X, seed=0)  # ... unless the real side shows it too
+    assert d["max"] == 0.5
+
+
 def test_fidelity_identical_has_zero_distances_and_half_discriminator():
     X, _ = gaussian_classes(30, n_genes=8)
     f = fidelity(X, X.copy(), genes=[f"g{i}" for i in range(8)])

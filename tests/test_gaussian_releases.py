@@ -320,6 +320,19 @@ def test_the_variance_clip_carries_the_known_error_of_the_means(monkeypatch):
     assert all(a > 1.5 * b for a, b in zip(new, old)), (new, old)
 
 
+def test_variances_that_the_noise_swamped_fall_back_to_the_centred_scale():
+    """Released variances averaging <= 0 (a tiny cohort) give the records' centred scale, not zero spread."""
+    X, y = structured()
+    K, N = 4, len(y)
+    st = run(X, y, K, plan_for(X.shape[1], N, K), Recorder(), N)
+    s_r = st["scales"]["centred"]
+    st["variances"] = -np.abs(np.asarray(st["variances"]))  # what noise and mu's error can leave
+    model = ga.fit(st, 4, X.shape[1])
+    total = model.residual_variance + (model.loadings**2).sum(1)
+    assert np.all(model.residual_variance > 0.1 * s_r**2)
+    assert np.mean(total) == pytest.approx(s_r**2, rel=0.01)
+
+
 def test_centred_scale_removes_the_means_and_their_known_noise():
     rng = np.random.default_rng(5)
     D, n = 2000, 300

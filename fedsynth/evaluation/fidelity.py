@@ -199,7 +199,14 @@ def discriminator_auroc(X_syn, X_real, *, models=DISCRIMINATORS, n_splits=5,
     if n_groups < 2:  # every record the same on both sides: indistinguishable
         out.update({m: 0.5 for m in models}, max=0.5)
         return out
-    k = int(min(n_splits, n, n_groups))
+    side = [set(groups[y == c].tolist()) for c in (0, 1)]
+    if min(len(side[0]), len(side[1])) < 2:
+        # one side is one record repeated (a degenerate synthetic cohort): it cannot be both trained on and
+        # held out; told apart by identity (1) unless the other side shows the same record (0.5)
+        v = 0.5 if side[0] & side[1] else 1.0
+        out.update({m: v for m in models}, max=v, n_splits=0)
+        return out
+    k = int(min(n_splits, n, len(side[0]), len(side[1])))
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     for m in models:
         if m == "logreg":

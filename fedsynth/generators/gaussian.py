@@ -91,7 +91,9 @@ only above the bulk edge ``2 s sqrt(p)`` and de-biased,
 ``W_B = U diag(sqrt(lambda))``. The variances are shrunk towards their
 average by their known noise, then ``Psi = max(var - diag(W W^T), f
 mean(var))`` (floor ``f`` = :data:`VARIANCE_FLOOR`,
-:data:`VARIANCE_FLOOR_NO_DP` without DP). Without DP (``--no-dp``)
+:data:`VARIANCE_FLOOR_NO_DP` without DP); where the released variances
+average to zero or less (a cohort too small for the release), every
+``var_j`` is ``s_r^2`` instead. Without DP (``--no-dp``)
 nothing is clipped or noised, every coordinate is selected, the block is
 :func:`block_size` without DP, and the fit is the plain pooled estimate.
 
@@ -724,6 +726,13 @@ def fit(stats: dict, components: int, n_genes: int) -> GaussianModel:
     d = np.asarray(stats["variances"], dtype=float).copy()
     D = len(d)
     private = stats.get("clip_bounds") is not None
+    if private and d.mean() <= 0:
+        # the variance release left nothing (a cohort so small that mu's known error and the noise swamp
+        # it): every coordinate gets the records' released centred scale, an upper value, not ~0
+        s_r = float(stats["scales"]["centred"])
+        log.info("gene variances: their mean is not above zero; every variance set to the centred scale^2 %.3g",
+                 s_r**2)
+        d = np.full(D, s_r**2)
     avg = max(float(d.mean()), 1e-6)
     d, _ = shrink_towards_mean(d, float(stats["variances_noise_sd"]) ** 2)
     p = len(blk)
