@@ -480,7 +480,7 @@ def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int,
     g = selected_coordinates(D, n_total, n_classes, factor)
     p = block_size(D, n_total, n_classes, components, factor=factor)
     return {"class counts": 1.0, "record scale": math.sqrt(2.0), "gene means": r1, "class screen": r2,
-            "class means": SELECTED_CLIP * s_r * math.sqrt(g), "gene variances": VARIANCE_CLIP * s_r**2 * math.sqrt(D),
+            "class means": SELECTED_CLIP * s_r * math.sqrt(g), "gene variances": variance_bound(s_r, np.zeros(D)),
             "block moments": (RESIDUAL_CLIP * s_r * math.sqrt(p)) ** 2}
 
 
@@ -559,6 +559,17 @@ def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, kept: np.n
     score = ((dev**2 / nv[:, None]) - 1.0).sum(0) if noise_sd > 0 else (kept[:, None] * dev**2).sum(0)
     score[-1] = np.inf  # the level: its error would shift every gene of every class
     return score, theta2
+
+
+def _combine(err_var: np.ndarray, delta: np.ndarray, var_delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse-variance combination of ``m`` (error variance ``err_var``) with a measured correction ``delta``.
+
+    ``delta`` measures ``m``'s error with noise variance ``var_delta``; returns
+    the weighted correction ``w delta``, ``w = err_var / (err_var + var_delta)``
+    (1 without noise), and the combined error variance ``w var_delta``.
+    """
+    w = err_var / (err_var + var_delta) if var_delta > 0 else np.ones(len(delta))
+    return w * delta, w * var_delta
 
 
 def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_total: int, *,
@@ -664,21 +675,18 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     dev, w1 = np.hstack([dev, dev_lv]), np.hstack([w1, w1_lv])
     # the pooled mean of the sums measures m's error there, with noise variance K (s_1 / N)^2: combined
     # with m by inverse variances (the level's m is often the better of the two)
-    var_c = K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2
-    wc = err_var[sel] / (err_var[sel] + var_c) if var_c > 0 else np.ones(g)
+    correction, err_c = _combine(err_var[sel], centre, K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2)
     mu = np.tile(m, (K, 1))
-    mu[:, sel] += wc * centre + dev
+    mu[:, sel] += correction + dev
     props = kept / kept.sum()
-    err_var[sel] = wc * var_c + props @ (w1**2 * nv1[:, None])
+    err_var[sel] = err_c + props @ (w1**2 * nv1[:, None])
     if screened:
         # the screen's class sums, added over classes, also measure m's error on the other coordinates:
         # sum_i clip(v_i - m) / N, noise variance K (s_0 / N)^2; combined with m by inverse variances
         rest = np.setdiff1d(np.arange(D), sel)
-        delta = S0.value[:, rest].sum(0) / n_total
-        var_delta = K * (S0.noise_sd / n_total) ** 2
-        w = err_var[rest] / (err_var[rest] + var_delta) if var_delta > 0 else np.ones(len(rest))
-        mu[:, rest] += w * delta
-        err_var[rest] = w * var_delta
+        correction, err_var[rest] = _combine(err_var[rest], S0.value[:, rest].sum(0) / n_total,
+                                             K * (S0.noise_sd / n_total) ** 2)
+        mu[:, rest] += correction
     if not screened:
         score, _ = _screen_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, kept)
         order = np.argsort(-score, kind="stable")
