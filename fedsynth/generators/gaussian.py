@@ -121,7 +121,7 @@ import torch
 from ..errors import ParameterError
 from ..privacy import library_size
 from ..privacy.release import ReleaseSpec
-from ..privacy.clip import clip_rows
+from ..privacy.clip import clip_rows, clipped_sum
 from .base import Generator, option
 
 log = logging.getLogger("fedsynth")
@@ -634,9 +634,9 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     log.info("record level: typical |level| %s, weight %.3g in the gene means",
              "not clear of its noise" if s_l is None else f"{s_l:.3g}", w_l)
     bounds = set_bounds((s_v, FALLBACK_SCALES[1]), s_l)
-    Vw = V.copy()
-    Vw[:, -1] *= w_l
-    gm = release("gene means", clip_rows(Vw, bounds["gene means"]).sum(0))
+    level_w = np.ones(D)
+    level_w[-1] = w_l
+    gm = release("gene means", clipped_sum(V, bounds["gene means"], level_w))
     m = gm.value / n_total
     m[-1] /= w_l
     err_var = np.zeros(D)

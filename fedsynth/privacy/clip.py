@@ -13,3 +13,21 @@ def clip_rows(x: np.ndarray, bound: float) -> np.ndarray:
     """
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
+
+
+def clipped_sum(x: np.ndarray, bound: float, col_weights: np.ndarray | None = None) -> np.ndarray:
+    """``sum_i clip(x_i * w, bound)``: the sum of clipped rows, each row weighted by ``w`` per column first.
+
+    Equal to ``clip_rows(x * w, bound).sum(0)``, with the same sensitivity
+    ``bound``, but without forming the weighted or the clipped rows (no
+    ``n x D`` copy): row norms come from ``sum_j w_j^2 x_ij^2`` and the sum is
+    ``(f @ x) * w`` with ``f_i = min(1, bound / ||x_i * w||)``.
+    """
+    if col_weights is None:
+        sq = np.einsum("ij,ij->i", x, x)
+        w = 1.0
+    else:
+        w = np.asarray(col_weights, dtype=float)
+        sq = np.einsum("ij,ij,j->i", x, x, w * w)
+    f = np.minimum(1.0, bound / np.maximum(np.sqrt(sq), 1e-12))
+    return (f @ x) * w
