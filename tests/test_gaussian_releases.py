@@ -202,6 +202,21 @@ def test_without_dp_nothing_is_clipped_and_statistics_are_exact():
 
 
 # ------------------------------------------------------------ de-noising
+def test_releases_summed_a_slice_of_records_at_a_time_are_the_same_sums(monkeypatch):
+    """The screen and the variances are summed ROW_CHUNK records at a time (memory only): same values."""
+    X, y = structured()
+    plan = plan_for(X.shape[1], len(y), 4)
+    whole, sliced = Recorder(), Recorder()
+    monkeypatch.setattr(ga, "ROW_CHUNK", len(y))
+    run(X, y, 4, plan, whole, len(y))
+    monkeypatch.setattr(ga, "ROW_CHUNK", 7)  # 240 records: 34 slices and a remainder of 2
+    run(X, y, 4, plan, sliced, len(y))
+    assert {"class screen", "gene variances"} <= set(whole.values)
+    assert list(whole.values) == list(sliced.values)
+    for name, v in whole.values.items():
+        np.testing.assert_allclose(sliced.values[name], v, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 def test_denoising_leaves_exact_values_and_shrinks_noise():
     rng = np.random.default_rng(0)
     dev = rng.normal(0, 1, (5, 200))

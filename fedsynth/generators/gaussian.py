@@ -175,6 +175,9 @@ NO_DP_BLOCK = 2000
 SELECTION_REFERENCE = (math.sqrt(math.log(1e5) + 1.0) - math.sqrt(math.log(1e5))) ** 2
 #: The releases whose bounds are clips, set from the released scales (:func:`release_bounds`).
 CLIPPED = ("gene means", "class screen", "class means", "gene variances", "block moments")
+#: Records per slice where a release over all ``D`` coordinates is summed a slice at a time
+#: (:func:`_row_chunks`; memory only, the sums are the same).
+ROW_CHUNK = 256
 #: A screen only where ``D >= SCREEN_MIN_RATIO * g`` (:func:`selected_coordinates`).
 SCREEN_MIN_RATIO = 2.0
 
@@ -220,7 +223,7 @@ def scale_histogram(V: np.ndarray) -> np.ndarray:
     One count per record in each half, so removing a record changes two
     counts by one: L2 sensitivity ``sqrt(2)``.
     """
-    rms = np.linalg.norm(V, axis=1) / math.sqrt(V.shape[1])
+    rms = np.sqrt(np.einsum("ij,ij->i", V, V) / V.shape[1])
     return np.concatenate([_log2_histogram(rms), _log2_histogram(np.abs(V[:, -1]))])
 
 
@@ -301,7 +304,10 @@ def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int,
 def to_profile_level(X: np.ndarray) -> np.ndarray:
     """``v = [x - l(x), l(x)]``, one row per record (local, free)."""
     level = X.mean(axis=1, keepdims=True)
-    return np.hstack([X - level, level])
+    V = np.empty((X.shape[0], X.shape[1] + 1))
+    np.subtract(X, level, out=V[:, :-1])
+    V[:, -1:] = level
+    return V
 
 
 def from_profile_level(V: np.ndarray) -> np.ndarray:
@@ -561,6 +567,20 @@ def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, kept: np.n
     return score, theta2
 
 
+def _row_chunks(n_rows: int, part) -> np.ndarray:
+    """``sum`` of ``part(rows)`` over consecutive slices of :data:`ROW_CHUNK` rows.
+
+    A release that is a sum over records, computed a slice of records at a
+    time, so that no ``n x D`` intermediate is formed (memory only: the
+    result is the same sum).
+    """
+    total = None
+    for start in range(0, n_rows, ROW_CHUNK):
+        x = part(slice(start, start + ROW_CHUNK))
+        total = x if total is None else total + x
+    return total if total is not None else part(slice(0, 0))
+
+
 def _combine(err_var: np.ndarray, delta: np.ndarray, var_delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Inverse-variance combination of ``m`` (error variance ``err_var``) with a measured correction ``delta``.
 
@@ -652,7 +672,8 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     # 3. class screen: every coordinate's between-class signal, to select the coordinates worth releasing
     screened = "class screen" in release.plan.specs
     if screened:
-        S0 = release("class screen", onehot.T @ clip_rows(V - m, bounds["class screen"]))
+        S0 = release("class screen", _row_chunks(len(V), lambda rows: onehot[rows].T @ clip_rows(
+            V[rows] - m, bounds["class screen"])))
         score, _ = _screen_scores(S0.value, S0.noise_sd, c_eff, kept)
         order = np.argsort(-score, kind="stable")
         g = selected_coordinates(D, n_total, K, factor) if clip else D
@@ -663,7 +684,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     assert sel[-1] == D - 1  # the level is always selected
 
     # 4. class means on the selected coordinates, de-noised (elsewhere mu_k = m)
-    U1, scale1 = _scaled_clip((V - m)[:, sel], SELECTED_CLIP * s_r * math.sqrt(g), bounds["class means"])
+    U1, scale1 = _scaled_clip(V[:, sel] - m[sel], SELECTED_CLIP * s_r * math.sqrt(g), bounds["class means"])
     S1 = release("class means", onehot.T @ U1)
     sums = S1.value / scale1
     nv1 = (S1.noise_sd / scale1 / c_eff) ** 2
@@ -692,11 +713,11 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         order = np.argsort(-score, kind="stable")
 
     # 5. per-coordinate residual variances, less the known error of mu
-    R = V - mu[y]
     if clip:  # the bound as the residuals are: with mu's known error
         bounds["gene variances"] = variance_bound(s_r, err_var)
         release.bound("gene variances", bounds["gene variances"])
-    Q = release("gene variances", clip_rows(R**2, bounds["gene variances"]).sum(0))
+    Q = release("gene variances", _row_chunks(len(V), lambda rows: clip_rows(
+        (V[rows] - mu[y[rows]]) ** 2, bounds["gene variances"]).sum(0)))
     dof = max(n_total - K, 1)
     var = Q.value / dof - err_var
     var_noise = Q.noise_sd / dof
@@ -704,7 +725,8 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     # 6. second moments of the block of the p most class-informative coordinates (DP-PCA)
     blk = np.sort(order[:min(p_max, g)])
     p = len(blk)
-    U2, scale2 = _scaled_clip(R[:, blk], RESIDUAL_CLIP * s_r * math.sqrt(p), math.sqrt(bounds["block moments"]))
+    U2, scale2 = _scaled_clip(V[:, blk] - mu[:, blk][y], RESIDUAL_CLIP * s_r * math.sqrt(p),
+                              math.sqrt(bounds["block moments"]))
     B = release("block moments", _upper(U2.T @ U2))
     stats = {
         "class_counts": counts.tolist(),
