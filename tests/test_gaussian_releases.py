@@ -222,40 +222,17 @@ def test_denoising_leaves_exact_values_and_shrinks_noise():
     dev = rng.normal(0, 1, (5, 200))
     out, w = ga.denoise_deviations(dev, np.zeros(5))
     assert np.array_equal(out, dev) and np.all(w == 1)
-    # pure noise of known variance: pulled towards 0 (most of its energy removed)
+    # pure noise of known variance: pulled towards 0 (most of it removed)
     noise = rng.normal(0, 1, (5, 200))
     out, _ = ga.denoise_deviations(noise, np.ones(5))
-    assert np.linalg.norm(out) < 0.6 * np.linalg.norm(noise)
-    # a sparse signal well above the noise: kept
+    assert np.linalg.norm(out) < 0.4 * np.linalg.norm(noise)
+    # a sparse signal well above the noise: kept, and the estimate is closer to it than the raw values
     signal = np.zeros((5, 200))
     signal[:, :10] = rng.choice([-6.0, 6.0], (5, 10))
     raw = signal + rng.normal(0, 1, (5, 200))
     out, _ = ga.denoise_deviations(raw, np.ones(5))
+    assert np.linalg.norm(out - signal) < 0.8 * np.linalg.norm(raw - signal)
     assert np.abs(out[:, :10] - signal[:, :10]).mean() < 1.0
-    assert np.abs(out[:, 10:]).mean() < 0.85 * np.abs(raw[:, 10:]).mean()  # the noise coordinates are shrunk
-
-
-@pytest.mark.parametrize("g", [50, 2000])
-def test_denoised_deviations_keep_the_spread_of_the_true_ones(g):
-    """``w = b^(1/2)`` (constrained Bayes): the formula's values, and the true deviations' spread, at two sizes."""
-    K, s2 = 5, np.array([1.0, 1.0, 2.0, 0.5, 1.0])
-    for tau2 in (1.0, 4.0):
-        cb, pm = [], []
-        for seed in range(20):
-            rng = np.random.default_rng([seed, g])
-            theta = rng.normal(0, math.sqrt(tau2), (K, g))
-            x = theta + rng.normal(0, 1, (K, g)) * np.sqrt(s2)[:, None]
-            out, w = ga.denoise_deviations(x, s2)
-            # the weights are the square root of the larger of the two empirical-Bayes weights
-            t2 = np.maximum((x**2 - s2[:, None]).mean(0), 0.0)
-            b = np.maximum(t2 / (t2 + s2[:, None]), np.clip(1 - g * s2 / (x**2).sum(1), 0, 1)[:, None])
-            np.testing.assert_allclose(w, np.sqrt(b), rtol=1e-12)
-            np.testing.assert_allclose(out, np.sqrt(b) * x, rtol=1e-12)
-            cb.append((out**2).mean() / (theta**2).mean())
-            pm.append(((b * x) ** 2).mean() / (theta**2).mean())
-        # the de-noised deviations are as spread as the true ones; the posterior means are not
-        assert 0.9 < np.mean(cb) < 1.35, (g, tau2, np.mean(cb))
-        assert np.mean(pm) < np.mean(cb) - 0.1, (g, tau2, np.mean(pm), np.mean(cb))
 
 
 def test_gene_mean_shrinkage_uses_the_known_noise():

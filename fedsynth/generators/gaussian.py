@@ -55,10 +55,8 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
 5. **class means** on the ``g`` selected coordinates: class sums of
    ``clip((v_i - m)_sel, c_s s_r sqrt(g))``. The pooled mean of the sums
    corrects ``m`` there; each class's deviation from it is de-noised by
-   its known noise (:func:`denoise_deviations`: the square root of the
-   larger of a per-gene linear empirical-Bayes weight and a per-class
-   James-Stein factor: constrained Bayes, whose estimates keep the true
-   deviations' spread where the posterior means would shrink it).
+   its known noise (:func:`denoise_deviations`: the larger of a per-gene
+   linear empirical-Bayes weight and a per-class James-Stein factor).
    Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
    sums added over classes (they measure ``m``'s error too, with noise
    variance ``K s_0^2 / N^2``; combined with ``m`` by inverse variances);
@@ -527,7 +525,7 @@ def shrink_towards_mean(x: np.ndarray, noise_var: float) -> tuple[np.ndarray, fl
 def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shrink noisy class deviations (K x g) towards 0 by their known noise (post-processing, free).
 
-    Two linear empirical-Bayes weights ``b``, the larger one kept per entry:
+    Two linear empirical-Bayes weights, the larger one kept per entry:
 
     * per coordinate ``j``, across classes: signal variance
       ``tau_j^2 = max(mean_k (dev_kj^2 - s_k^2), 0)``, weight
@@ -536,17 +534,9 @@ def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarr
       ``a_k = max(0, 1 - g s_k^2 / ||dev_k||^2)`` (a class whose deviation
       stands out of the noise as a whole keeps it).
 
-    The deviation is multiplied by ``w = b^(1/2)``, not by ``b``: the
-    constrained-Bayes estimate (Louis 1984). With ``x = theta + e``, the
-    posterior mean ``b x`` has spread ``b tau^2``, less than the
-    deviations' own ``tau^2``; ``b^(1/2) x`` has spread ``tau^2``. A
-    generator must reproduce how far apart the classes are, not only where
-    they most likely lie: classes drawn closer than the real ones teach a
-    classifier to lean on the class sizes.
-
     ``s_k^2`` (``noise_var``) is the per-coordinate noise variance of class
-    ``k``'s deviation. Returns the shrunk deviations and the weights ``w``;
-    without noise they come back unchanged.
+    ``k``'s deviation. Returns the shrunk deviations and the weights; without
+    noise they come back unchanged.
     """
     K, g = dev.shape
     if g == 0 or not np.any(noise_var > 0):
@@ -557,7 +547,6 @@ def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarr
     if g >= 3:
         js = np.clip(1.0 - g * noise_var / np.maximum((dev**2).sum(1), 1e-12), 0.0, 1.0)
         w = np.maximum(w, js[:, None])
-    w = np.sqrt(w)
     return w * dev, w
 
 
