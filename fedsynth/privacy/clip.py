@@ -11,8 +11,12 @@ def clip_rows(x: np.ndarray, bound: float) -> np.ndarray:
     A sum of clipped rows changes by at most ``bound`` (L2) when one record
     is added or removed: that is the sensitivity a release of it declares.
     """
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
+    return x * _factors(np.linalg.norm(x, axis=1, keepdims=True), bound)
+
+
+def _factors(norms: np.ndarray, bound: float) -> np.ndarray:
+    """``min(1, bound / ||u||)`` per row: the one place a row's clip factor is computed."""
+    return np.minimum(1.0, bound / np.maximum(norms, 1e-12))
 
 
 def clipped_sum(x: np.ndarray, bound: float, col_weights: np.ndarray | None = None) -> np.ndarray:
@@ -29,5 +33,4 @@ def clipped_sum(x: np.ndarray, bound: float, col_weights: np.ndarray | None = No
     else:
         w = np.asarray(col_weights, dtype=float)
         sq = np.einsum("ij,ij,j->i", x, x, w * w)
-    f = np.minimum(1.0, bound / np.maximum(np.sqrt(sq), 1e-12))
-    return (f @ x) * w
+    return (_factors(np.sqrt(sq), bound) @ x) * w
