@@ -114,7 +114,8 @@ def run_one(gen_name, X, y, Xte, yte, classes, eps, rng, n_syn=None, options=Non
     Xs = gen.sample(ys, rng)
     r = tstr(Xs, np.asarray(classes)[ys], Xte, yte, models=("logreg",))["tstr"]["logreg"]
     mean_r = float(np.corrcoef(Xs.mean(0), X.mean(0))[0, 1])  # synthetic vs real training gene means
-    return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "gene_mean_r": mean_r, "fit_s": fit_s, "gen": gen}
+    return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "gene_mean_r": mean_r, "fit_s": fit_s, "gen": gen,
+            "n_total": schema.n_total}
 
 
 def main(argv=None):
