@@ -128,3 +128,23 @@ def test_no_gene_by_gene_matrix_in_the_model():
     m = sd.make_model(20_000, 5, 3, 0, "bulk")
     biggest = max(v.size for v in m.values() if isinstance(v, np.ndarray))
     assert biggest <= 20_000 * max(5, 3, m["rank"])
+
+
+def test_held_out_shapes_put_the_class_signal_where_they_say():
+    """bench/high_dim.py's held-out-shaped data sets: hard1000 shifts only the factor scores (every class
+    effect lies in the span of the loadings), sparse1000 only a sparse set of genes (no factor shift)."""
+    spec_hd = importlib.util.spec_from_file_location("high_dim_for_test", BENCH / "high_dim.py")
+    hd = importlib.util.module_from_spec(spec_hd)
+    spec_hd.loader.exec_module(hd)
+    assert set(hd.HELD_OUT_SHAPE) == {"hard1000", "sparse1000"}
+    hard = sd.make_model(1000, 5, 1, 0, "bulk", **hd.HELD_OUT_SHAPE["hard1000"])
+    Q, _ = np.linalg.qr(hard["L"])
+    outside = hard["D"] - (hard["D"] @ Q) @ Q.T
+    assert np.abs(outside).max() < 1e-9 * np.abs(hard["D"]).max()
+    assert np.abs(hard["D"]).max() > 0.1
+    sparse = sd.make_model(1000, 5, 1, 0, "bulk", **hd.HELD_OUT_SHAPE["sparse1000"])
+    moved = np.abs(sparse["D"]).max(0) > 0
+    assert np.array_equal(moved, sparse["affected"])
+    assert 0.07 < moved.mean() < 0.13
+    # the nuisance factors are there in both: every gene loads on them
+    assert (np.linalg.norm(sparse["L"], axis=1) > 0).mean() > 0.9
