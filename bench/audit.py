@@ -277,12 +277,12 @@ def _unshrink(x, noise_var: float):
     return x.mean() + (x - x.mean()) / a, a
 
 
-def _class_sums(dmu, kept, c_eff, noise_var, iters: int = 50):
+def _class_sums(dmu, n_total, c_eff, noise_var, iters: int = 50):
     """Undo ``fedsynth.generators.gaussian.denoise_deviations``: the released class sums (K x g) from ``mu - m``.
 
     The model holds ``X_k = mu_k - m = centre + w_k d_k`` on the selected
     coordinates, ``d_k = S_k / c'_k - centre`` the released deviations,
-    ``sum_k c'_k d_k = (sum_k c_k - sum_k c'_k) centre`` and ``w_kj =
+    ``sum_k c'_k d_k = (N - sum_k c'_k) centre`` (``centre = sum_k S_k / N``) and ``w_kj =
     max(tau_j^2 / (tau_j^2 + s_k^2), a_k)`` (``tau_j^2 = max(mean_k(d_kj^2
     - s_k^2), 0)``, ``a_k`` the James-Stein factor of class ``k``). Given
     ``tau^2`` and ``a`` the rest is linear (where ``w_kj = 0``, ``X_kj`` is
@@ -299,7 +299,7 @@ def _class_sums(dmu, kept, c_eff, noise_var, iters: int = 50):
     grid = np.concatenate([[0.0], np.logspace(-8, 2, 600)])[None, :, None]  # tau^2 candidates
     X = dmu[:, None, :]
     js = np.zeros(K)
-    extra = c_eff.sum() - kept.sum()
+    extra = c_eff.sum() - n_total
     for _ in range(iters):
         w = np.broadcast_to(np.maximum(grid / (grid + nv), js[:, None, None]), (K, grid.shape[1], g))
         pos = w > 1e-12
@@ -445,7 +445,7 @@ def score_gaussian(blob):
     col[sel] = np.arange(len(sel))
     has = col[gi] >= 0
     U = clip_rows((Vc - m)[:, sel], bounds["class means"])
-    sums, w, pos = _class_sums(mu[:, sel] - m[sel], kept, c_eff, (sd["class means"] / c_eff) ** 2)
+    sums, w, pos = _class_sums(mu[:, sel] - m[sel], N, c_eff, (sd["class means"] / c_eff) ** 2)
     j = np.where(has, col[gi], 0)
     has &= pos[c, j]  # where the de-noising set the canary class's deviation to 0, nothing is left
     own = U[np.arange(M), j]
@@ -500,7 +500,7 @@ def _rebuilt_variances(part, sdict, st, sd, bounds, Vb, Vc, mu, yb, c, sel, w, k
         err = np.full(G + 1, a_m * (sd["gene means"] / N) ** 2)
         err[-1] = (sd["gene means"] / N) ** 2
         props = kept / kept.sum()
-        err[sel] = K * (sd["class means"] / kept.sum()) ** 2 + props @ (w**2 * ((sd["class means"] / c_eff) ** 2)[:, None])
+        err[sel] = K * (sd["class means"] / N) ** 2 + props @ (w**2 * ((sd["class means"] / c_eff) ** 2)[:, None])
         Q = (raw + err) * dof
         bound = bounds["gene variances"]
         Qc = clip_rows((Vc - mu[c]) ** 2, bound)

@@ -436,3 +436,36 @@ def test_selection_grows_with_the_budget(G, N, K):
     assert noise[0] > noise[1] > noise[2]
     # without DP every coordinate
     assert ga.selected_coordinates(D, N, K, ga.selection_factor(None, 1e-5)) == D
+
+
+class WrongCounts(Recorder):
+    """No noise anywhere, but class counts far off (three of four come back negative, so clamped to 1)."""
+
+    def sum(self, x, *, noise_std=0.0, step=""):
+        x = super().sum(x, noise_std=noise_std, step=step)
+        if step.endswith(": class counts"):
+            return x - torch.tensor([0.0, 500.0, 500.0, 500.0], dtype=x.dtype)
+        return x
+
+
+def test_the_pooled_mean_of_the_class_sums_is_over_the_released_record_count(monkeypatch):
+    """The class sums' pooled mean measures the gene means' error: its divisor is the released ``N``.
+
+    Fails when it is the sum of the clamped class counts (here ``n_0 + 3`` for ``N = 240``): the
+    correction of ``m`` then comes out about 2.5 times too large, and every class's deviation from the
+    pooled mean carries that share of the gene-mean error.
+    """
+    from fedsynth.privacy.clip import clip_rows
+
+    X, y = structured(n=240, G=300, K=4, seed=5)
+    K, N = 4, len(y)
+    seen = []
+    combine = ga._combine
+    monkeypatch.setattr(ga, "_combine", lambda e, d, v: seen.append(d.copy()) or combine(e, d, v))
+    st = run(X, y, K, plan_for(X.shape[1], N, K), WrongCounts(), N)
+    assert np.asarray(st["class_counts"])[1:].max() < 0  # the counts are wrong, as meant
+    sel = np.asarray(st["selected"])
+    m = np.asarray(st["gene_means"])
+    bound = ga.SELECTED_CLIP * st["scales"]["centred"] * math.sqrt(len(sel))
+    expected = clip_rows(ga.to_profile_level(X)[:, sel] - m[sel], bound).sum(0) / N
+    assert np.allclose(seen[0], expected, rtol=1e-9, atol=1e-12)

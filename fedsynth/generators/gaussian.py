@@ -553,19 +553,21 @@ def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarr
     return w * dev, w
 
 
-def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, kept: np.ndarray):
+def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, n_total: float):
     """Per coordinate, its between-class signal: a score to rank by and ``theta^2`` (K x D), noise removed.
 
     ``dev_kj = S_kj / c_k - sum_k S_kj / N`` (deviation from the pooled mean,
-    which also cancels the gene-mean error); with noise s.d. ``s`` per sum,
+    which also cancels the gene-mean error; ``N`` the released record count,
+    not the sum of the noisy class counts, whose error would leave a share of
+    the gene-mean error in every class's deviation); with noise s.d. ``s`` per sum,
     ``theta_kj^2 = max(dev_kj^2 - (s / c_k)^2, 0)`` and the score is
     ``sum_k ((c_k dev_kj / s)^2 - 1)`` (a centred chi-square statistic);
     without noise, the between-class sum of squares.
     """
-    dev = S / c_eff[:, None] - S.sum(0) / float(kept.sum())
+    dev = S / c_eff[:, None] - S.sum(0) / float(n_total)
     nv = (noise_sd / c_eff) ** 2
     theta2 = np.maximum(dev**2 - nv[:, None], 0.0)
-    score = ((dev**2 / nv[:, None]) - 1.0).sum(0) if noise_sd > 0 else (kept[:, None] * dev**2).sum(0)
+    score = ((dev**2 / nv[:, None]) - 1.0).sum(0) if noise_sd > 0 else (c_eff[:, None] * dev**2).sum(0)
     score[-1] = np.inf  # the level: its error would shift every gene of every class
     return score, theta2
 
@@ -677,7 +679,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     if screened:
         S0 = release("class screen", _row_chunks(len(V), lambda rows: onehot[rows].T @ clip_rows(
             V[rows] - m, bounds["class screen"])))
-        score, _ = _screen_scores(S0.value, S0.noise_sd, c_eff, kept)
+        score, _ = _screen_scores(S0.value, S0.noise_sd, c_eff, n_total)
         order = np.argsort(-score, kind="stable")
         g = selected_coordinates(D, n_total, K, factor) if clip else D
         sel = np.sort(order[:g])
@@ -691,7 +693,9 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     S1 = release("class means", onehot.T @ U1)
     sums = S1.value / scale1
     nv1 = (S1.noise_sd / scale1 / c_eff) ** 2
-    centre = sums.sum(0) / float(kept.sum())
+    # the pooled mean of the sums: over all N records (the released count, far more precise than the sum of
+    # the K noisy class counts, which clamping at 1 also biases upwards)
+    centre = sums.sum(0) / float(n_total)
     # the profile coordinates' deviations are de-noised together; the level's (always selected, the last)
     # alone, by its own empirical-Bayes weight: a class's noisy level would shift all its genes
     raw = sums / c_eff[:, None] - centre
@@ -699,7 +703,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     dev, w1 = np.hstack([dev, dev_lv]), np.hstack([w1, w1_lv])
     # the pooled mean of the sums measures m's error there, with noise variance K (s_1 / N)^2: combined
     # with m by inverse variances (the level's m is often the better of the two)
-    correction, err_c = _combine(err_var[sel], centre, K * (S1.noise_sd / scale1 / float(kept.sum())) ** 2)
+    correction, err_c = _combine(err_var[sel], centre, K * (S1.noise_sd / scale1 / float(n_total)) ** 2)
     mu = np.tile(m, (K, 1))
     mu[:, sel] += correction + dev
     props = kept / kept.sum()
@@ -712,7 +716,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
                                              K * (S0.noise_sd / n_total) ** 2)
         mu[:, rest] += correction
     if not screened:
-        score, _ = _screen_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, kept)
+        score, _ = _screen_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, n_total)
         order = np.argsort(-score, kind="stable")
 
     # 5. per-coordinate residual variances, less the known error of mu
