@@ -20,7 +20,7 @@ ap.add_argument("seeds", help="split seeds, FIRST-END (end excluded)")
 ap.add_argument("constants", nargs="*", help="NAME=value: module constants of fedsynth.generators.gaussian")
 ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2]))
 ap.add_argument("--draws", type=int, default=2)
-a = ap.parse_args()
+a = ap.parse_intermixed_args()  # constants before or after --root
 sys.path.insert(0, a.root + "/bench")
 sys.path.insert(1, a.root)
 import inproc  # noqa: E402
