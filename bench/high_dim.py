@@ -119,6 +119,17 @@ def eps_name(eps) -> str:
     return "nodp" if eps is None else f"{eps:g}"
 
 
+def _generated(path: Path, genes: int, samples: int, sites: int, **overrides) -> Path:
+    """``path``, written by :func:`synthdata.write_csv` unless it is there from the same fitted parameters."""
+    params = synthdata.PARAMS.read_bytes()
+    stamp = path.with_name(path.name + ".params")
+    if not path.is_file() or not stamp.is_file() or stamp.read_bytes() != params:
+        print(f"  writing {rel(path)} ...", flush=True)
+        synthdata.write_csv(path, genes, samples, GEN_CLASSES, sites, GEN_SEED, GEN_PRESET, **overrides)
+        stamp.write_bytes(params)  # regenerated when the fitted parameters change
+    return path
+
+
 # ------------------------------------------------------------------ data sets
 def dataset(name: str) -> dict:
     """Path, simulate arguments and read options of one data set (generated matrices written once)."""
@@ -134,26 +145,14 @@ def dataset(name: str) -> dict:
     if name in HELD_OUT_SHAPE:
         over = HELD_OUT_SHAPE[name]
         tag = "_".join(f"{k}{v:g}" for k, v in sorted(over.items()))
-        path = WORK / "data" / f"{name}_{GEN_PRESET}_n{HELD_OUT_SAMPLES}_k5_{tag}_seed{GEN_SEED}.csv.gz"
-        params = synthdata.PARAMS.read_bytes()
-        stamp = path.with_name(path.name + ".params")
-        if not path.is_file() or not stamp.is_file() or stamp.read_bytes() != params:
-            print(f"  writing {rel(path)} ...", flush=True)
-            synthdata.write_csv(path, 1000, HELD_OUT_SAMPLES, 5, 1, GEN_SEED, GEN_PRESET, **over)
-            stamp.write_bytes(params)
+        path = _generated(WORK / "data" / f"{name}_{GEN_PRESET}_n{HELD_OUT_SAMPLES}_k{GEN_CLASSES}_{tag}"
+                          f"_seed{GEN_SEED}.csv.gz", 1000, HELD_OUT_SAMPLES, 1, **over)
         return {"path": path, "label": "label", "meta": ("site",),
                 "args": ["--label-column", "label", "--meta-columns", "site", "--split", "dirichlet",
                          "--alpha", "1", "--sites", "3"]}
     if name.startswith("gen"):
-        genes = int(name[3:])
-        path = WORK / "data" / (f"{name}_{GEN_PRESET}_n{GEN_SAMPLES}_k{GEN_CLASSES}_s{GEN_SITES}"
-                                f"_seed{GEN_SEED}.csv.gz")
-        params = synthdata.PARAMS.read_bytes()
-        stamp = path.with_name(path.name + ".params")
-        if not path.is_file() or not stamp.is_file() or stamp.read_bytes() != params:
-            print(f"  writing {rel(path)} ...", flush=True)
-            synthdata.write_csv(path, genes, GEN_SAMPLES, GEN_CLASSES, GEN_SITES, GEN_SEED, GEN_PRESET)
-            stamp.write_bytes(params)  # regenerated when the fitted parameters change
+        path = _generated(WORK / "data" / (f"{name}_{GEN_PRESET}_n{GEN_SAMPLES}_k{GEN_CLASSES}_s{GEN_SITES}"
+                                           f"_seed{GEN_SEED}.csv.gz"), int(name[3:]), GEN_SAMPLES, GEN_SITES)
         return {"path": path, "label": "label", "meta": ("site",),
                 "args": ["--label-column", "label", "--site-column", "site", "--sites", "3"]}
     raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
