@@ -12,6 +12,8 @@
 * every release gets exactly the noise the accountant planned;
 * the de-noising of class deviations leaves exact values alone, pulls
   pure noise towards 0 and keeps a signal that stands out of the noise;
+* the class-mean sums are divided by the share of a record their clip
+  keeps, so the class deviations are not shrunk towards the gene means;
 * the level, weighted in the gene means, gets a fraction of the noise it
   would get unweighted; the variance clip carries the known error of the
   means (both fail when the change is undone).
@@ -308,29 +310,32 @@ class Noisy(Recorder):
 
 
 def test_the_level_gets_less_noise_than_a_profile_coordinate(monkeypatch):
-    """An error in the level moves every gene of a class: weighted, it is a fraction of the unweighted error.
+    """An error in the level moves every gene of every record: weighted, it is a fraction of the unweighted error.
 
-    Fails when the level is released like any coordinate (``w = 1``): at 2,000 genes and 300 records its
-    noise is that of one gene's mean, about 1.5 times the records' scale, and the class-mean release,
-    clipped, corrects only part of it.
+    Fails when the level is released like any coordinate (``w = 1``): at 2,000 genes and 300 records the
+    gene means' level then has the noise of one gene's mean, about 1.5 times the records' scale. The
+    class means' level, which the class-mean release corrects, is no worse for the weight.
     """
     X, y = structured(n=300, G=2000, K=4, seed=7)
     X += 8.0 - X.mean()  # log2 bulk: a level of 8
     K, N = 4, len(y)
-    truth = np.stack([ga.to_profile_level(X[y == k]).mean(0)[-1] for k in range(K)])
+    V = ga.to_profile_level(X)
+    truth = np.stack([V[y == k].mean(0)[-1] for k in range(K)])
 
-    def level_error(seed):
+    def level_errors(seed):
         plan = plan_for(X.shape[1], N, K)
         st = run(X, y, K, plan, Noisy(np.random.default_rng(seed)), N)
         assert st["scales"]["level"] == pytest.approx(8.0, rel=0.1)
-        return float(np.sqrt(np.mean((np.asarray(st["class_means"])[:, -1] - truth) ** 2))), st
-    errs = [level_error(s) for s in range(6)]
-    assert all(st["scales"]["level_weight"] > 3 for _, st in errs)
+        return (abs(st["gene_means"][-1] - V[:, -1].mean()),
+                float(np.sqrt(np.mean((np.asarray(st["class_means"])[:, -1] - truth) ** 2))), st)
+    errs = [level_errors(s) for s in range(6)]
+    assert all(st["scales"]["level_weight"] > 3 for *_, st in errs)
     monkeypatch.setattr(ga, "LEVEL_SHARE", 0.0)  # w = 1: the level released like a profile coordinate
-    plain = [level_error(s) for s in range(6)]
-    assert all(st["scales"]["level_weight"] == 1.0 for _, st in plain)
-    e, e0 = np.median([x for x, _ in errs]), np.median([x for x, _ in plain])
-    assert e < 0.5 * e0, (e, e0)
+    plain = [level_errors(s) for s in range(6)]
+    assert all(st["scales"]["level_weight"] == 1.0 for *_, st in plain)
+    (m, c), (m0, c0) = np.median([e[:2] for e in errs], 0), np.median([e[:2] for e in plain], 0)
+    assert m < 0.5 * m0, (m, m0)
+    assert c < 1.1 * c0, (c, c0)
 
 
 @pytest.mark.parametrize("D", [51, 20001])
@@ -467,5 +472,46 @@ def test_the_pooled_mean_of_the_class_sums_is_over_the_released_record_count(mon
     sel = np.asarray(st["selected"])
     m = np.asarray(st["gene_means"])
     bound = ga.SELECTED_CLIP * st["scales"]["centred"] * math.sqrt(len(sel))
-    expected = clip_rows(ga.to_profile_level(X)[:, sel] - m[sel], bound).sum(0) / N
+    a = st["scales"]["class_mean_clip_factor"]  # the clip's shrink, removed (:func:`clip_factor`)
+    expected = clip_rows(ga.to_profile_level(X)[:, sel] - m[sel], bound).sum(0) / N / a
     assert np.allclose(seen[0], expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("g", [50, 5000])
+def test_clip_factor_follows_its_formula(g):
+    s_r, e2 = 1.3, 0.4
+    R = ga.SELECTED_CLIP * s_r * math.sqrt(g)
+    a = ga.clip_factor(R, g * (s_r**2 + e2))
+    assert a == pytest.approx(ga.SELECTED_CLIP * s_r / math.sqrt(s_r**2 + e2))
+    assert ga.clip_factor(10 * R, g * (s_r**2 + e2)) == 1.0  # a clip that does not bind keeps everything
+    assert ga.clip_factor(math.inf, 1.0) == 1.0 and ga.clip_factor(R, 0.0) == 1.0
+    # what it must achieve: the mean share of Gaussian rows of that spread that the clip keeps
+    rows = np.random.default_rng(g).normal(0.0, math.sqrt(s_r**2 + e2), (400, g))
+    kept = np.minimum(1.0, R / np.linalg.norm(rows, axis=1)).mean()
+    assert a == pytest.approx(kept, rel=0.05)
+
+
+def test_the_class_deviations_are_not_shrunk_towards_the_gene_means_by_their_clip(monkeypatch):
+    """The class-mean release's clip binds for most records; its sums are divided by :func:`clip_factor`.
+
+    Almost no noise (epsilon 1e4), so the de-noiser keeps the deviations: the model's class differences on
+    the selected coordinates match the real ones (slope near 1). Fails when the sums are not divided (the
+    slope is then the clip's share, about 0.5): class means shrunk towards ``m`` by half.
+    """
+    X, y = structured(n=240, G=300, K=4, seed=5, outliers=False)
+    K, N = 4, len(y)
+    V = ga.to_profile_level(X)
+    true = np.stack([V[y == k].mean(0) for k in range(K)])
+
+    def slope():
+        st = run(X, y, K, plan_for(X.shape[1], N, K, epsilon=1e4), Recorder(), N)
+        sel = np.asarray(st["selected"])[:-1]
+        mu = np.asarray(st["class_means"])
+        d_model, d_true = (mu[1:, sel] - mu[0, sel]).ravel(), (true[1:, sel] - true[0, sel]).ravel()
+        return float(d_model @ d_true / (d_true @ d_true)), st
+    b, st = slope()
+    assert st["scales"]["class_mean_clip_factor"] < 0.8  # the clip binds, as meant
+    assert 0.85 < b < 1.15, b
+    monkeypatch.setattr(ga, "clip_factor", lambda R, ms: 1.0)
+    b0, _ = slope()
+    assert b0 < 0.75, b0

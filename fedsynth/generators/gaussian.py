@@ -53,8 +53,11 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    allows: 1 at epsilon 1, about ``epsilon`` elsewhere. Post-processing:
    selection is free;
 5. **class means** on the ``g`` selected coordinates: class sums of
-   ``clip((v_i - m)_sel, c_s s_r sqrt(g))``. The pooled mean of the sums
-   corrects ``m`` there; each class's deviation from it is de-noised by
+   ``clip((v_i - m)_sel, c_s s_r sqrt(g))``, divided by the share of a
+   typical record that the clip keeps, ``a = c_s s_r sqrt(g) / sqrt(g
+   s_r^2 + sum_sel e_j^2)`` (:func:`clip_factor`; ``e_j^2`` the known error
+   variance of ``m``), so that they are not shrunk towards ``m``. The
+   pooled mean of the sums corrects ``m`` there; each class's deviation from it is de-noised by
    its known noise (:func:`denoise_deviations`: the larger of a per-gene
    linear empirical-Bayes weight and a per-class James-Stein factor).
    Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
@@ -470,6 +473,22 @@ def centred_scale(s_v: float, m: np.ndarray, noise_var: float) -> float:
     return float(math.sqrt(max(s_v**2 - ms, (s_v / 4.0) ** 2)))
 
 
+def clip_factor(bound: float, mean_square_norm: float) -> float:
+    """``a = min(1, R / sqrt(E ||u||^2))``: the share of a typical row's length that a clip at ``R`` keeps.
+
+    A clipped sum ``sum_i u_i min(1, R / ||u_i||)`` is about ``a sum_i u_i``
+    when the rows' norms concentrate near ``sqrt(E ||u||^2)`` (many
+    coordinates), so its mean is shrunk towards 0 by ``a``; dividing the
+    released sum by ``a`` (post-processing) removes that shrink, and its noise
+    with it, and leaves the signal-to-noise ratio as it was. ``E ||u||^2``
+    comes from released values only (the scales and the known error of the
+    gene means).
+    """
+    if not (math.isfinite(bound) and mean_square_norm > 0):
+        return 1.0
+    return float(min(1.0, bound / math.sqrt(mean_square_norm)))
+
+
 def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int,
                    scales: tuple[float, float] = FALLBACK_SCALES, factor: float = 1.0,
                    level: float | None = None) -> dict[str, float]:
@@ -689,8 +708,14 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     assert sel[-1] == D - 1  # the level is always selected
 
     # 4. class means on the selected coordinates, de-noised (elsewhere mu_k = m)
-    U1, scale1 = _scaled_clip(V[:, sel] - m[sel], SELECTED_CLIP * s_r * math.sqrt(g), bounds["class means"])
+    R_s = SELECTED_CLIP * s_r * math.sqrt(g)
+    U1, scale1 = _scaled_clip(V[:, sel] - m[sel], R_s, bounds["class means"])
     S1 = release("class means", onehot.T @ U1)
+    # the clip shrinks a typical record's centred selected coordinates (spread s_r, and m's known error) by
+    # a1 = R_s / sqrt(g s_r^2 + sum e_j^2); the sums are divided by it, so that the class deviations and the
+    # correction of m are not pulled towards m (post-processing)
+    a1 = clip_factor(R_s, g * s_r**2 + float(err_var[sel].sum())) if clip else 1.0
+    scale1 *= a1
     sums = S1.value / scale1
     nv1 = (S1.noise_sd / scale1 / c_eff) ** 2
     # the pooled mean of the sums: over all N records (the released count, far more precise than the sum of
@@ -748,7 +773,7 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         "block_noise_sd": B.noise_sd / scale2**2 / dof,
         # the bounds of the releases made, as used (set from the released scales)
         "clip_bounds": {k: bounds[k] for k in CLIPPED if k in release.plan.specs} if clip else None,
-        "scales": {"record": s_v, "centred": s_r, "level": s_l, "level_weight": w_l},
+        "scales": {"record": s_v, "centred": s_r, "level": s_l, "level_weight": w_l, "class_mean_clip_factor": a1},
         "selection_factor": factor if clip else None,
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
         # or a user checking the record needs, and no more than was released
