@@ -96,7 +96,11 @@ def run_one(gen_name, X, y, Xte, yte, classes, eps, rng, n_syn=None, options=Non
                       options=options)
     schema = Schema(genes=[f"g{j}" for j in range(X.shape[1])], classes=list(classes), input_kind="log",
                     site_names=["a", "b", "c"])
-    ctx = FitContext(seed=int(rng.integers(1 << 30)), epsilon=eps, delta=cfg.delta)
+    seed = int(rng.integers(1 << 30))
+    try:
+        ctx = FitContext(seed=seed, epsilon=eps, delta=cfg.delta)
+    except TypeError:  # the context of a checkout from before the budget-dependent selection (against_checkout.py)
+        ctx = FitContext(seed=seed)
     gen = registry.create(gen_name, cfg.options, ctx)
     from dataclasses import replace
 
