@@ -277,11 +277,13 @@ def _unshrink(x, noise_var: float):
     return x.mean() + (x - x.mean()) / a, a
 
 
-def _class_sums(dmu, n_total, c_eff, noise_var, iters: int = 50):
+def _class_sums(dmu, n_total, c_eff, noise_var, wc=1.0, iters: int = 50):
     """Undo ``fedsynth.generators.gaussian.denoise_deviations``: the released class sums (K x g) from ``mu - m``.
 
-    The model holds ``X_k = mu_k - m = centre + w_k d_k`` on the selected
-    coordinates, ``d_k = S_k / c'_k - centre`` the released deviations,
+    The model holds ``X_k = mu_k - m = w_c centre + w_k d_k`` on the selected
+    coordinates (``w_c`` = ``wc``, the weight ``_combine`` gave the pooled
+    mean against ``m``'s own error, per coordinate),
+    ``d_k = S_k / c'_k - centre`` the released deviations,
     ``sum_k c'_k d_k = (N - sum_k c'_k) centre`` (``centre = sum_k S_k / N``) and ``w_kj =
     max(tau_j^2 / (tau_j^2 + s_k^2), a_k)`` (``tau_j^2 = max(mean_k(d_kj^2
     - s_k^2), 0)``, ``a_k`` the James-Stein factor of class ``k``). Given
@@ -307,9 +309,9 @@ def _class_sums(dmu, n_total, c_eff, noise_var, iters: int = 50):
         zero = ~pos
         # centre: from any w = 0 entry directly, else from sum_k c'_k (X_k - centre) / w_k = extra * centre
         a = c_eff[:, None, None] * wi
-        centre = np.where(zero.any(0), (X * zero).sum(0) / np.maximum(zero.sum(0), 1),
-                          (a * X).sum(0) / np.maximum(a.sum(0) - extra, 1e-300))
-        dev = (X - centre) * wi
+        centre = np.where(zero.any(0), (X * zero).sum(0) / np.maximum(zero.sum(0), 1) / np.maximum(wc, 1e-12),
+                          (a * X).sum(0) / np.maximum(wc * a.sum(0) - extra, 1e-300))
+        dev = (X - wc * centre) * wi
         rest = (extra * centre - (c_eff[:, None, None] * dev).sum(0)) / np.maximum((c_eff[:, None, None] * zero).sum(0), 1e-300)
         dev = np.where(zero, rest, dev)
         h = np.maximum((dev**2 - nv).mean(0), 0.0) - grid[0]  # (grid, g): zero at the consistent tau^2
@@ -445,7 +447,18 @@ def score_gaussian(blob):
     col[sel] = np.arange(len(sel))
     has = col[gi] >= 0
     U = clip_rows((Vc - m)[:, sel], bounds["class means"])
-    sums, w, pos = _class_sums(mu[:, sel] - m[sel], N, c_eff, (sd["class means"] / c_eff) ** 2)
+    # the generator divides the sums by the clip's share a (8e10e89; 1 in older model files): rebuilt / a, times a
+    a = float((st.get("scales") or {}).get("class_mean_clip_factor", 1.0))
+    wc = 1.0
+    if rel is not None:  # the pooled mean's weight against m's known error (the generator's _combine), as it ran
+        s2 = (sd["gene means"] / N) ** 2
+        raw = np.asarray(rel["gene means"], float)[:-1] / N
+        err_m = np.full(G + 1, max(0.0, 1.0 - s2 / raw.var()) * s2 if raw.var() > 0 else 0.0)
+        err_m[-1] = s2 / float(st["scales"]["level_weight"]) ** 2
+        var_c = K * (sd["class means"] / a / N) ** 2
+        wc = err_m[sel] / (err_m[sel] + var_c)
+    sums, w, pos = _class_sums(mu[:, sel] - m[sel], N, c_eff, (sd["class means"] / a / c_eff) ** 2, wc)
+    sums = sums * a
     j = np.where(has, col[gi], 0)
     has &= pos[c, j]  # where the de-noising set the canary class's deviation to 0, nothing is left
     own = U[np.arange(M), j]
