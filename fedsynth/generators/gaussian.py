@@ -57,9 +57,10 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    typical record that the clip keeps, ``a = c_s s_r sqrt(g) / sqrt(g
    s_r^2 + sum_sel e_j^2)`` (:func:`clip_factor`; ``e_j^2`` the known error
    variance of ``m``), so that they are not shrunk towards ``m``. The
-   pooled mean of the sums corrects ``m`` there; each class's deviation from it is de-noised by
-   its known noise (:func:`denoise_deviations`: the larger of a per-gene
-   linear empirical-Bayes weight and a per-class James-Stein factor).
+   pooled mean of the sums corrects ``m`` there; each class's deviation
+   from it is de-noised by its known noise (:func:`denoise_deviations`:
+   the larger of a per-gene linear empirical-Bayes weight and a per-class
+   James-Stein factor).
    Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
    sums added over classes (they measure ``m``'s error too, with noise
    variance ``K s_0^2 / N^2``; combined with ``m`` by inverse variances);
