@@ -379,7 +379,7 @@ def score_gaussian(blob):
     """
     import numpy as np
 
-    from fedsynth.generators.gaussian import VARIANCE_FLOOR, to_profile_level
+    from fedsynth.generators.gaussian import VARIANCE_FLOOR, shrink_towards_mean, to_profile_level
     from fedsynth.privacy.clip import clip_rows
 
     Xb, yb, _ = background("sparse")
@@ -452,8 +452,7 @@ def score_gaussian(blob):
     wc = 1.0
     if rel is not None:  # the pooled mean's weight against m's known error (the generator's _combine), as it ran
         s2 = (sd["gene means"] / N) ** 2
-        raw = np.asarray(rel["gene means"], float)[:-1] / N
-        err_m = np.full(G + 1, max(0.0, 1.0 - s2 / raw.var()) * s2 if raw.var() > 0 else 0.0)
+        err_m = np.full(G + 1, shrink_towards_mean(np.asarray(rel["gene means"], float)[:-1] / N, s2)[1])
         err_m[-1] = s2 / float(st["scales"]["level_weight"]) ** 2
         var_c = K * (sd["class means"] / a / N) ** 2
         wc = err_m[sel] / (err_m[sel] + var_c)
