@@ -21,6 +21,12 @@ twice the noise for the same budget.)
 ``w_i = min((log L_i - hat m)^2, B_s)`` in ``[0, B_s]``
 (``B_s = LOG_LIBSIZE_SPREAD_BOUND``), so ``Delta_s = B_s`` and
 ``hat s^2 = clip(tilde W / N, 0.01, B_s)``.
+
+**Public range.** ``hat m`` is clipped to ``[0, B]``, the range every record
+was clipped to (post-processing). With few records the noise of ``tilde S / N``
+can be far larger than ``B``: an unclipped ``hat m`` of 90 would ask for
+``e^90`` reads. :func:`sample` draws log library sizes inside the same range,
+so that model files written before the clip sample too.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ def release(release: Releaser, library_sizes: np.ndarray, n_total: int) -> dict:
     half = LOG_LIBSIZE_BOUND / 2.0
     ll = np.clip(np.log(library_sizes), 0.0, LOG_LIBSIZE_BOUND)
     m = half + float(release(MEAN, [(ll - half).sum()]).value[0]) / n_total
+    m = min(max(m, 0.0), LOG_LIBSIZE_BOUND)
     sq = np.clip((ll - m) ** 2, 0.0, LOG_LIBSIZE_SPREAD_BOUND)
     v = float(release(SPREAD, [sq.sum()]).value[0]) / n_total
     return {"mean": m, "sd": math.sqrt(min(max(v, 0.01), LOG_LIBSIZE_SPREAD_BOUND))}
+
+
+def sample(lib: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` library sizes ``exp(clip(N(hat m, hat s^2), 0, B))`` from a released ``{"mean", "sd"}``."""
+    return np.exp(np.clip(rng.normal(lib["mean"], lib["sd"], size=n), 0.0, LOG_LIBSIZE_BOUND))

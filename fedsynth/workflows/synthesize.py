@@ -31,6 +31,7 @@ import torch
 from ..data.io import atomic_path, read_gene_annotation, write_table
 from ..errors import ParameterError
 from ..generators.modelfile import load_model
+from ..privacy import library_size
 
 
 def parse_proportions(text: str | None, classes: list[str]) -> np.ndarray | None:
@@ -86,9 +87,8 @@ def synthesize(model_path, n: int, *, class_proportions: str | None = None, seed
     x = generator.sample(y, type(generator).make_rng(int(seed), n))
     if meta["input_kind"] == "counts":
         rng = np.random.default_rng(int(seed))
-        lib = meta["statistics"]["log_library_size"]
-        sizes = np.exp(rng.normal(lib["mean"], lib["sd"], size=n))
-        cpm = np.clip(np.expm1(x), 0.0, None)
+        sizes = library_size.sample(meta["statistics"]["log_library_size"], n, rng)
+        cpm = np.expm1(np.clip(x, 0.0, np.log1p(1e6)))  # log1p(CPM): no gene above 1e6 CPM
         cpm = cpm / np.maximum(cpm.sum(1, keepdims=True), 1e-12) * 1e6
         x = rng.poisson(cpm * sizes[:, None] / 1e6)
     ids = [f"synthetic_{i + 1:05d}" for i in range(n)]
