@@ -1,5 +1,7 @@
 """The library-size release keeps its public range whatever the noise (counts input)."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -43,3 +45,17 @@ def test_sampled_library_sizes_stay_in_the_public_range_and_feed_poisson():
     assert low.min() >= 1.0
     typical = library_size.sample({"mean": 16.0, "sd": 0.5}, 4000, rng)
     assert abs(np.log(typical).mean() - 16.0) < 0.05 and abs(np.log(typical).std() - 0.5) < 0.05
+
+
+def test_synthesize_draws_counts_from_a_model_whose_released_mean_is_out_of_range(tmp_path):
+    from fedsynth.workflows.synthesize import synthesize
+
+    model = Path(__file__).resolve().parents[1] / "galaxy_tools" / "fedsynth" / "test-data" / "model_counts.pt"
+    blob = torch.load(model, map_location="cpu", weights_only=True)
+    assert blob["input_kind"] == "counts"
+    for mean, lo, hi in ((90.0, 1e9, np.exp(library_size.LOG_LIBSIZE_BOUND)), (-60.0, 0, 1e3)):
+        blob["statistics"]["log_library_size"] = {"mean": mean, "sd": 2.0}
+        torch.save(blob, tmp_path / "model.pt")
+        expr, _, _ = synthesize(tmp_path / "model.pt", 50, seed=3)  # e^90 reads: numpy's 'lam value too large'
+        depth = expr.to_numpy().sum(1)
+        assert np.isfinite(depth).all() and lo <= np.median(depth) <= hi * 1.01, (mean, np.median(depth))
