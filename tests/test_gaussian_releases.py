@@ -71,12 +71,18 @@ def test_sizes_follow_their_formulas(G, N, K, r):
     b0 = ga.release_bounds(G, N, K, r)
     assert b0["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * ga.FALLBACK_SCALES[0] * math.sqrt(D))
     split = ga.budget_split("log", G, N, K)
-    assert sum(split.values()) == pytest.approx(sum(ga.BUDGET_SPLIT.values()) + ga.SCREEN_SHARE)
+    assert sum(split.values()) == pytest.approx(sum(ga.BUDGET_SPLIT.values()))
     if G == 50:  # 41 records per class, 51 coordinates: a screen would drop 10 PAM50 genes to save 20% noise
         assert g == D and "class screen" not in split
-        assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"] + ga.SCREEN_SHARE)
+        assert split == pytest.approx(dict(ga.BUDGET_SPLIT))
     else:  # 600 of 20,001 coordinates, and O(D (K + r)) released values in all
-        assert g == 600 and split["class screen"] == pytest.approx(ga.SCREEN_SHARE * (1 - 600 / D))
+        f = 1 - 600 / D
+        assert g == 600 and split["class screen"] == pytest.approx(ga.SCREEN_DEPENDENT["class screen"] * f)
+        assert split["gene means"] == pytest.approx(ga.BUDGET_SPLIT["gene means"] + ga.SCREEN_DEPENDENT["gene means"] * f)
+        assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"] - sum(ga.SCREEN_DEPENDENT.values()) * f)
+        # what it must achieve: 97% of the coordinates are measured by the gene means alone, which now get
+        # more of the budget than the class means on the 3% selected
+        assert split["gene means"] > split["class means"]
         values = K + D + K * D + K * g + D + p * (p + 1) // 2
         assert values <= 2 * D * (K + r)
 
@@ -84,7 +90,7 @@ def test_sizes_follow_their_formulas(G, N, K, r):
 def test_no_screen_when_every_class_has_more_records_than_coordinates():
     split = ga.budget_split("log", 50, 5000, 5)
     assert "class screen" not in split
-    assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"] + ga.SCREEN_SHARE)
+    assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"])
     # without DP the block is the whole covariance up to NO_DP_BLOCK coordinates
     assert ga.block_size(51, 100, 5, 4, private=False) == 51
     assert ga.block_size(20001, 100, 5, 4, private=False) == ga.NO_DP_BLOCK

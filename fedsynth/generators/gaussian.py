@@ -75,10 +75,11 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
 8. for counts input, the library-size model
    (:mod:`fedsynth.privacy.library_size`).
 
-The screen's weight (:data:`SCREEN_SHARE` times :func:`screen_fraction`,
-``1 - g / D``) grows with ``D / (N / K)``; the rest of :data:`SCREEN_SHARE`
-goes to the class means, so at 50 genes and a few hundred records there is
-no screen. All bounds are public
+The screen's weight and an extra weight of the gene means
+(:data:`SCREEN_DEPENDENT` times :func:`screen_fraction`, ``1 - g / D``)
+grow with ``D / (N / K)`` and are taken from the class means: off the
+selection only the gene means measure the data. At 50 genes and a few
+hundred records there is no screen, and the class means keep both. All bounds are public
 functions of ``G``, ``N``, ``K``, ``r``, the budget and the released scales
 (:func:`release_bounds`); the plan is made at :data:`FALLBACK_SCALES` and
 each bound is set from the released scales before its release
@@ -136,12 +137,14 @@ BUDGET_SPLIT = {
     "class counts": 0.05,
     "record scale": 0.04,
     "gene means": 0.23,
-    "class means": 0.43,
+    "class means": 0.58,
     "gene variances": 0.05,
     "block moments": 0.05,
 }
-#: Budget weight shared by the class screen and the class means (:func:`budget_split`).
-SCREEN_SHARE = 0.15
+#: Budget weights that move from the class means to these releases as :func:`screen_fraction` ``f``
+#: grows (:func:`budget_split`): the screen, and the gene means, which alone measure the ``D - g``
+#: coordinates the class means skip.
+SCREEN_DEPENDENT = {"class screen": 0.05, "gene means": 0.2}
 #: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
 COUNTS_SPLIT = (0.1, 0.03)
 #: ``c_1, c_2`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc). Every
@@ -290,19 +293,22 @@ def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int,
                  factor: float = 1.0) -> dict[str, float]:
     """Release name -> budget weight, in release order.
 
-    The class screen takes :data:`SCREEN_SHARE` times :func:`screen_fraction`
-    (dropped at 0) and the class means the rest of :data:`SCREEN_SHARE`, so
-    the weights always sum alike (the record count's share, fixed before
-    ``N`` is known, stays as planned).
+    With ``f`` = :func:`screen_fraction` (``1 - g / D``, 0 without a
+    screen), each release of :data:`SCREEN_DEPENDENT` gets ``f`` times its
+    weight there (the class screen is dropped at 0), taken from the class
+    means: the more coordinates the class means skip, the more the screen
+    is worth and the more of the data only the gene means measure. The
+    weights always sum alike (the record count's share, fixed before ``N``
+    is known, stays as planned).
     """
     f = screen_fraction(n_genes + 1, n_total, n_classes, factor)
     split = {}
     for name, share in BUDGET_SPLIT.items():
         if name == "class means":
             if f > 0:
-                split["class screen"] = SCREEN_SHARE * f
-            share += SCREEN_SHARE * (1.0 - f)
-        split[name] = share
+                split["class screen"] = SCREEN_DEPENDENT["class screen"] * f
+            share -= sum(SCREEN_DEPENDENT.values()) * f
+        split[name] = share + (SCREEN_DEPENDENT["gene means"] * f if name == "gene means" else 0.0)
     if input_kind == "counts":
         split.update({spec.name: spec.share for spec in library_size.specs(*COUNTS_SPLIT)})
     return split
@@ -423,10 +429,11 @@ def selected_coordinates(n_coords: int, n_total: int, n_classes: int, factor: fl
 
 
 def screen_fraction(n_coords: int, n_total: int, n_classes: int, factor: float = 1.0) -> float:
-    """Share of :data:`SCREEN_SHARE` the class screen takes: ``1 - g / D`` (0 without a screen).
+    """``f = 1 - g / D``, the share of the coordinates the class means skip (0 without a screen).
 
-    The rest of :data:`SCREEN_SHARE` goes to the class means: the more
-    coordinates the screen drops, the more it is worth.
+    Scales the weights of :data:`SCREEN_DEPENDENT` (:func:`budget_split`):
+    the more coordinates the screen drops, the more it is worth, and the
+    more coordinates only the gene means measure.
     """
     return 1.0 - selected_coordinates(n_coords, n_total, n_classes, factor) / n_coords
 
