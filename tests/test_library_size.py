@@ -29,7 +29,7 @@ def released(noise, n=2):
 
 
 def test_the_released_mean_stays_in_the_range_every_record_was_clipped_to():
-    # two records, and noise of 175 (the s.d. at epsilon 1): S/N alone would put the mean at +-87
+    # two records, and noise of 175 (the failing CI run's s.d.: z = 14 times Delta = 12.5): S/N alone is +-87
     assert released(175.0)["mean"] == library_size.LOG_LIBSIZE_BOUND
     assert released(-175.0)["mean"] == 0.0
     assert abs(released(0.0)["mean"] - np.log(2.0e7)) < 1e-9
