@@ -308,7 +308,7 @@ def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int,
             if f > 0:
                 split["class screen"] = SCREEN_DEPENDENT["class screen"] * f
             share -= sum(SCREEN_DEPENDENT.values()) * f
-        split[name] = share + (SCREEN_DEPENDENT["gene means"] * f if name == "gene means" else 0.0)
+        split[name] = share + SCREEN_DEPENDENT.get(name, 0.0) * f
     if input_kind == "counts":
         split.update({spec.name: spec.share for spec in library_size.specs(*COUNTS_SPLIT)})
     return split
