@@ -14,6 +14,8 @@ import pytest
 from fedsynth.errors import InputError, ParameterError
 from fedsynth.data.io import atomic_path, atomic_write_json, atomic_write_text, read_expression, write_table
 from fedsynth.data.preprocess import (
+    LOG1P_CPM_MAX,
+    PUBLIC_RANGE,
     Cohort,
     constant_genes,
     harmonise_genes,
@@ -385,6 +387,16 @@ def test_counts_log1p_cpm(tmp_path):
     expected = np.log1p(np.array([[250_000.0, 750_000.0, 0.0], [250_000.0, 250_000.0, 500_000.0]]))
     np.testing.assert_allclose(c.X, expected, rtol=1e-15)
     assert c.input_kind == "counts"
+
+
+def test_counts_ceiling_is_within_the_public_range(tmp_path):
+    # a sample whose reads all fall on one gene reaches the ceiling that synthesize clips to, and the
+    # public range the DP bounds use (pgm, marginals) covers it
+    raw = raw_from(tmp_path, "id,label,G1,G2\nS1,A,7,0\nS2,B,1,3\n")
+    c = validate_and_normalise(raw, label_column="label", input_kind="counts")
+    assert c.X.max() == LOG1P_CPM_MAX == np.log1p(1e6)
+    lo, hi = PUBLIC_RANGE["counts"]
+    assert lo == 0.0 <= c.X.min() and LOG1P_CPM_MAX <= hi
 
 
 def test_constant_genes_and_subsets(tmp_path):

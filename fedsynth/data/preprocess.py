@@ -39,9 +39,11 @@ INT_TOL = 1e-6
 TPM_SUM, TPM_TOL = 1e6, 0.01
 
 
+#: The largest log1p(CPM) a gene can have (all of a sample's reads on it).
+LOG1P_CPM_MAX = math.log1p(TPM_SUM)
 #: Public value range of an expression value per input kind (no data needed):
 #: ``log``: log2-type expression (TPM/FPKM/RSEM, microarray) lies in [0, 20];
-#: ``counts``: log1p(CPM) lies in [0, log1p(1e6)] < 14.
+#: ``counts``: log1p(CPM) lies in [0, :data:`LOG1P_CPM_MAX`] (13.8), within [0, 14].
 PUBLIC_RANGE = {"log": (0.0, 20.0), "counts": (0.0, 14.0)}
 
 @dataclass
@@ -223,7 +225,7 @@ def validate_and_normalise(
         if len(empty):
             raise InputError(f"{path}: {len(empty)} samples have zero total counts "
                              f"(e.g. {_examples([sample_ids[i] for i in empty])})")
-        X = np.log1p(values / library_sizes[:, None] * 1e6)
+        X = np.log1p(values / library_sizes[:, None] * TPM_SUM)
     else:
         vmax = values.max()
         if vmax > LOG_MAX:

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..data.io import atomic_path, read_gene_annotation, write_table
+from ..data.preprocess import LOG1P_CPM_MAX
 from ..errors import ParameterError
 from ..generators.modelfile import load_model
 from ..privacy import library_size
@@ -88,7 +89,7 @@ def synthesize(model_path, n: int, *, class_proportions: str | None = None, seed
     if meta["input_kind"] == "counts":
         rng = np.random.default_rng(int(seed))
         sizes = library_size.sample(meta["statistics"]["log_library_size"], n, rng)
-        cpm = np.expm1(np.clip(x, 0.0, np.log1p(1e6)))  # log1p(CPM): no gene above 1e6 CPM
+        cpm = np.expm1(np.clip(x, 0.0, LOG1P_CPM_MAX))  # log1p(CPM): no gene above 1e6 CPM
         cpm = cpm / np.maximum(cpm.sum(1, keepdims=True), 1e-12) * 1e6
         x = rng.poisson(cpm * sizes[:, None] / 1e6)
     ids = [f"synthetic_{i + 1:05d}" for i in range(n)]
