@@ -33,8 +33,9 @@ when a canary is in; see BENCHMARKS.md section 6):
   the noise-weighted sum of the two, the class term corrected for the
   other canaries' reaction to the gene-mean noise (:func:`score_sparse`).
   Gaussian: it moves, each by about a whole clip bound, the gene means,
-  the canary class's row of the class screen, the gene variances (all
-  three kept as released in the model file's ``statistics["released"]``),
+  the canary class's row of the class screen (model files from before
+  the spreads replaced it), the gene variances (all kept as released in
+  the model file's ``statistics["released"]``),
   the class means (only if gene ``i`` is among the ``g`` selected
   coordinates) and the block moments' diagonal (only if gene ``i`` is in
   the block); score: the Gaussian log likelihood ratio "in" vs "out"
@@ -351,15 +352,18 @@ def score_gaussian(blob):
 
     * **gene means** (all canaries): the released sum of ``clip(v_i, R_1)``
       at ``g_i``; ``Delta`` = the canary's own part there, about ``A``;
-    * **class screen** (all canaries, selected or not: the screen covers
-      every coordinate): the canary class's row of the released class sums
+    * **class screen** (model files from before the spreads replaced it;
+      all canaries, selected or not: the screen covers every coordinate):
+      the canary class's row of the released class sums
       of ``clip(v_i - m, R_2)`` at ``g_i``, ``m`` the model's gene means
       (those the screen was centred by); ``Delta`` about ``R_2`` (the
       canary's deviation, norm about ``A``, is clipped); no background
       record is in the canary class, so ``E`` is the other canaries only;
     * **gene variances** (all canaries): the released sum of
-      ``clip(r_i^2, c_v sqrt(D))``, ``r_i = v_i - mu_{y_i}`` with the
-      model's class means; ``Delta`` about the whole bound;
+      ``clip(r_i^2, c_v sqrt(D))``, ``r_i = v_i - m`` with the model's gene
+      means where the model selected coordinates by these spreads
+      (``statistics["variances_centre"]``), else ``v_i - mu_{y_i}`` with its
+      class means; ``Delta`` about the whole bound;
     * **class means** (only canaries whose gene was selected): the canary
       class's released sum at ``g_i``, ``Delta`` = the canary's clipped
       ``(v_i - m)_sel`` there (about the whole bound ``c_s sqrt(g)``),
@@ -432,9 +436,14 @@ def score_gaussian(blob):
             r2 = bounds["class screen"]
             released_part("class screen", np.asarray(rel["class screen"], float)[c], np.zeros(G + 1),
                           clip_rows(Vc - m, r2))
-        bv = bounds["gene variances"]  # sums of clip(r_i^2), r_i = v_i - mu_{y_i}, mu the model's class means
-        released_part("gene variances", rel["gene variances"], clip_rows((Vb - mu[yb]) ** 2, bv).sum(0),
-                      clip_rows((Vc - mu[c]) ** 2, bv))
+        # sums of clip(r_i^2): r_i = v_i - m (the spreads, where the class means cover a selection) or
+        # v_i - mu_{y_i} (residuals from the model's class means)
+        bv = bounds["gene variances"]
+        if st.get("variances_centre") == "gene means":
+            rb, rc = Vb - m, Vc - m
+        else:
+            rb, rc = Vb - mu[yb], Vc - mu[c]
+        released_part("gene variances", rel["gene variances"], clip_rows(rb**2, bv).sum(0), clip_rows(rc**2, bv))
     else:
         # an older model file: N m = sum of the v rows + noise; a canary adds v_i = vbar_all + s_i A (e_gi - 1/G, 1/G)
         raw, a_m = _unshrink(m[:-1], (sd["gene means"] / N) ** 2)

@@ -1,10 +1,10 @@
 """The DP Gaussian's releases, in one process: sizes, sensitivities, noise, de-noising.
 
 * every size behind a default (:func:`selected_coordinates`,
-  :func:`screen_fraction`, :func:`block_size`, :func:`release_bounds`) is
+  :func:`skipped_fraction`, :func:`block_size`, :func:`release_bounds`) is
   checked at two sizes against its formula and against what it must
-  achieve there (no screen at 50 genes and a few hundred records; a
-  screen and linear growth at 20,000 genes);
+  achieve there (no selection at 50 genes and a few hundred records; a
+  selection and linear growth at 20,000 genes);
 * every release's per-record contribution stays within its declared
   sensitivity, given everything released before it (the adaptive
   composition the accountant assumes): removing one record, with the
@@ -38,8 +38,8 @@ def test_sizes_follow_their_formulas(G, N, K, r):
     D = G + 1
     g = ga.selected_coordinates(D, N, K)
     g0 = math.ceil(N / K)
-    assert g == (g0 if D >= ga.SCREEN_MIN_RATIO * g0 else D)
-    assert ga.screen_fraction(D, N, K) == pytest.approx(1 - g / D)
+    assert g == (g0 if D >= ga.SELECTION_MIN_RATIO * g0 else D)
+    assert ga.skipped_fraction(D, N, K) == pytest.approx(1 - g / D)
     p = ga.block_size(D, N, K, r)
     P = max(q for q in range(1, 4 * D) if q * (q + 1) / 2 <= D * (K + r))
     assert p == min(g, P)
@@ -48,7 +48,6 @@ def test_sizes_follow_their_formulas(G, N, K, r):
     s_v, s_r = 0.9, 0.7  # released scales (log1p-CPM-like); the bounds are in their units
     b = ga.release_bounds(G, N, K, r, (s_v, s_r))
     assert b["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * s_v * math.sqrt(D))
-    assert b["class screen"] == pytest.approx(ga.CLASS_MEAN_CLIP * s_r * math.sqrt(G))
     assert b["class means"] == pytest.approx(ga.SELECTED_CLIP * s_r * math.sqrt(g))
     assert b["gene variances"] == pytest.approx(ga.VARIANCE_CLIP * s_r**2 * math.sqrt(D))
     assert b["block moments"] == pytest.approx((ga.RESIDUAL_CLIP * s_r) ** 2 * p)
@@ -72,24 +71,33 @@ def test_sizes_follow_their_formulas(G, N, K, r):
     assert b0["gene means"] == pytest.approx(ga.GENE_MEAN_CLIP * ga.FALLBACK_SCALES[0] * math.sqrt(D))
     split = ga.budget_split("log", G, N, K)
     assert sum(split.values()) == pytest.approx(sum(ga.BUDGET_SPLIT.values()))
-    if G == 50:  # 41 records per class, 51 coordinates: a screen would drop 10 PAM50 genes to save 20% noise
-        assert g == D and "class screen" not in split
+    order = list(ga.BUDGET_SPLIT)  # the same releases, in the order they are made: the variances after the
+    if g == D:                     # class means where there is no selection
+        order.remove("gene variances")
+        order.insert(order.index("class means") + 1, "gene variances")
+    assert list(split) == order
+    if G == 50:  # 41 records per class, 51 coordinates: a selection would drop 10 PAM50 genes to save 20% noise
+        assert g == D
         assert split == pytest.approx(dict(ga.BUDGET_SPLIT))
     else:  # 600 of 20,001 coordinates, and O(D (K + r)) released values in all
         f = 1 - 600 / D
-        assert g == 600 and split["class screen"] == pytest.approx(ga.SCREEN_DEPENDENT["class screen"] * f)
-        assert split["gene means"] == pytest.approx(ga.BUDGET_SPLIT["gene means"] + ga.SCREEN_DEPENDENT["gene means"] * f)
-        assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"] - sum(ga.SCREEN_DEPENDENT.values()) * f)
+        assert g == 600
+        for name in ("gene variances", "gene means"):
+            assert split[name] == pytest.approx(ga.BUDGET_SPLIT[name] + ga.SELECTION_DEPENDENT[name] * f)
+        assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"]
+                                                     - sum(ga.SELECTION_DEPENDENT.values()) * f)
         # what it must achieve: 97% of the coordinates are measured by the gene means alone, which now get
-        # more of the budget than the class means on the 3% selected
+        # more of the budget than the class means on the 3% selected; the spreads that select get twice
+        # their share at 50 genes
         assert split["gene means"] > split["class means"]
-        values = K + D + K * D + K * g + D + p * (p + 1) // 2
+        assert split["gene variances"] > 1.9 * ga.BUDGET_SPLIT["gene variances"]
+        values = K + D + D + K * g + p * (p + 1) // 2
         assert values <= 2 * D * (K + r)
 
 
-def test_no_screen_when_every_class_has_more_records_than_coordinates():
+def test_no_selection_when_every_class_has_more_records_than_coordinates():
     split = ga.budget_split("log", 50, 5000, 5)
-    assert "class screen" not in split
+    assert ga.selected_coordinates(51, 5000, 5) == 51
     assert split["class means"] == pytest.approx(ga.BUDGET_SPLIT["class means"])
     # without DP the block is the whole covariance up to NO_DP_BLOCK coordinates
     assert ga.block_size(51, 100, 5, 4, private=False) == 51
@@ -157,7 +165,7 @@ def test_every_release_is_within_its_declared_sensitivity_given_earlier_outputs(
     _, rel = run(X, y, K, plan, full, N, releaser=True)
     final = rel.plan.specs  # the bounds as set from the released scales, which the replays hold fixed
     assert final["gene means"].sensitivity != plan.specs["gene means"].sensitivity
-    assert "class screen" in full.values  # 60 records per class, 301 coordinates: screened
+    assert ga.selected_coordinates(301, N, K) < 301  # 60 records per class, 301 coordinates: a selection
     # the records that clipping binds hardest, and a few others
     norms = np.linalg.norm(ga.to_profile_level(X), axis=1)
     for i in list(np.argsort(-norms)[:4]) + [0, 1, 2]:
@@ -174,7 +182,7 @@ def test_every_release_is_within_its_declared_sensitivity_given_earlier_outputs(
     run(np.delete(X, worst, 0), np.delete(y, worst), K, plan, without, N)
     ratios = {n: float(np.linalg.norm(full.values[n] - without.values[n])) / final[n].sensitivity
               for n in full.values}
-    assert max(ratios[n] for n in ("gene means", "class screen", "class means", "gene variances")) > 0.99, ratios
+    assert max(ratios[n] for n in ("gene means", "class means", "gene variances")) > 0.99, ratios
 
 
 def test_every_release_gets_the_noise_the_accountant_planned():
@@ -209,20 +217,67 @@ def test_without_dp_nothing_is_clipped_and_statistics_are_exact():
     assert st["selected"] == list(range(V.shape[1]))
 
 
+def test_within_class_variances_from_the_spreads_are_exact_without_noise():
+    X, y = structured(outliers=False)
+    V = ga.to_profile_level(X)
+    K, N = 4, len(y)
+    m = V.mean(0)
+    mu = np.stack([V[y == k].mean(0) for k in range(K)])
+    props = np.bincount(y, minlength=K) / N
+    Q = ((V - m) ** 2).sum(0)
+    within = ((V - mu[y]) ** 2).sum(0) / (N - K)
+    np.testing.assert_allclose(ga.within_from_spreads(Q, N, np.zeros(V.shape[1]), props, mu), within, rtol=1e-9)
+    # m off by a known error e: Q grows by N e^2 on average, which is taken off
+    e = np.full(V.shape[1], 0.3)
+    Qe = ((V - (m + e)) ** 2).sum(0)
+    np.testing.assert_allclose(ga.within_from_spreads(Qe, N, e**2, props, mu), within, rtol=1e-9)
+
+
+@pytest.mark.parametrize("G, n", [(300, 240), (2000, 600)])
+def test_the_selection_takes_the_largest_released_spreads_and_finds_class_signal(G, n):
+    """The ``g`` selected coordinates are those of largest released spread, and they hold the class signal.
+
+    What it must achieve: class effects on 15 genes per class (3% of 2,000) raise those genes' spread;
+    at epsilon 1 the selection holds at least 1.5 times the between-class sum of squares that ``g``
+    coordinates chosen at random would (random or reversed rankings fail).
+    """
+    captured, share = [], []
+    for seed in range(4):
+        X, y = structured(n=n, G=G, K=4, seed=seed, outliers=False)
+        K, N = 4, len(y)
+        st = run(X, y, K, plan_for(G, N, K), Noisy(np.random.default_rng(seed)), N)
+        assert st["variances_centre"] == "gene means"
+        sel = np.asarray(st["selected"])
+        assert sel[-1] == G and len(sel) == ga.selected_coordinates(G + 1, N, K) < G + 1
+        # the profile coordinates of largest released spread (m's known error is alike for all of them)
+        Q = np.asarray(st["released"]["gene variances"])[:-1]
+        np.testing.assert_array_equal(sel[:-1], np.sort(np.argsort(-Q, kind="stable")[:len(sel) - 1]))
+        V = ga.to_profile_level(X)
+        mu = np.stack([V[y == k].mean(0) for k in range(K)])
+        bss = (np.bincount(y, minlength=K)[:, None] * (mu - V.mean(0)) ** 2).sum(0)[:-1]
+        captured.append(bss[sel[:-1]].sum() / bss.sum())
+        share.append((len(sel) - 1) / G)
+    assert np.median(captured) > 1.5 * np.median(share), (captured, share)
+
+
 # ------------------------------------------------------------ de-noising
 def test_releases_summed_a_slice_of_records_at_a_time_are_the_same_sums(monkeypatch):
-    """The screen and the variances are summed ROW_CHUNK records at a time (memory only): same values."""
+    """The variances are summed ROW_CHUNK records at a time (memory only): same values, with a selection or not."""
     X, y = structured()
     plan = plan_for(X.shape[1], len(y), 4)
-    whole, sliced = Recorder(), Recorder()
-    monkeypatch.setattr(ga, "ROW_CHUNK", len(y))
-    run(X, y, 4, plan, whole, len(y))
-    monkeypatch.setattr(ga, "ROW_CHUNK", 7)  # 240 records: 34 slices and a remainder of 2
-    run(X, y, 4, plan, sliced, len(y))
-    assert {"class screen", "gene variances"} <= set(whole.values)
-    assert list(whole.values) == list(sliced.values)
-    for name, v in whole.values.items():
-        np.testing.assert_allclose(sliced.values[name], v, rtol=1e-10, atol=1e-10, err_msg=name)
+    Xs, ys = X[:, :20], y  # 21 coordinates, 60 records per class: no selection, residuals from mu
+    plan_s = plan_for(20, len(y), 4)
+    for data, p in (((X, y), plan), ((Xs, ys), plan_s)):
+        whole, sliced = Recorder(), Recorder()
+        monkeypatch.setattr(ga, "ROW_CHUNK", len(y))
+        st = run(*data, 4, p, whole, len(y))
+        monkeypatch.setattr(ga, "ROW_CHUNK", 7)  # 240 records: 34 slices and a remainder of 2
+        run(*data, 4, p, sliced, len(y))
+        assert "gene variances" in whole.values
+        assert list(whole.values) == list(sliced.values)
+        for name, v in whole.values.items():
+            np.testing.assert_allclose(sliced.values[name], v, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert st["variances_centre"] == "class means"
 
 
 def test_denoising_leaves_exact_values_and_shrinks_noise():
@@ -370,7 +425,8 @@ def test_the_variance_clip_carries_the_known_error_of_the_means(monkeypatch):
         """The share of the residuals' mean square that the clipped (noise-free) variance sums keep."""
         rec = Noisy(np.random.default_rng(seed))
         st = run(X, y, K, plan_for(X.shape[1], N, K), rec, N)
-        R2 = (V - np.asarray(st["class_means"])[y]) ** 2
+        assert st["variances_centre"] == "gene means"  # 2,001 coordinates: a selection, spreads around m
+        R2 = (V - np.asarray(st["gene_means"])) ** 2
         return float(rec.values["gene variances"].sum() / R2.sum())
     new = [kept(s) for s in range(3)]
     monkeypatch.setattr(ga, "variance_bound", lambda s_r, e: ga.VARIANCE_CLIP * s_r**2 * math.sqrt(len(e)))
@@ -415,7 +471,7 @@ def test_statistics_follow_the_scale_of_the_data():
     st2, rel2 = run(2.0 * X, y, K, plan, Recorder(), N, releaser=True)
     assert st2["scales"]["record"] == pytest.approx(2 * st1["scales"]["record"], rel=1e-12)
     assert st2["scales"]["centred"] == pytest.approx(2 * st1["scales"]["centred"], rel=1e-12)
-    for name in ("gene means", "class screen", "class means"):
+    for name in ("gene means", "class means"):
         assert rel2.plan.specs[name].sensitivity == pytest.approx(2 * rel1.plan.specs[name].sensitivity, rel=1e-12)
     for name in ("gene variances", "block moments"):
         assert rel2.plan.specs[name].sensitivity == pytest.approx(4 * rel1.plan.specs[name].sensitivity, rel=1e-12)
@@ -434,7 +490,7 @@ def test_selection_grows_with_the_budget(G, N, K):
         assert F == pytest.approx(math.sqrt(rho / ga.SELECTION_REFERENCE))
         g = ga.selected_coordinates(D, N, K, F)
         g0 = math.ceil(F * N / K)
-        assert g == (g0 if D >= ga.SCREEN_MIN_RATIO * g0 else D)
+        assert g == (g0 if D >= ga.SELECTION_MIN_RATIO * g0 else D)
     assert ga.selection_factor(1.0, 1e-5) == pytest.approx(1.0)
     assert ga.selection_factor(4.0, 1e-5) == pytest.approx(3.78, abs=0.01)
     assert ga.selection_factor(0.5, 1e-5) == pytest.approx(0.51, abs=0.01)

@@ -9,7 +9,8 @@ replace parts of the fitted model before sampling (2 synthetic draws each, the p
 at the pooled mean; the class means from the real data; the covariance from the real data (the top 10
 within-class principal axes as loadings plus the rest of the diagonal); both. ``screen``: how many of
 the 100 coordinates with the largest real F statistic the screen selects, and the default's score when
-the screen is told the real F statistic instead (2 draws per seed). ``nsyn``: the same model sampled at
+the screen is told the real F statistic instead (2 draws per seed; the class screen was replaced by the
+released spreads in the twelfth session: run ``screen`` from a checkout at 2b8cb12 or earlier). ``nsyn``: the same model sampled at
 1, 3 and 10 times the training size.
 """
 import copy
@@ -52,6 +53,9 @@ def score(M, props, classes, n, Xte, yte, rng, reps=2):
 
 rows = {}
 if mode == "screen":
+    if not hasattr(ga, "_screen_scores"):
+        raise SystemExit("screen: this gaussian selects by the released spreads, not a class screen; "
+                         "run from a checkout at 2b8cb12 or earlier")
     F = {}
     scores = ga._screen_scores
 

@@ -43,16 +43,23 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    their known noise variance ``s^2`` (:func:`shrink_towards_mean`). Then
    ``s_r^2 = s_v^2 - (||m||^2 - D s^2) / D``, the typical r.m.s. per
    coordinate of ``v - m`` (:func:`centred_scale`, post-processing);
-4. **class screen** (only when ``D >= 2 g``): class sums of
-   ``clip(v_i - m, R_2)``, ``R_2 = c_2 s_r sqrt(G)``. Per coordinate, the
-   centred chi-square statistic of its class deviations
-   (:func:`_screen_scores`) ranks the coordinates; the top
-   ``g = ceil(F N / K)`` and the level are selected
-   (:func:`selected_coordinates`; without a screen ``g = D``). ``F``
+4. **gene variances**, first as **spreads** where the class means cannot
+   cover every coordinate (``g < D``, ``g = ceil(F N / K)``,
+   :func:`selected_coordinates`): the sum of ``clip((v_i - m)^2, c_v
+   sqrt(sum_j (s_r^2 + e_j^2)^2))`` (elementwise squares; ``e_j^2`` the
+   known error variance of ``m_j``, which ``v_i - m`` carries:
+   :func:`variance_bound`). ``Q_j / N - e_j^2`` is coordinate ``j``'s
+   total variance; the ``g - 1`` profile coordinates of largest spread
+   and the level are selected (post-processing: selection is free).
+   Between-class variance goes with total variance (a gene that differs
+   between classes varies across the cohort), and one number per
+   coordinate with the noise of a ``D``-dimensional release ranks far
+   better than ``K`` noisy class sums per coordinate would (BENCHMARKS.md,
+   "Coordinates selected by their released spread"). ``F``
    (:func:`selection_factor`) is inverse to the noise level the budget
-   allows: 1 at epsilon 1, about ``epsilon`` elsewhere. Post-processing:
-   selection is free;
-5. **class means** on the ``g`` selected coordinates: class sums of
+   allows: 1 at epsilon 1, about ``epsilon`` elsewhere;
+5. **class means** on the ``g`` selected coordinates (every coordinate
+   when ``g = D``): class sums of
    ``clip((v_i - m)_sel, c_s s_r sqrt(g))``, divided by the share of a
    typical record that the clip keeps, ``a = c_s s_r sqrt(g) / sqrt(g
    s_r^2 + sum_sel e_j^2)`` (:func:`clip_factor`; ``e_j^2`` the known error
@@ -60,26 +67,29 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    pooled mean of the sums corrects ``m`` there; each class's deviation
    from it is de-noised by its known noise (:func:`denoise_deviations`:
    the larger of a per-gene linear empirical-Bayes weight and a per-class
-   James-Stein factor).
-   Elsewhere ``mu_k = m``, where ``m`` is corrected by the screen's class
-   sums added over classes (they measure ``m``'s error too, with noise
-   variance ``K s_0^2 / N^2``; combined with ``m`` by inverse variances);
-6. **gene variances**: the sum of ``clip(r_i^2, c_v sqrt(sum_j (s_r^2 +
-   e_j^2)^2))`` (elementwise squares of ``r_i = v_i - mu_{y_i}``; ``e_j^2``
-   the known error variance of ``mu_j``, which ``r_i`` carries:
-   :func:`variance_bound`), divided by ``N - K``, less ``e_j^2``;
+   James-Stein factor). Elsewhere ``mu_k = m``;
+6. **within-class variances**: with a selection, from the spreads
+   (post-processing), ``(Q_j - N e_j^2 - sum_k N pi_k (mu_kj - mubar_j)^2)
+   / (N - K)`` (``sum_i (v_i - m)^2`` splits into the within-class and the
+   class means' sums of squares; exact without noise). Without one, the
+   gene-variance release is made here instead: the sums of ``clip(r_i^2,
+   c_v sqrt(sum_j (s_r^2 + e_j^2)^2))``, ``r_i = v_i - mu_{y_i}`` and
+   ``e_j^2`` the known error variance of ``mu_j``, divided by ``N - K``,
+   less ``e_j^2``;
 7. **block moments**: the upper triangle of ``sum_i u_i u_i^T``,
    ``u_i = clip(r_i[B], c_3 s_r sqrt(p))`` on the block ``B`` of the ``p``
-   highest-ranked selected coordinates (:func:`block_size`;
+   highest-ranked selected coordinates (by spread with a selection, by
+   the class means' centred chi-square statistic without; :func:`block_size`;
    ``||u u^T||_F = ||u||^2``, so ``Delta = c_3^2 s_r^2 p``: Analyze-Gauss);
 8. for counts input, the library-size model
    (:mod:`fedsynth.privacy.library_size`).
 
-The screen's weight and an extra weight of the gene means
-(:data:`SCREEN_DEPENDENT` times :func:`screen_fraction`, ``1 - g / D``)
-grow with ``D / (N / K)`` and are taken from the class means: off the
-selection only the gene means measure the data. At 50 genes and a few
-hundred records there is no screen, and the class means keep both. All bounds are public
+Extra weights of the spreads and of the gene means
+(:data:`SELECTION_DEPENDENT` times :func:`skipped_fraction`, ``1 - g / D``)
+grow with ``D / (N / K)`` and are taken from the class means: the
+spreads select, and off the selection only the gene means measure the
+data. At 50 genes and a few hundred records there is no selection, and
+the class means keep both. All bounds are public
 functions of ``G``, ``N``, ``K``, ``r``, the budget and the released scales
 (:func:`release_bounds`); the plan is made at :data:`FALLBACK_SCALES` and
 each bound is set from the released scales before its release
@@ -106,7 +116,7 @@ nothing is clipped or noised, every coordinate is selected, the block is
 ``e ~ N(0, I_D)``; ``x = A v``. Counts are drawn back from ``x`` by
 :mod:`fedsynth.workflows.synthesize` as for every generator.
 
-**Defaults are measured**: the budget split, ``c_1, c_2, c_3, c_s, c_v``
+**Defaults are measured**: the budget split, ``c_1, c_3, c_s, c_v``
 and the de-noiser; how, and what else was tried, is in BENCHMARKS.md
 ("Generators: how the defaults were chosen", "DP Gaussian for whole
 transcriptomes").
@@ -137,25 +147,24 @@ BUDGET_SPLIT = {
     "class counts": 0.05,
     "record scale": 0.04,
     "gene means": 0.23,
-    "class means": 0.58,
     "gene variances": 0.05,
+    "class means": 0.58,
     "block moments": 0.05,
 }
-#: Budget weights that move from the class means to these releases as :func:`screen_fraction` ``f``
-#: grows (:func:`budget_split`): the screen, and the gene means, which alone measure the ``D - g``
-#: coordinates the class means skip.
-SCREEN_DEPENDENT = {"class screen": 0.05, "gene means": 0.2}
+#: Budget weights that move from the class means to these releases as :func:`skipped_fraction` ``f``
+#: grows (:func:`budget_split`): the gene variances, which select the coordinates, and the gene
+#: means, which alone measure the ``D - g`` coordinates the class means skip.
+SELECTION_DEPENDENT = {"gene variances": 0.05, "gene means": 0.2}
 #: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
 COUNTS_SPLIT = (0.1, 0.03)
-#: ``c_1, c_2`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc). Every
+#: ``c_1`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc). Every
 #: clip is in units of a released scale (:func:`typical_scale`): ``c_1`` of the records' typical
 #: r.m.s. per coordinate ``s_v``, the others of the centred records' ``s_r``.
 GENE_MEAN_CLIP = 1.0
-CLASS_MEAN_CLIP = 0.3
 RESIDUAL_CLIP = 0.45
 #: Clip of the class-mean release over the ``g`` selected coordinates, ``c_s s_r sqrt(g)``.
 SELECTED_CLIP = 0.6
-#: Clip of a record's squared residuals (the variance release), ``c_v s_r^2 sqrt(D)``.
+#: Clip of a record's squared deviations (the variance release), ``c_v s_r^2 sqrt(D)``.
 VARIANCE_CLIP = 0.8
 #: ``c_l``: the level's share of the gene-mean clip, ``w s_l = c_l s_v sqrt(D)`` (:func:`level_weight`).
 LEVEL_SHARE = 0.5
@@ -183,12 +192,12 @@ NO_DP_BLOCK = 2000
 #: zCDP ``rho`` (epsilon 1, delta 1e-5) at which ``g = ceil(N / K)`` (:func:`selection_factor`).
 SELECTION_REFERENCE = (math.sqrt(math.log(1e5) + 1.0) - math.sqrt(math.log(1e5))) ** 2
 #: The releases whose bounds are clips, set from the released scales (:func:`release_bounds`).
-CLIPPED = ("gene means", "class screen", "class means", "gene variances", "block moments")
+CLIPPED = ("gene means", "gene variances", "class means", "block moments")
 #: Records per slice where a release over all ``D`` coordinates is summed a slice at a time
 #: (:func:`_row_chunks`; memory only, the sums are the same).
 ROW_CHUNK = 256
-#: A screen only where ``D >= SCREEN_MIN_RATIO * g`` (:func:`selected_coordinates`).
-SCREEN_MIN_RATIO = 2.0
+#: A selection only where ``D >= SELECTION_MIN_RATIO * g`` (:func:`selected_coordinates`).
+SELECTION_MIN_RATIO = 2.0
 
 
 @dataclass
@@ -201,23 +210,17 @@ class GaussianConfig:
 
 
 def clip_bounds(n_genes: int, scales: tuple[float, float] = FALLBACK_SCALES,
-                level: float | None = None) -> tuple[float, float]:
-    """L2 bounds ``(R_1, R_2)`` of the gene-mean and class-screen releases.
+                level: float | None = None) -> float:
+    """L2 bound ``R_1`` of the gene-mean release: :func:`gene_mean_bound` at the scales.
 
-    ``R_1`` = :func:`gene_mean_bound` (``c_1 s_v sqrt(G + 1)`` when the
-    level is not weighted), ``R_2 = c_2 s_r sqrt(G)``, with ``(s_v, s_r)`` =
-    ``scales`` the released typical r.m.s. per coordinate of the records and
-    of their deviations from the gene means, and ``level`` = ``s_l`` the
-    records' typical level (:func:`typical_scale`). With ``c_1 = 1``,
-    ``R_1`` is the typical norm of a ``[profile, w level]`` row; a record's
-    deviation has norm about
-    ``s_r sqrt(G)``, so ``R_2`` clips most records (a bias towards the
-    centre, traded for less noise; the screen only ranks). The bounds scale
-    with the data: log2, natural-log and log1p-CPM input get the same
-    relative noise.
+    ``R_1 = c_1 s_v sqrt(G + 1)`` when the level is not weighted, with
+    ``s_v`` (``scales[0]``) the released typical r.m.s. per coordinate of
+    the records and ``level`` = ``s_l`` their typical level
+    (:func:`typical_scale`). With ``c_1 = 1``, ``R_1`` is the typical norm
+    of a ``[profile, w level]`` row. It scales with the data: log2,
+    natural-log and log1p-CPM input get the same relative noise.
     """
-    s_v, s_r = scales
-    return gene_mean_bound(n_genes, s_v, level), CLASS_MEAN_CLIP * s_r * math.sqrt(n_genes)
+    return gene_mean_bound(n_genes, scales[0], level)
 
 
 def _log2_histogram(a: np.ndarray) -> np.ndarray:
@@ -291,24 +294,25 @@ def typical_scale(hist: np.ndarray, noise_sd: float) -> float | None:
 
 def budget_split(input_kind: str, n_genes: int, n_total: int, n_classes: int,
                  factor: float = 1.0) -> dict[str, float]:
-    """Release name -> budget weight, in release order.
+    """Release name -> budget weight, in release order (without a selection the gene variances, then
+    residuals from the class means, come after the class means).
 
-    With ``f`` = :func:`screen_fraction` (``1 - g / D``, 0 without a
-    screen), each release of :data:`SCREEN_DEPENDENT` gets ``f`` times its
-    weight there (the class screen is dropped at 0), taken from the class
-    means: the more coordinates the class means skip, the more the screen
-    is worth and the more of the data only the gene means measure. The
-    weights always sum alike (the record count's share, fixed before ``N``
-    is known, stays as planned).
+    With ``f`` = :func:`skipped_fraction` (``1 - g / D``, 0 without a
+    selection), each release of :data:`SELECTION_DEPENDENT` gets ``f``
+    times its weight more, taken from the class means: the more coordinates
+    the class means skip, the more the selection is worth and the more of
+    the data only the gene means measure. The weights always sum alike (the
+    record count's share, fixed before ``N`` is known, stays as planned).
     """
-    f = screen_fraction(n_genes + 1, n_total, n_classes, factor)
+    f = skipped_fraction(n_genes + 1, n_total, n_classes, factor)
     split = {}
     for name, share in BUDGET_SPLIT.items():
         if name == "class means":
-            if f > 0:
-                split["class screen"] = SCREEN_DEPENDENT["class screen"] * f
-            share -= sum(SCREEN_DEPENDENT.values()) * f
-        split[name] = share + SCREEN_DEPENDENT.get(name, 0.0) * f
+            share -= sum(SELECTION_DEPENDENT.values()) * f
+        split[name] = share + SELECTION_DEPENDENT.get(name, 0.0) * f
+    if f == 0:
+        split["gene variances"] = split.pop("gene variances")
+        split["block moments"] = split.pop("block moments")
     if input_kind == "counts":
         split.update({spec.name: spec.share for spec in library_size.specs(*COUNTS_SPLIT)})
     return split
@@ -413,26 +417,26 @@ def selected_coordinates(n_coords: int, n_total: int, n_classes: int, factor: fl
     """``g``: how many coordinates the class means are released in.
 
     ``g = ceil(F N / K)`` (``F`` records per class, :func:`selection_factor`)
-    when that is at most half of ``D``, else ``g = D`` (no screen). The
+    when that is at most half of ``D``, else ``g = D`` (no selection). The
     class-mean release's noise s.d. per coordinate grows as ``sqrt(g)``
     (its clip is ``c_s s_r sqrt(g)``) and falls as ``1 / F``: ``g`` grows
     with ``F`` so that less noise buys more coordinates, which is right
-    when the ranked class signal decays about as ``1 / j``. A screen is
-    worth its budget and the coordinates it drops only when it at least
-    halves the noise variance (:data:`SCREEN_MIN_RATIO`). ``g`` also caps
+    when the ranked class signal decays about as ``1 / j``. A selection is
+    worth the coordinates it drops only when it at least halves the noise
+    variance (:data:`SELECTION_MIN_RATIO`). ``g`` also caps
     the block of second moments (:func:`block_size`).
     """
     if not math.isfinite(factor):
         return int(n_coords)
     g = max(1, math.ceil(factor * n_total / max(n_classes, 1)))
-    return int(g) if n_coords >= SCREEN_MIN_RATIO * g else int(n_coords)
+    return int(g) if n_coords >= SELECTION_MIN_RATIO * g else int(n_coords)
 
 
-def screen_fraction(n_coords: int, n_total: int, n_classes: int, factor: float = 1.0) -> float:
-    """``f = 1 - g / D``, the share of the coordinates the class means skip (0 without a screen).
+def skipped_fraction(n_coords: int, n_total: int, n_classes: int, factor: float = 1.0) -> float:
+    """``f = 1 - g / D``, the share of the coordinates the class means skip (0 without a selection).
 
-    Scales the weights of :data:`SCREEN_DEPENDENT` (:func:`budget_split`):
-    the more coordinates the screen drops, the more it is worth, and the
+    Scales the weights of :data:`SELECTION_DEPENDENT` (:func:`budget_split`):
+    the more coordinates the selection drops, the more it is worth, and the
     more coordinates only the gene means measure.
     """
     return 1.0 - selected_coordinates(n_coords, n_total, n_classes, factor) / n_coords
@@ -507,16 +511,16 @@ def release_bounds(n_genes: int, n_total: int, n_classes: int, components: int,
     the plan is made with :data:`FALLBACK_SCALES` and each bound is set
     again from the released scales before its release
     (:meth:`~fedsynth.privacy.release.Releaser.bound`). The gene variances'
-    bound here is the one without ``mu``'s error; the release uses
+    bound here is the one without ``m``'s error; the release uses
     :func:`variance_bound` with that error, known by then.
     """
     D = n_genes + 1
-    r1, r2 = clip_bounds(n_genes, scales, level)
+    r1 = clip_bounds(n_genes, scales, level)
     s_r = scales[1]
     g = selected_coordinates(D, n_total, n_classes, factor)
     p = block_size(D, n_total, n_classes, components, factor=factor)
-    return {"class counts": 1.0, "record scale": math.sqrt(2.0), "gene means": r1, "class screen": r2,
-            "class means": SELECTED_CLIP * s_r * math.sqrt(g), "gene variances": variance_bound(s_r, np.zeros(D)),
+    return {"class counts": 1.0, "record scale": math.sqrt(2.0), "gene means": r1,
+            "gene variances": variance_bound(s_r, np.zeros(D)), "class means": SELECTED_CLIP * s_r * math.sqrt(g),
             "block moments": (RESIDUAL_CLIP * s_r * math.sqrt(p)) ** 2}
 
 
@@ -580,23 +584,57 @@ def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarr
     return w * dev, w
 
 
-def _screen_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, n_total: float):
-    """Per coordinate, its between-class signal: a score to rank by and ``theta^2`` (K x D), noise removed.
+def _class_scores(S: np.ndarray, noise_sd: float, c_eff: np.ndarray, n_total: float) -> np.ndarray:
+    """Per coordinate, its between-class signal: a score to rank the block's coordinates by.
 
     ``dev_kj = S_kj / c_k - sum_k S_kj / N`` (deviation from the pooled mean,
     which also cancels the gene-mean error; ``N`` the released record count,
     not the sum of the noisy class counts, whose error would leave a share of
     the gene-mean error in every class's deviation); with noise s.d. ``s`` per sum,
-    ``theta_kj^2 = max(dev_kj^2 - (s / c_k)^2, 0)`` and the score is
-    ``sum_k ((c_k dev_kj / s)^2 - 1)`` (a centred chi-square statistic);
+    the score is ``sum_k ((c_k dev_kj / s)^2 - 1)`` (a centred chi-square statistic);
     without noise, the between-class sum of squares.
     """
     dev = S / c_eff[:, None] - S.sum(0) / float(n_total)
     nv = (noise_sd / c_eff) ** 2
-    theta2 = np.maximum(dev**2 - nv[:, None], 0.0)
     score = ((dev**2 / nv[:, None]) - 1.0).sum(0) if noise_sd > 0 else (c_eff[:, None] * dev**2).sum(0)
     score[-1] = np.inf  # the level: its error would shift every gene of every class
-    return score, theta2
+    return score
+
+
+def within_from_spreads(Q: np.ndarray, n_total: float, err_var: np.ndarray, props: np.ndarray,
+                        mu: np.ndarray) -> np.ndarray:
+    r"""Within-class variances from the released spreads (post-processing).
+
+    ``sum_i (v_i - m)^2 = sum_i (v_i - mu_{y_i})^2 + sum_k c_k (mu_k - m)^2``
+    for ``m`` the pooled mean and ``mu_k`` the class means; with the
+    released ``Q_j = sum_i (v_ij - m_j)^2`` around an ``m`` with known error
+    variance ``e_j^2`` (``err_var``), ``c_k = N pi_k`` and the class means'
+    spread taken around their pooled mean ``mubar = pi^T mu``,
+
+    .. math::
+
+        \sigma^2_j = \frac{Q_j - N e_j^2 - \sum_k N \pi_k (\mu_{kj} - \bar\mu_j)^2}{N - K}.
+
+    Exact without noise or clipping.
+    """
+    K = len(mu)
+    mbar = props @ mu
+    return (Q - n_total * err_var - (props * n_total) @ (mu - mbar) ** 2) / max(n_total - K, 1)
+
+
+def _variance_release(release, V: np.ndarray, centres: np.ndarray, idx: np.ndarray, err_var: np.ndarray,
+                      bounds: dict, s_r: float, clip: bool):
+    """The gene-variance release: per coordinate, ``sum_i clip((v_i - c_i)^2, variance_bound(s_r, err_var))``.
+
+    ``c_i = centres[idx[i]]``: ``m`` for every record, or ``mu_{y_i}``;
+    ``err_var`` the centres' known error variance, which the squared
+    deviations carry.
+    """
+    if clip:  # the bound as the deviations are: with the centre's known error
+        bounds["gene variances"] = variance_bound(s_r, err_var)
+        release.bound("gene variances", bounds["gene variances"])
+    return release("gene variances", _row_chunks(len(V), lambda rows: clip_rows(
+        (V[rows] - centres[idx[rows]]) ** 2, bounds["gene variances"]).sum(0)))
 
 
 def _row_chunks(n_rows: int, part) -> np.ndarray:
@@ -701,18 +739,21 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     s_r = centred_scale(s_v, m_raw, (gm.noise_sd / n_total) ** 2)
     bounds = set_bounds((s_v, s_r), s_l)
 
-    # 3. class screen: every coordinate's between-class signal, to select the coordinates worth releasing
-    screened = "class screen" in release.plan.specs
-    if screened:
-        S0 = release("class screen", _row_chunks(len(V), lambda rows: onehot[rows].T @ clip_rows(
-            V[rows] - m, bounds["class screen"])))
-        score, _ = _screen_scores(S0.value, S0.noise_sd, c_eff, n_total)
-        order = np.argsort(-score, kind="stable")
-        g = selected_coordinates(D, n_total, K, factor) if clip else D
+    # 3. where the class means cannot cover every coordinate (g < D), the gene variances come first, as
+    # spreads: per coordinate, the sum of the records' squared deviations from m (their total variance),
+    # which selects the coordinates worth releasing and, less the class means' part, gives the
+    # within-class variances (5.)
+    g = selected_coordinates(D, n_total, K, factor) if clip else D
+    selecting = g < D
+    if selecting:
+        err_m = err_var.copy()
+        Q = _variance_release(release, V, m[None], np.zeros(len(V), dtype=np.int64), err_m, bounds, s_r, clip)
+        spread = Q.value / n_total - err_m
+        spread[-1] = np.inf  # the level: its error would shift every gene of every class
+        order = np.argsort(-spread, kind="stable")
         sel = np.sort(order[:g])
     else:
         sel = np.arange(D)
-    g = len(sel)
     assert sel[-1] == D - 1  # the level is always selected
 
     # 4. class means on the selected coordinates, de-noised (elsewhere mu_k = m)
@@ -741,28 +782,23 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     mu[:, sel] += correction + dev
     props = kept / kept.sum()
     err_var[sel] = err_c + props @ (w1**2 * nv1[:, None])
-    if screened:
-        # the screen's class sums, added over classes, also measure m's error on the other coordinates:
-        # sum_i clip(v_i - m) / N, noise variance K (s_0 / N)^2; combined with m by inverse variances
-        rest = np.setdiff1d(np.arange(D), sel)
-        correction, err_var[rest] = _combine(err_var[rest], S0.value[:, rest].sum(0) / n_total,
-                                             K * (S0.noise_sd / n_total) ** 2)
-        mu[:, rest] += correction
-    if not screened:
-        score, _ = _screen_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, n_total)
+    if not selecting:
+        score = _class_scores(S1.value / scale1, S1.noise_sd / scale1, c_eff, n_total)
         order = np.argsort(-score, kind="stable")
 
-    # 5. per-coordinate residual variances, less the known error of mu
-    if clip:  # the bound as the residuals are: with mu's known error
-        bounds["gene variances"] = variance_bound(s_r, err_var)
-        release.bound("gene variances", bounds["gene variances"])
-    Q = release("gene variances", _row_chunks(len(V), lambda rows: clip_rows(
-        (V[rows] - mu[y[rows]]) ** 2, bounds["gene variances"]).sum(0)))
+    # 5. within-class variances: with a selection, from the spreads (post-processing) less m's known
+    # error and the class means' part, sum_i (v_i - m)^2 = sum_i (v_i - mu_{y_i})^2 + sum_k c_k (mu_k -
+    # m)^2, the class means' spread taken around their pooled mean; without one, released as the sums of
+    # the squared residuals from mu, less mu's known error
     dof = max(n_total - K, 1)
-    var = Q.value / dof - err_var
+    if selecting:
+        var = within_from_spreads(Q.value, n_total, err_m, props, mu)
+    else:
+        Q = _variance_release(release, V, mu, y, err_var, bounds, s_r, clip)
+        var = Q.value / dof - err_var
     var_noise = Q.noise_sd / dof
 
-    # 6. second moments of the block of the p most class-informative coordinates (DP-PCA)
+    # 6. second moments of the block of the p highest-ranked coordinates (DP-PCA)
     blk = np.sort(order[:min(p_max, g)])
     p = len(blk)
     U2, scale2 = _scaled_clip(V[:, blk] - mu[:, blk][y], RESIDUAL_CLIP * s_r * math.sqrt(p),
@@ -786,8 +822,9 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
         # or a user checking the record needs, and no more than was released
         "released": {"record scale": hv.value.tolist(), "gene means": gm.value.tolist(),
-                     "gene variances": Q.value.tolist(),
-                     **({"class screen": S0.value.tolist()} if screened else {})},
+                     "gene variances": Q.value.tolist()},
+        # what the gene-variance sums are of: clip((v_i - c_i)^2), c_i = gene_means or class_means[y_i]
+        "variances_centre": "gene means" if selecting else "class means",
     }
     if library_sizes is not None:
         stats["log_library_size"] = library_size.release(release, library_sizes, n_total)
@@ -889,7 +926,7 @@ class GaussianGenerator(Generator):
     def params(self) -> dict:
         private = self.statistics.get("clip_bounds") is not None
         return {"components": self.config.components, "components_kept": int(self.model.loadings.shape[1]),
-                "gene_mean_clip": GENE_MEAN_CLIP, "class_mean_clip": CLASS_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
+                "gene_mean_clip": GENE_MEAN_CLIP, "residual_clip": RESIDUAL_CLIP,
                 "selected_clip": SELECTED_CLIP, "variance_clip": VARIANCE_CLIP, "level_share": LEVEL_SHARE,
                 "selected_coordinates": len(self.statistics.get("selected", [])),
                 "selection_factor": self.statistics.get("selection_factor"),

@@ -13,7 +13,8 @@ from ..errors import ParameterError
 #: name -> (module, class, one-line summary); the first is the default.
 GENERATORS: dict[str, tuple[str, str, str]] = {
     "gaussian": ("fedsynth.generators.gaussian", "GaussianGenerator",
-                 "class-conditional Gaussian: screened, de-noised class means, low-rank + diagonal covariance"),
+                 "class-conditional Gaussian: de-noised class means on the genes of largest DP spread, "
+                 "low-rank + diagonal covariance"),
     "cvae": ("fedsynth.generators.cvae", "CVAEGenerator",
              "conditional VAE trained with DP-SGD around DP class anchors"),
     "pgm": ("fedsynth.generators.pgm", "PGMGenerator",
