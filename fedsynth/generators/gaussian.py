@@ -84,12 +84,11 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
 8. for counts input, the library-size model
    (:mod:`fedsynth.privacy.library_size`).
 
-Extra weights of the spreads and of the gene means
-(:data:`SELECTION_DEPENDENT` times :func:`skipped_fraction`, ``1 - g / D``)
-grow with ``D / (N / K)`` and are taken from the class means: the
-spreads select, and off the selection only the gene means measure the
-data. At 50 genes and a few hundred records there is no selection, and
-the class means keep both. All bounds are public
+An extra weight of the gene means (:data:`SELECTION_DEPENDENT` times
+:func:`skipped_fraction`, ``1 - g / D``) grows with ``D / (N / K)`` and
+is taken from the class means: off the selection only the gene means
+measure the data. At 50 genes and a few hundred records there is no
+selection, and the class means keep it. All bounds are public
 functions of ``G``, ``N``, ``K``, ``r``, the budget and the released scales
 (:func:`release_bounds`); the plan is made at :data:`FALLBACK_SCALES` and
 each bound is set from the released scales before its release
@@ -152,9 +151,10 @@ BUDGET_SPLIT = {
     "block moments": 0.05,
 }
 #: Budget weights that move from the class means to these releases as :func:`skipped_fraction` ``f``
-#: grows (:func:`budget_split`): the gene variances, which select the coordinates, and the gene
-#: means, which alone measure the ``D - g`` coordinates the class means skip.
-SELECTION_DEPENDENT = {"gene variances": 0.05, "gene means": 0.2}
+#: grows (:func:`budget_split`): the gene means, which alone measure the ``D - g`` coordinates the
+#: class means skip. (The spreads that select them rank as well at their base weight: more of the
+#: budget for them costs the class means more than it gains; BENCHMARKS.md.)
+SELECTION_DEPENDENT = {"gene means": 0.2}
 #: Extra releases for counts input (:mod:`fedsynth.privacy.library_size`): mean, spread.
 COUNTS_SPLIT = (0.1, 0.03)
 #: ``c_1`` of :func:`clip_bounds`; ``c_3`` of the block of second moments (module doc). Every
