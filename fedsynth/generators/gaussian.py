@@ -55,7 +55,8 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    between classes varies across the cohort), and one number per
    coordinate with the noise of a ``D``-dimensional release ranks far
    better than ``K`` noisy class sums per coordinate would (BENCHMARKS.md,
-   "Coordinates selected by their released spread"). ``F``
+   "The default at 700bf28: coordinates selected by their released
+   spread"). ``F``
    (:func:`selection_factor`) is inverse to the noise level the budget
    allows: 1 at epsilon 1, about ``epsilon`` elsewhere;
 5. **class means** on the ``g`` selected coordinates (every coordinate
