@@ -163,7 +163,8 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["generator"] == "gaussian" and run["mode"] == "federated"
     assert run["epsilon"] == 1.0 and 0 < run["epsilon_spent"] <= 1.0
-    # about 160 training tumours, 5 classes, 51 coordinates: D < 2 N / K, so no class screen
+    # about 160 training tumours, 5 classes, 51 coordinates: D < 2 N / K, so no selection (the variances after
+    # the class means, from their residuals)
     assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "record scale", "gene means",
                                                          "class means", "gene variances", "block moments"]
     assert all(m["noise_multiplier"] > 0 for m in run["budget_split"])

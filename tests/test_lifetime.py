@@ -110,7 +110,7 @@ def test_second_run_sees_the_first_and_over_the_cap_is_refused(tmp_path):
     first = simulate(tmp_path / "a", "--epsilon", 1)
     assert first.returncode == 0, first.stderr[-2000:]
     lines = (ledger / LEDGER).read_text().splitlines()
-    # 2 sites x (the record count + the gaussian's 6 releases: 50 genes, no class screen)
+    # 2 sites x (the record count + the gaussian's 6 releases: 50 genes, no selection)
     assert sum(json.loads(x)["kind"] == "release" for x in lines) == 2 * 7
     first_run = json.loads((tmp_path / "a" / "run.json").read_text())
     spent = [s["spent_after"] for s in first_run["site_lifetime"].values()]
