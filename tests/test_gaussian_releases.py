@@ -226,7 +226,7 @@ def test_within_class_variances_from_the_spreads_are_exact_without_noise():
     Q = ((V - m) ** 2).sum(0)
     within = ((V - mu[y]) ** 2).sum(0) / (N - K)
     np.testing.assert_allclose(ga.within_from_spreads(Q, N, np.zeros(V.shape[1]), props, mu), within, rtol=1e-9)
-    # m off by a known error e: Q grows by N e^2 on average, which is taken off
+    # the spreads around m + e (m the pooled mean): Q grows by exactly N e^2, which is taken off
     e = np.full(V.shape[1], 0.3)
     Qe = ((V - (m + e)) ** 2).sum(0)
     np.testing.assert_allclose(ga.within_from_spreads(Qe, N, e**2, props, mu), within, rtol=1e-9)
