@@ -88,6 +88,43 @@ def test_abort_sends_the_code_and_step_not_the_message():
     assert s0._diagnose() == (msg.split(": ", 2)[2], [])  # a failed collective names it the same way
 
 
+def test_values_that_arrived_with_an_abort_are_returned_not_the_abort():
+    """The race of CI run 2026-11-30: rank 1 found rank 2's value missing, then rank 0 (which had it) found
+    a mismatch and aborted before rank 1 looked again. Rank 1 has every value by then, so it returns them
+    and reports the mismatch itself; a value still missing with an abort ends the wait as before."""
+    from fedsynth.errors import InputError, SessionError
+
+    s0, s1, s2 = _store_pair()
+    s0.site_names = s1.site_names = s2.site_names = {0: "A1", 1: "A2", 2: "A3"}
+    for r in (0, 1):
+        s1._store.set(f"x1:schema/{r}", b"1")
+
+    class Late:
+        """Rank 2's value arrives right after rank 1's first look; rank 0 aborts at once on seeing it."""
+
+        def __init__(self, store):
+            self.store, self.looked = store, False
+
+        def check(self, keys):
+            if keys == ["x1:schema/2"] and not self.looked:
+                self.looked = True
+                self.store.set("x1:schema/2", b"1")
+                s0.current_step = "schema agreement"
+                s0.abort(InputError("schema agreement: sites disagree on 3 genes"))
+                return False
+            return self.store.check(keys)
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    keys = [f"x1:schema/{r}" for r in range(3)]
+    s1._store = Late(s1._store)
+    s1._wait_for(keys, "schema agreement", 5.0)  # returns: every value is here
+    s2._store.delete_key("x1:schema/2")
+    with pytest.raises(SessionError, match="rank 0 .A1. aborted with an input error"):
+        s2._wait_for(keys, "schema agreement", 5.0)
+
+
 def test_a_victims_abort_does_not_hide_the_rank_that_went_away():
     """Rank 1 saw the crash first and aborted with a session error naming no one: rank 0 still names
     the silent rank 2 (by the heartbeats), and blames it (its SessionError's ranks)."""
