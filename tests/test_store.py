@@ -128,17 +128,33 @@ def test_an_address_not_of_this_machine_is_explained(monkeypatch):
 
 # ------------------------------------------------------------ 2.-3. MACs and hellos
 class _Store:
-    """A HashStore that lets a test play an outsider on the store: ``tamper(key, value)`` on each set."""
+    """A HashStore that lets a test play an outsider on the store: ``tamper(key, value)`` on each set.
+
+    The write and the outsider's overwrite are one step for readers (a lock): the sessions run as
+    threads, and a reader scheduled between the two would read the honest value (CI run of
+    2026-11-30, "bad mac": rank 2 read rank 1's payload before the forgery landed).
+    """
 
     def __init__(self, tamper=None):
         import torch.distributed as dist
 
-        self.inner, self.tamper = dist.HashStore(), tamper
+        self.inner, self.tamper, self.lock = dist.HashStore(), tamper, threading.Lock()
 
     def set(self, key, value):
-        self.inner.set(key, value)
-        if self.tamper:
-            self.tamper(self.inner, key, bytes(value) if not isinstance(value, str) else value.encode())
+        with self.lock:
+            self.inner.set(key, value)
+            if self.tamper:
+                self.tamper(self.inner, key, bytes(value) if not isinstance(value, str) else value.encode())
+
+    def check(self, keys):
+        with self.lock:
+            return self.inner.check(keys)
+
+    def get(self, key):
+        with self.lock:
+            if self.inner.check([key]):
+                return self.inner.get(key)
+        return self.inner.get(key)  # not there yet: wait for it outside the lock (HashStore.get blocks)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
