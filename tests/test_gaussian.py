@@ -212,6 +212,44 @@ def test_simulate_gaussian_three_sites_epsilon_1(tmp_path):
     assert ev["macro_f1"] > run["evaluation"]["majority"]["macro_f1"]
 
 
+def test_simulate_selects_by_released_spread_at_many_genes(tmp_path):
+    """3 site processes at 400 genes: the class means cover a selection chosen by the released spreads.
+
+    240 records, 4 classes whose effects sit on the 20 most variable genes: ``D = 401 >= 2 ceil(N / K)``,
+    so the gene variances (spreads around the gene means) are released before the class means, the
+    record lists them in that order with no class screen, every site's file is the same, and the
+    synthetic classes are told apart better than the largest class alone.
+    """
+    rng = np.random.default_rng(11)
+    n, G, K = 240, 400, 4
+    y = rng.integers(0, K, n)
+    spread = np.where(np.arange(G) < 20, 1.5, 0.6)
+    effects = np.zeros((K, G))
+    effects[:, :20] = rng.normal(0, 2.0, (K, 20))
+    X = 6.0 + effects[y] + rng.normal(0, 1, (n, G)) * spread
+    frame = pd.DataFrame(X, columns=[f"g{j:03d}" for j in range(G)])
+    frame.insert(0, "site", np.array(["a", "b", "c"])[np.arange(n) % 3])
+    frame.insert(0, "label", np.array(["k0", "k1", "k2", "k3"])[y])
+    frame.insert(0, "sample_id", [f"s{i:03d}" for i in range(n)])
+    data = tmp_path / "wide.csv"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "sim"
+    p = start_process([PY, "-m", "fedsynth", "simulate", "--data", data, "--label-column", "label",
+                       "--site-column", "site", "--sites", "3", "--epsilon", "1", *GAUSS, "--outdir", out],
+                      tmp_path / "logs", "simulate", new_session=True)
+    assert wait_all([p], 300) == [0], describe([p])
+    run = json.loads((out / "run.json").read_text())
+    assert [m["name"] for m in run["budget_split"]] == ["record count", "class counts", "record scale", "gene means",
+                                                         "gene variances", "class means", "block moments"]
+    assert run["models_identical"] is True
+    assert run["generator_params"]["selected_coordinates"] < G + 1
+    blob = load_blob(out / "model.pt")
+    assert blob["statistics"]["variances_centre"] == "gene means"
+    assert "class screen" not in blob["dp"]["noise_multipliers"]
+    ev = run["evaluation"]["tstr"]["logreg"]
+    assert ev["macro_f1"] > run["evaluation"]["majority"]["macro_f1"]
+
+
 # ----------------------------------------------------------- counts input
 def test_counts_input_gives_counts_back(tmp_path, site_data):
     df = pd.read_csv(site_data["pooled"], dtype={"sample_id": str})
