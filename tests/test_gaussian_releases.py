@@ -358,6 +358,33 @@ def test_typical_scale_does_not_take_a_noise_window_over_a_weak_real_peak():
     assert far < 5e-4, far
 
 
+def test_typical_scale_finds_records_crowded_into_one_bin_at_a_small_budget():
+    """Single cells crowd into one quarter octave; at epsilon 0.5 a 3-bin window's noise hides that peak.
+
+    The profile half of pbmc68k_reduced's 559 training records (split seed 100): 37 / 458 / 64 in bins
+    22-24 (log2 r.m.s. about -0.1), per-bin noise s.d. 68.1 at epsilon 0.5. The 3-bin window alone
+    (4.6 s.d. over 48 windows) cleared in about 68% of draws, and the rest fell back to the bulk
+    tumours' scale, three times pbmc's, which made every clip three times too large. The narrower
+    windows of :data:`SCALE_WINDOWS` find it in about 97%, at the same rate of false scales from noise.
+    """
+    nb = len(ga.SCALE_BINS) - 1
+    crowd = np.zeros(nb)
+    crowd[22:25] = (37, 458, 64)
+    truth = ga.typical_scale(crowd, 0.0)
+    assert math.log2(truth) == pytest.approx(-0.11, abs=0.02)
+    rng = np.random.default_rng(8)
+    ests = [ga.typical_scale(h, 68.1) for h in crowd + rng.normal(0, 68.1, (4000, nb))]
+    found = np.mean([e is not None and abs(math.log2(e) - math.log2(truth)) < 0.25 for e in ests])
+    far = np.mean([e is not None and abs(math.log2(e) - math.log2(truth)) > 1.0 for e in ests])
+    assert found > 0.93, found
+    assert far < 2e-3, far
+    # the scan is widest first: where the 3-bin window clears, the scale is its weighted centre, as before
+    wide = np.zeros(nb)
+    wide[28:32] = (17, 99, 69, 17)
+    centres = (ga.SCALE_BINS[:-1] + ga.SCALE_BINS[1:]) / 2
+    assert math.log2(ga.typical_scale(wide, 1.0)) == pytest.approx((wide[28:31] @ centres[28:31]) / wide[28:31].sum())
+
+
 class Noisy(Recorder):
     """A secure sum that adds the planned noise (one process, the pooled values)."""
 
