@@ -1,4 +1,4 @@
-"""Per-class TSTR F1 of the default and of its class means replaced by the real ones on the selection (thirteenth session).
+"""Per-class TSTR F1: the default, and its class means replaced by the real ones on the selection (13th session).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/experiments/per_class_tstr.py pbmc 4
 
