@@ -32,6 +32,11 @@ for s in range(first, end):
             runs[v].append((r["accuracy"], r["macro_f1"], r["gene_mean_r"]))
 b = np.array(runs[vals[0]])
 for v in vals[1:]:
-    n = np.array(runs[v]); diff = n - b; se = diff.std(0) / np.sqrt(len(diff))
-    print(f"{ds} eps {eps:g} {dname}[{key}]={v:g} vs {vals[0]:g} ({len(diff)}): med {np.median(b,0).round(3).tolist()} -> {np.median(n,0).round(3).tolist()}; "
-          f"d acc {diff[:,0].mean():+.3f}+-{se[0]:.3f} F1 {diff[:,1].mean():+.3f}+-{se[1]:.3f} r {diff[:,2].mean():+.4f} up/down {(diff[:,1]>0).sum()}/{(diff[:,1]<0).sum()}", flush=True)
+    n = np.array(runs[v])
+    diff = n - b
+    se = diff.std(0) / np.sqrt(len(diff))
+    print(f"{ds} eps {eps:g} {dname}[{key}]={v:g} against {vals[0]:g} ({len(diff)} runs): median acc / F1 / "
+          f"gene-mean r {np.median(b, 0).round(3).tolist()} -> {np.median(n, 0).round(3).tolist()}; paired mean "
+          f"difference acc {diff[:, 0].mean():+.3f} +- {se[0]:.3f}, F1 {diff[:, 1].mean():+.3f} +- {se[1]:.3f}, "
+          f"gene-mean r {diff[:, 2].mean():+.4f}; F1 up / down in {(diff[:, 1] > 0).sum()} / {(diff[:, 1] < 0).sum()}",
+          flush=True)
