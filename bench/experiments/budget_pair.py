@@ -13,6 +13,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
 import inproc
+from paired_report import report
 from fedsynth.generators import gaussian as ga
 ds, eps = sys.argv[1], float(sys.argv[2]); first, end = map(int, sys.argv[3].split("-"))
 spec = sys.argv[4]; draws = int(sys.argv[5]) if len(sys.argv) > 5 else 2
@@ -30,13 +31,5 @@ for s in range(first, end):
             D[key] = v
             r = inproc.run_one("gaussian", X, y, Xte, yte, classes, eps, np.random.default_rng([s, d, 12]))
             runs[v].append((r["accuracy"], r["macro_f1"], r["gene_mean_r"]))
-b = np.array(runs[vals[0]])
 for v in vals[1:]:
-    n = np.array(runs[v])
-    diff = n - b
-    se = diff.std(0) / np.sqrt(len(diff))
-    print(f"{ds} eps {eps:g} {dname}[{key}]={v:g} against {vals[0]:g} ({len(diff)} runs): median acc / F1 / "
-          f"gene-mean r {np.median(b, 0).round(3).tolist()} -> {np.median(n, 0).round(3).tolist()}; paired mean "
-          f"difference acc {diff[:, 0].mean():+.3f} +- {se[0]:.3f}, F1 {diff[:, 1].mean():+.3f} +- {se[1]:.3f}, "
-          f"gene-mean r {diff[:, 2].mean():+.4f}; F1 up / down in {(diff[:, 1] > 0).sum()} / {(diff[:, 1] < 0).sum()}",
-          flush=True)
+    report(f"{ds} eps {eps:g} {dname}[{key}]={v:g} against {vals[0]:g}", runs[vals[0]], runs[v])

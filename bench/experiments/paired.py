@@ -33,6 +33,7 @@ sys.path.insert(0, a.root + "/bench")
 sys.path.insert(1, a.root)
 import inproc  # noqa: E402
 from fedsynth.generators import gaussian as ga  # noqa: E402
+from paired_report import report  # noqa: E402
 
 for kv in a.fixed:
     k, v = kv.split("=")
@@ -48,13 +49,5 @@ for s in range(first, end):
             setattr(ga, name, v)
             r = inproc.run_one("gaussian", X, y, Xte, yte, classes, a.epsilon, np.random.default_rng([s, d, 12]))
             runs[v].append((r["accuracy"], r["macro_f1"], r["gene_mean_r"]))
-base = np.array(runs[values[0]])
 for v in values[1:]:
-    new = np.array(runs[v])
-    diff = new - base
-    se = diff.std(0) / np.sqrt(len(diff))
-    print(f"{a.dataset} eps {a.epsilon:g} {a.fixed} {name}={v:g} against {values[0]:g} ({len(diff)} runs): "
-          f"median acc / F1 / gene-mean r {np.median(base, 0).round(3).tolist()} -> {np.median(new, 0).round(3).tolist()}; "
-          f"paired mean difference acc {diff[:, 0].mean():+.3f} +- {se[0]:.3f}, F1 {diff[:, 1].mean():+.3f} +- "
-          f"{se[1]:.3f}, gene-mean r {diff[:, 2].mean():+.4f}; F1 up / down in {int((diff[:, 1] > 0).sum())} / "
-          f"{int((diff[:, 1] < 0).sum())}")
+    report(f"{a.dataset} eps {a.epsilon:g} {a.fixed} {name}={v:g} against {values[0]:g}", runs[values[0]], runs[v])

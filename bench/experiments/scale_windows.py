@@ -14,6 +14,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
 import inproc
+from paired_report import report
 from fedsynth.generators import gaussian as ga
 new = ga.typical_scale
 def old(hist, noise_sd):
@@ -40,11 +41,4 @@ for s in range(first, end):
             sc[name] = (r["gen"].statistics["scales"]["record"], r["gen"].statistics["scales"]["level"])
         changed += sc["old"] != sc["new"]
         print(s, d, sc, runs["old"][-1], runs["new"][-1], flush=True)
-b, n = np.array(runs["old"]), np.array(runs["new"])
-diff = n - b
-se = diff.std(0) / np.sqrt(len(diff))
-print(f"{ds} eps {eps:g} new vs old ({len(diff)} runs, {changed} with other scales): "
-      f"median acc / F1 / gene-mean r {np.median(b, 0).round(3).tolist()} -> {np.median(n, 0).round(3).tolist()}; "
-      f"paired mean difference acc {diff[:, 0].mean():+.3f} +- {se[0]:.3f}, F1 {diff[:, 1].mean():+.3f} +- "
-      f"{se[1]:.3f}, gene-mean r {diff[:, 2].mean():+.4f} +- {se[2]:.4f}; lowest gene-mean r old {b[:, 2].min():.3f}, "
-      f"new {n[:, 2].min():.3f}")
+report(f"{ds} eps {eps:g} new against old ({changed} runs with other scales)", runs["old"], runs["new"])
