@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT / "bench/experiments")); sys.path.insert(2, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(1, str(ROOT / "bench/experiments"))
+sys.path.insert(2, str(ROOT))
 import inproc
 from paired_report import report
 from fedsynth.generators import gaussian as ga
