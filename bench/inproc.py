@@ -91,6 +91,18 @@ def load(name, split_seed):
     return X[tr], labels[tr], X[te], labels[te], sorted(set(labels))
 
 
+def real_class_means(X, y, classes):
+    """The real class means in the gaussian's profile-and-level coordinates (for oracles), and ``y`` as indices.
+
+    A class with no training record gets the pooled mean.
+    """
+    from fedsynth.generators.gaussian import to_profile_level
+
+    V = to_profile_level(X)
+    yi = np.searchsorted(classes, y)
+    return np.array([V[yi == k].mean(0) if (yi == k).any() else V.mean(0) for k in range(len(classes))]), yi
+
+
 def run_one(gen_name, X, y, Xte, yte, classes, eps, rng, n_syn=None, options=None):
     cfg = TrainConfig(generator=gen_name, epsilon=eps or 1.0, no_dp=eps is None, classes=tuple(classes),
                       options=options)

@@ -27,8 +27,8 @@ for s in (100, 101):
     gen = r["gen"]; st = gen.statistics
     sel = np.asarray(st["selected"])[:-1]
     a1 = st["scales"]["class_mean_clip_factor"]
-    V = ga.to_profile_level(X); yi = np.searchsorted(classes, y); K = len(classes)
-    mu_t = np.array([V[yi == k].mean(0) for k in range(K)])
+    mu_t, yi = inproc.real_class_means(X, y, classes)
+    K = len(classes)
     props = np.bincount(yi, minlength=K) / len(yi)
     dt = (mu_t - props @ mu_t)[:, sel]
     sd = np.sqrt(cap["nv"])

@@ -18,7 +18,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(1, str(ROOT))
 import inproc  # noqa: E402
 from fedsynth.evaluation.utility import tstr  # noqa: E402
-from fedsynth.generators import gaussian as ga  # noqa: E402
 
 ds, eps = sys.argv[1], float(sys.argv[2])
 res = {}
@@ -26,8 +25,7 @@ for s in range(100, 106):
     X, y, Xte, yte, classes = inproc.load(ds, s)
     r = inproc.run_one("gaussian", X, y, Xte, yte, classes, eps, np.random.default_rng([s, 0, 12]))
     gen = r["gen"]; M = gen.model
-    V = ga.to_profile_level(X); yi = np.searchsorted(classes, y)
-    mu_t = np.array([V[yi == k].mean(0) if (yi == k).any() else V.mean(0) for k in range(len(classes))])
+    mu_t, yi = inproc.real_class_means(X, y, classes)
     sel = np.asarray(gen.statistics["selected"])
     props = np.asarray(gen.statistics["class_proportions"])
     def score(cm):

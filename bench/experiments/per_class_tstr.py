@@ -13,7 +13,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
 import inproc
-from fedsynth.generators import gaussian as ga
 from sklearn.preprocessing import StandardScaler
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -23,9 +22,9 @@ for s in range(100, 104):
     X, y, Xte, yte, classes = inproc.load(ds, s)
     r = inproc.run_one("gaussian", X, y, Xte, yte, classes, eps, np.random.default_rng([s, 0, 12]))
     gen = r["gen"]; M = gen.model
-    V = ga.to_profile_level(X); yi = np.searchsorted(classes, y); yti = np.searchsorted(classes, yte)
+    mu_t, yi = inproc.real_class_means(X, y, classes)
+    yti = np.searchsorted(classes, yte)
     K = len(classes)
-    mu_t = np.array([V[yi == k].mean(0) if (yi == k).any() else V.mean(0) for k in range(K)])
     sel = np.asarray(gen.statistics["selected"])
     props = np.asarray(gen.statistics["class_proportions"])
     nk = np.bincount(yi, minlength=K)
