@@ -67,8 +67,10 @@ record count; ``clip(u, R) = u min(1, R / ||u||)``):
    variance of ``m``), so that they are not shrunk towards ``m``. The
    pooled mean of the sums corrects ``m`` there; each class's deviation
    from it is de-noised by its known noise (:func:`denoise_deviations`:
-   the larger of a per-gene linear empirical-Bayes weight and a per-class
-   James-Stein factor). Elsewhere ``mu_k = m``;
+   the larger of a per-gene empirical-Bayes weight and a per-class
+   James-Stein factor; with a selection, the per-gene weight comes from a
+   prior whose variance grows as a power of the gene's released spread,
+   :func:`spread_prior_weights`). Elsewhere ``mu_k = m``;
 6. **within-class variances**: with a selection, from the spreads
    (post-processing), ``(Q_j - N e_j^2 - sum_k N pi_k (mu_kj - mubar_j)^2)
    / (N - K)`` (``sum_i (v_i - m)^2`` splits into the within-class and the
@@ -189,6 +191,11 @@ VARIANCE_FLOOR = 0.3
 VARIANCE_FLOOR_NO_DP = 1e-3
 #: A class mean is divided by max(c_k, COUNT_SHRINK * z_counts): shrunk towards m when its count is within noise.
 COUNT_SHRINK = 2.0
+#: Powers ``gamma`` tried for the class-deviation prior's variance ``tau_j^2 ~ q_j^gamma`` (``q_j`` the
+#: released spread; :func:`spread_prior_weights`): 0 (the spread says nothing) up to 4, the one of
+#: largest marginal likelihood kept. Real panels' between-class variance grows as about ``q^1.1-1.4``
+#: (brca, pbmc; BENCHMARKS.md).
+SPREAD_PRIOR_POWERS = tuple(np.arange(0.0, 4.0 + 1e-9, 0.25))
 #: Without DP, the block of second moments covers up to this many coordinates (a 2,000 x 2,000
 #: matrix of doubles is 32 MB; :func:`block_size`).
 NO_DP_BLOCK = 2000
@@ -567,14 +574,83 @@ def shrink_towards_mean(x: np.ndarray, noise_var: float) -> tuple[np.ndarray, fl
     return x.mean() + a * (x - x.mean()), a * noise_var
 
 
-def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def spread_prior_weights(dev: np.ndarray, noise_var: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Posterior-mean weights for noisy class deviations (K x g) under a prior set by the genes' spreads.
+
+    Model: ``dev_kj = theta_kj + e_kj``, ``e_kj ~ N(0, s_k^2)`` (``s_k^2``
+    the known ``noise_var``); gene ``j`` carries class signal with
+    probability ``pi``, and then ``theta_kj ~ N(0, tau_j^2)`` with
+
+    ``tau_j^2 = kappa (q_j / qbar)^gamma``,
+
+    ``q_j`` the gene's released spread (total variance, ``spread``), ``qbar``
+    its mean; otherwise ``theta_.j = 0``. ``(kappa, pi)`` maximise the
+    marginal likelihood ``prod_j [pi prod_k N(dev_kj; 0, tau_j^2 + s_k^2) +
+    (1 - pi) prod_k N(dev_kj; 0, s_k^2)]`` at each ``gamma`` of
+    :data:`SPREAD_PRIOR_POWERS`, and the ``gamma`` of the largest one is
+    kept. Three numbers fitted to ``K g`` values, where a per-gene moment
+    estimate fits ``g`` numbers to ``K`` values each; ``gamma = 0`` is the
+    case where the spread says nothing about the class signal (nuisance
+    variation), and a large ``gamma`` the case where the genes that vary
+    most are the ones that differ between classes, as in real panels.
+
+    The weight of entry ``(k, j)`` is the posterior mean's factor,
+    ``r_j tau_j^2 / (tau_j^2 + s_k^2)``, with ``r_j`` the posterior
+    probability that gene ``j`` carries signal. Post-processing of released
+    values only (free). Returns the weights and the fitted prior
+    (``power``, ``signal_share``, ``scale`` ``kappa``).
+    """
+    from scipy.optimize import minimize
+
+    K, g = dev.shape
+    nv = np.asarray(noise_var, dtype=float)
+    if g < 3 or not np.all(nv > 0):
+        return np.ones_like(dev), {"power": None, "signal_share": None, "scale": None}
+    q = np.asarray(spread, dtype=float)
+    pos = q[q > 0]
+    q = np.maximum(q, pos.min() if len(pos) else 1.0)
+    lq = np.log(q / q.mean())
+    d2 = dev**2
+    # log-likelihood of each gene without signal (constant terms dropped: they cancel in r_j)
+    l0 = -0.5 * (np.log(nv)[:, None] + d2 / nv[:, None]).sum(0)
+
+    def gene_loglik(log_kappa, gamma):
+        tau2 = np.exp(log_kappa + gamma * lq)
+        t = tau2[None, :] + nv[:, None]
+        return tau2, t, -0.5 * (np.log(t) + d2 / t).sum(0)
+
+    def nll(x, gamma):
+        _, _, l1 = gene_loglik(x[0], gamma)
+        log_pi, log_1pi = -np.logaddexp(0.0, -x[1]), -np.logaddexp(0.0, x[1])
+        return -float(np.logaddexp(log_pi + l1, log_1pi + l0).sum())
+
+    start = [math.log(max(float((d2 - nv[:, None]).mean()), 1e-3 * float(nv.mean()))), 0.0]
+    best = None
+    for gamma in SPREAD_PRIOR_POWERS:
+        r = minimize(nll, start, args=(gamma,), method="Nelder-Mead",
+                     options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000})
+        if best is None or r.fun < best[0]:
+            best = (r.fun, float(gamma), r.x)
+    _, gamma, (log_kappa, logit_pi) = best
+    tau2, t, l1 = gene_loglik(log_kappa, gamma)
+    # r_j = pi L1 / (pi L1 + (1 - pi) L0), in logs
+    r = 1.0 / (1.0 + np.exp(np.clip(l0 - l1 - logit_pi, -700.0, 700.0)))
+    prior = {"power": gamma, "signal_share": float(1.0 / (1.0 + math.exp(-logit_pi))),
+             "scale": float(math.exp(log_kappa))}
+    return r[None, :] * tau2[None, :] / t, prior
+
+
+def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray,
+                       prior_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Shrink noisy class deviations (K x g) towards 0 by their known noise (post-processing, free).
 
-    Two linear empirical-Bayes weights, the larger one kept per entry:
+    Two empirical-Bayes weights, the larger one kept per entry:
 
-    * per coordinate ``j``, across classes: signal variance
-      ``tau_j^2 = max(mean_k (dev_kj^2 - s_k^2), 0)``, weight
-      ``tau_j^2 / (tau_j^2 + s_k^2)`` (a gene with no class signal goes to 0);
+    * per coordinate ``j``, across classes: ``prior_weight`` where given
+      (:func:`spread_prior_weights`), else the linear weight
+      ``tau_j^2 / (tau_j^2 + s_k^2)`` with signal variance
+      ``tau_j^2 = max(mean_k (dev_kj^2 - s_k^2), 0)`` (a gene with no class
+      signal goes to 0);
     * per class ``k``, across coordinates: positive-part James-Stein,
       ``a_k = max(0, 1 - g s_k^2 / ||dev_k||^2)`` (a class whose deviation
       stands out of the noise as a whole keeps it).
@@ -587,8 +663,11 @@ def denoise_deviations(dev: np.ndarray, noise_var: np.ndarray) -> tuple[np.ndarr
     if g == 0 or not np.any(noise_var > 0):
         return dev, np.ones_like(dev)
     nv = noise_var[:, None]
-    tau2 = np.maximum((dev**2 - nv).mean(0), 0.0)
-    w = tau2 / (tau2 + nv)
+    if prior_weight is not None:
+        w = np.asarray(prior_weight, dtype=float)
+    else:
+        tau2 = np.maximum((dev**2 - nv).mean(0), 0.0)
+        w = tau2 / (tau2 + nv)
     if g >= 3:
         js = np.clip(1.0 - g * noise_var / np.maximum((dev**2).sum(1), 1e-12), 0.0, 1.0)
         w = np.maximum(w, js[:, None])
@@ -781,10 +860,13 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
     # the pooled mean of the sums: over all N records (the released count, far more precise than the sum of
     # the K noisy class counts, which clamping at 1 also biases upwards)
     centre = sums.sum(0) / float(n_total)
-    # the profile coordinates' deviations are de-noised together; the level's (always selected, the last)
-    # alone, by its own empirical-Bayes weight: a class's noisy level would shift all its genes
+    # the profile coordinates' deviations are de-noised together (with a selection, by a prior whose
+    # variance follows the released spreads); the level's (always selected, the last) alone, by its own
+    # empirical-Bayes weight: a class's noisy level would shift all its genes
     raw = sums / c_eff[:, None] - centre
-    (dev, w1), (dev_lv, w1_lv) = denoise_deviations(raw[:, :-1], nv1), denoise_deviations(raw[:, -1:], nv1)
+    prior_w, prior = (spread_prior_weights(raw[:, :-1], nv1, spread[sel][:-1]) if selecting
+                      else (None, None))
+    (dev, w1), (dev_lv, w1_lv) = denoise_deviations(raw[:, :-1], nv1, prior_w), denoise_deviations(raw[:, -1:], nv1)
     dev, w1 = np.hstack([dev, dev_lv]), np.hstack([w1, w1_lv])
     # the pooled mean of the sums measures m's error there, with noise variance K (s_1 / N)^2: combined
     # with m by inverse variances (the level's m is often the better of the two)
@@ -830,6 +912,8 @@ def release_moments(release, X: np.ndarray, y: np.ndarray, n_classes: int, n_tot
         "clip_bounds": {k: bounds[k] for k in CLIPPED if k in release.plan.specs} if clip else None,
         "scales": {"record": s_v, "centred": s_r, "level": s_l, "level_weight": w_l, "class_mean_clip_factor": a1},
         "selection_factor": factor if clip else None,
+        # the de-noiser's prior for the class deviations, fitted to the released values (with a selection)
+        "class_mean_prior": prior,
         # the per-gene releases as revealed (noisy sums, before any post-processing): what an auditor
         # or a user checking the record needs, and no more than was released
         "released": {"record scale": hv.value.tolist(), "gene means": gm.value.tolist(),
