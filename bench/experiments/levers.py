@@ -1,0 +1,63 @@
+"""Which post-processing lever moves TSTR at a data set and budget (14th session diagnostic).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/experiments/levers.py pbmc 4 [100-107]
+
+For each split seed (one noise draw), fits the default gaussian once and scores the pinned TSTR
+protocol on synthetic data drawn from variants of the fitted model (post-processing only):
+residual variance replaced by the real within-class variance or scaled, the class proportions,
+the class means' deviations scaled, and the real class means (oracles, for scale).
+"""
+import copy, sys
+from pathlib import Path
+import numpy as np
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
+import inproc
+from fedsynth.generators.gaussian import to_profile_level
+from sklearn.preprocessing import StandardScaler
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+ds, eps = sys.argv[1], float(sys.argv[2])
+a, b = (sys.argv[3] if len(sys.argv) > 3 else "100-107").split("-")
+R = {}
+for s in range(int(a), int(b) + 1):
+    X, y, Xte, yte, classes = inproc.load(ds, s)
+    r = inproc.run_one("gaussian", X, y, Xte, yte, classes, eps, np.random.default_rng([s, 0, 12]))
+    M = r["gen"].model
+    mu_t, yi = inproc.real_class_means(X, y, classes)
+    V = to_profile_level(X)
+    wvar = ((V - mu_t[yi]) ** 2).mean(0)
+    yti = np.searchsorted(classes, yte)
+    K = len(classes)
+    props = np.asarray(r["gen"].statistics["class_proportions"]); props = props / props.sum()
+    pm = props @ M.class_means
+    def variant(name):
+        M2 = copy.copy(M); p = props; n = len(X)
+        if name == "realvar":
+            M2.residual_variance = np.maximum(wvar - (M.loadings ** 2).sum(1), 1e-3)
+        elif name.startswith("var*"):
+            M2.residual_variance = M.residual_variance * float(name[4:])
+        elif name.startswith("dev*"):
+            M2.class_means = pm + (M.class_means - pm) * float(name[4:])
+        elif name == "uniform":
+            p = np.full(K, 1.0 / K)
+        elif name.startswith("n*"):
+            n = int(n * float(name[2:]))
+        elif name == "realmeans":
+            M2.class_means = mu_t
+        return M2, p, n
+    for name in ["default", "realvar", "var*0.5", "var*2", "dev*0.7", "dev*1.4", "uniform", "n*5", "realmeans"]:
+        M2, p, n = variant(name)
+        rng = np.random.default_rng(7)
+        ys = rng.choice(K, size=n, p=p)
+        Xs = M2.sample(ys, rng)
+        sc = StandardScaler().fit(Xs); clf = LogisticRegression(max_iter=2000).fit(sc.transform(Xs), ys)
+        pr = clf.predict(sc.transform(Xte))
+        acc = (pr == yti).mean(); f1 = f1_score(yti, pr, labels=range(K), average="macro", zero_division=0)
+        R.setdefault(name, []).append((acc, f1))
+    print(s, " ".join("%s %.3f/%.3f" % (k, *v[-1]) for k, v in R.items()), flush=True)
+base = np.array(R["default"])
+for k, v in R.items():
+    d = np.array(v) - base
+    print("%-10s acc %.3f f1 %.3f   paired d acc %+.3f d f1 %+.3f +- %.3f" % (
+        k, *np.median(v, 0), d[:, 0].mean(), d[:, 1].mean(), d[:, 1].std(ddof=1) / np.sqrt(len(d))))
