@@ -12,6 +12,8 @@
 * every release gets exactly the noise the accountant planned;
 * the de-noising of class deviations leaves exact values alone, pulls
   pure noise towards 0 and keeps a signal that stands out of the noise;
+  its spread prior finds the power and share of genes that made the data,
+  at two sizes, and de-noises better than a per-gene estimate;
 * the class-mean sums are divided by the share of a record their clip
   keeps, so the class deviations are not shrunk towards the gene means;
 * the level, weighted in the gene means, gets a fraction of the noise it
