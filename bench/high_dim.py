@@ -29,7 +29,8 @@ Grid (each cell one ``fedsynth simulate`` run, cached and resumable):
 
 Per cell (``bench_eval.json`` beside the run): TSTR accuracy and macro-F1
 (simulate's own score, the pinned protocol: tests/test_tstr_protocol.py;
-re-computed here on the rebuilt holdout as a check), TRTR beside it,
+the rebuilt split is checked against simulate's TRTR score, and a TSTR
+re-scored from synthetic.csv that differs by more than 0.01 is noted), TRTR beside it,
 discriminator AUROC (:func:`fedsynth.evaluation.discriminator_auroc`, the
 larger of its two classifiers, synthetic vs the real training records),
 per-gene mean and variance Pearson correlation (synthetic vs real training
@@ -317,12 +318,21 @@ def run_cell(ds, gen, eps, seed, draw, fresh=False) -> dict:
     syn = read_expression(outdir / "synthetic.csv", label_column=info["label"])
     Xs, ys = syn.expr[genes].to_numpy(float), syn.labels.astype(str).to_numpy()
     sim = run["evaluation"]
-    mine = tstr(Xs, ys, X[te], y[te], models=("logreg",), seed=seed)["tstr"]["logreg"]
-    simlr = sim["tstr"]["logreg"]
-    # synthetic.csv holds 6 significant digits, so the re-read matrix can move a borderline prediction
+    again = tstr(Xs, ys, X[te], y[te], X_real_train=X[tr], y_real_train=y[tr], models=("logreg",), seed=seed)
+    mine, simlr = again["tstr"]["logreg"], sim["tstr"]["logreg"]
+    # the rebuilt split must be simulate's: the same test size and the same TRTR score (real data at full
+    # precision, so exactly)
+    real, simreal = again["trtr"]["logreg"], sim["trtr"]["logreg"]
+    if again["n_test"] != sim["n_test"] or any(abs(real[k] - simreal[k]) > 1e-9 for k in ("accuracy", "macro_f1")):
+        raise RuntimeError(f"{outdir}: the rebuilt split does not give simulate's TRTR score "
+                           f"(accuracy {real['accuracy']} vs {simreal['accuracy']}, n_test {again['n_test']} vs "
+                           f"{sim['n_test']})")
+    # synthetic.csv holds 6 significant digits, and a logistic regression that stops at max_iter on nearly
+    # separable synthetic classes moves with them: the TSTR figures are simulate's own (in memory), and a
+    # re-scored difference is only noted
     if abs(mine["accuracy"] - simlr["accuracy"]) > 0.01 or abs(mine["macro_f1"] - simlr["macro_f1"]) > 0.01:
-        raise RuntimeError(f"{outdir}: the rebuilt holdout does not give simulate's TSTR score "
-                           f"(accuracy {mine['accuracy']} vs {simlr['accuracy']}, macro-F1 {mine['macro_f1']} vs {simlr['macro_f1']})")
+        print(f"    note: re-scored from synthetic.csv, TSTR accuracy {mine['accuracy']:.3f} / macro-F1 "
+              f"{mine['macro_f1']:.3f} against simulate's {simlr['accuracy']:.3f} / {simlr['macro_f1']:.3f}", flush=True)
     Xtr = X[tr]
     disc = discriminator_auroc(Xs, Xtr, seed=seed)
     mia = membership_inference(Xs, Xtr, X[te], seed=seed)
