@@ -627,10 +627,10 @@ def spread_prior_weights(dev: np.ndarray, noise_var: np.ndarray, spread: np.ndar
     start = [math.log(max(float((d2 - nv[:, None]).mean()), 1e-3 * float(nv.mean()))), 0.0]
     best = None
     for gamma in SPREAD_PRIOR_POWERS:
-        r = minimize(nll, start, args=(gamma,), method="Nelder-Mead",
-                     options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000})
-        if best is None or r.fun < best[0]:
-            best = (r.fun, float(gamma), r.x)
+        opt = minimize(nll, start, args=(gamma,), method="Nelder-Mead",
+                       options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000})
+        if best is None or opt.fun < best[0]:
+            best = (opt.fun, float(gamma), opt.x)
     _, gamma, (log_kappa, logit_pi) = best
     tau2, t, l1 = gene_loglik(log_kappa, gamma)
     # r_j = pi L1 / (pi L1 + (1 - pi) L0), in logs
