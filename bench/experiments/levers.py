@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/experiments/levers.py pbmc 4 [100-107]
 
 For each split seed (one noise draw), fits the default gaussian once and scores the pinned TSTR
-protocol on synthetic data drawn from variants of the fitted model (post-processing only):
+protocol (:func:`fedsynth.evaluation.tstr`, as ``inproc.run_one``) on synthetic data drawn from variants of the fitted model (post-processing only):
 residual variance replaced by the real within-class variance or scaled, the class proportions,
 the class means' deviations scaled, and the real class means (oracles, for scale).
 """
@@ -13,10 +13,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
 import inproc
+from fedsynth.evaluation import tstr
 from fedsynth.generators.gaussian import to_profile_level
-from sklearn.preprocessing import StandardScaler
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 ds, eps = sys.argv[1], float(sys.argv[2])
 a, b = (sys.argv[3] if len(sys.argv) > 3 else "100-107").split("-")
 R = {}
@@ -27,7 +25,6 @@ for s in range(int(a), int(b) + 1):
     mu_t, yi = inproc.real_class_means(X, y, classes)
     V = to_profile_level(X)
     wvar = ((V - mu_t[yi]) ** 2).mean(0)
-    yti = np.searchsorted(classes, yte)
     K = len(classes)
     props = np.asarray(r["gen"].statistics["class_proportions"]); props = props / props.sum()
     pm = props @ M.class_means
@@ -51,10 +48,8 @@ for s in range(int(a), int(b) + 1):
         rng = np.random.default_rng(7)
         ys = rng.choice(K, size=n, p=p)
         Xs = M2.sample(ys, rng)
-        sc = StandardScaler().fit(Xs); clf = LogisticRegression(max_iter=2000).fit(sc.transform(Xs), ys)
-        pr = clf.predict(sc.transform(Xte))
-        acc = (pr == yti).mean(); f1 = f1_score(yti, pr, labels=range(K), average="macro", zero_division=0)
-        R.setdefault(name, []).append((acc, f1))
+        sc = tstr(Xs, np.asarray(classes)[ys], Xte, yte, models=("logreg",))["tstr"]["logreg"]  # the pinned TSTR
+        R.setdefault(name, []).append((sc["accuracy"], sc["macro_f1"]))
     print(s, " ".join("%s %.3f/%.3f" % (k, *v[-1]) for k, v in R.items()), flush=True)
 base = np.array(R["default"])
 for k, v in R.items():
