@@ -115,7 +115,8 @@ def test_second_run_sees_the_first_and_over_the_cap_is_refused(tmp_path):
     first_run = json.loads((tmp_path / "a" / "run.json").read_text())
     spent = [s["spent_after"] for s in first_run["site_lifetime"].values()]
     assert all(0.98 < x <= 1.0 for x in spent), spent  # this run's epsilon, from an empty ledger
-    # two runs at epsilon 1 compose (RDP) to about 1.46 for the same patients: a cap of 1.3 refuses the second
+    # two runs at epsilon 1 compose (exactly, Gaussian DP) to about 1.47 for the same patients: a cap of 1.3 refuses
+    # the second
     second = simulate(tmp_path / "b", "--epsilon", 1, "--lifetime-epsilon", 1.3)
     assert second.returncode != 0
     assert "lifetime-epsilon 1.3" in second.stderr and "Refused before any release" in second.stderr

@@ -144,7 +144,7 @@ from .base import Generator, option
 log = logging.getLogger("fedsynth")
 
 NAME = "gaussian"
-#: Share of the budget (of the composed RDP curve) each release gets.
+#: Share of the budget (of the composed privacy loss: zCDP ``rho``, or ``mu^2`` of Gaussian DP) each release gets.
 BUDGET_SPLIT = {
     "class counts": 0.05,
     "record scale": 0.04,

@@ -43,7 +43,7 @@ fitted graphical model is sampled. With ``G`` genes, ``C`` classes and
 The multipliers ``z_i`` come from
 :class:`~fedsynth.privacy.release.ReleasePlan` before any data is touched
 (shares of the privacy loss ``rho_i = 1 / (2 z_i^2)`` in the proportions of
-``--pgm-split``) and are composed in the one RDP accountant. For counts
+``--pgm-split``) and are composed in the one accountant. For counts
 input, the library-size model is released (:mod:`fedsynth.privacy.library_size`).
 
 **Fit.** Private-PGM's mirror descent finds the graphical model ``p`` over

@@ -1,4 +1,4 @@
-"""Privacy accounting: one Opacus RDP accountant for everything a run reveals.
+r"""Privacy accounting: one accountant (Opacus RDP, exact for full-batch Gaussians) for everything a run reveals.
 
 Every revealed value is a Gaussian mechanism: a sum over records, each
 record's contribution bounded in L2 norm by a sensitivity ``Delta``, with
@@ -9,9 +9,28 @@ total noise ``N(0, (z * Delta)^2)``. A mechanism is recorded as
   ``(z_stat, 1.0, 1)``;
 * DP-SGD is ``(z_sgd, q, T)`` with Poisson sampling at rate ``q``.
 
-All of them are composed in one :class:`opacus.accountants.RDPAccountant`,
-whose Renyi-DP bound ``eps(alpha) = sum_j eps_j(alpha)`` is converted to
-``(epsilon, delta)``. Calibration happens before any data is touched
+All of them are composed in one accountant, :func:`compose`: Opacus'
+:class:`~opacus.accountants.RDPAccountant`, whose Renyi-DP bound
+``eps(alpha) = sum_j eps_j(alpha)`` is converted to ``(epsilon, delta)``;
+and where every mechanism is a full-batch Gaussian (``q = 1``: the one-shot
+generators' releases, and every run of them in the lifetime ledger), the
+exact composition instead. A Gaussian mechanism with multiplier ``z`` is
+``1/z``-Gaussian-DP, adaptive composition of ``mu_j``-GDP mechanisms is
+exactly ``sqrt(sum_j mu_j^2)``-GDP, and ``mu``-GDP is ``(epsilon,
+delta(epsilon))``-DP with
+
+.. math::
+
+    \delta(\epsilon) = \Phi\left(-\frac{\epsilon}{\mu} + \frac{\mu}{2}\right)
+        - e^{\epsilon} \Phi\left(-\frac{\epsilon}{\mu} - \frac{\mu}{2}\right)
+
+(Dong, Roth and Su 2022, Corollaries 2.13 and 3.3; ``delta(epsilon)`` is Opacus'
+:func:`~opacus.accountants.analysis.gdp.delta_eps_mu`), which the RDP
+conversion over-states by 8-10% in ``epsilon`` at ``delta = 1e-5``: for
+the same budget the noise is 7-8% smaller. The smaller of the two (both
+are valid bounds) is reported. Poisson-subsampled DP-SGD stays with RDP
+(the GDP central-limit formula for it is an approximation, not a bound).
+Calibration happens before any data is touched
 (:class:`fedsynth.privacy.release.ReleasePlan`):
 
 1. releases with a budget share split the privacy loss of their part of
@@ -29,7 +48,10 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.gdp import delta_eps_mu
+from scipy.optimize import brentq
 
 from ..errors import BudgetError, ParameterError
 
@@ -39,6 +61,9 @@ from ..errors import BudgetError, ParameterError
 #: the optimal order is well above 2, so only two fractional orders are kept.
 ALPHAS = [1.5, 1.75] + list(range(2, 64)) + [80, 128, 256]
 
+#: Beyond this epsilon the exact Gaussian-DP conversion is not computed (``e^epsilon`` nears overflow);
+#: :func:`compose` keeps the RDP bound there.
+GDP_MAX_EPSILON = 500.0
 #: Above this noise multiplier the budget is treated as unreachable; refuse.
 MAX_NOISE_MULTIPLIER = 500.0
 #: Above this, DP-SGD learns little (the anchors still carry the classes); warn.
@@ -76,14 +101,33 @@ class PrivacyLedger:
             "delta": self.delta,
             "epsilon_spent": self.spent(),
             "mechanisms": [asdict(m) for m in self.mechanisms],
-            "accountant": "opacus.accountants.RDPAccountant",
+            "accountant": accountant_name(self.mechanisms),
         }
 
 
 def compose(mechanisms: list[Mechanism], delta: float) -> float:
-    """Epsilon at ``delta`` of the RDP composition of ``mechanisms``."""
+    """Epsilon at ``delta`` of the composition of ``mechanisms``.
+
+    The RDP bound (Opacus), or, where every mechanism is a full-batch
+    Gaussian, the smaller of it and the exact Gaussian-DP composition
+    (:func:`gaussian_dp_epsilon`; module doc).
+    """
     if not mechanisms:
         return 0.0
+    eps = _rdp_epsilon(mechanisms, delta)
+    if all(m.sample_rate == 1.0 for m in mechanisms):
+        eps = min(eps, gaussian_dp_epsilon(mechanisms, delta))
+    return eps
+
+
+def accountant_name(mechanisms: list[Mechanism]) -> str:
+    """What :func:`compose` used for ``mechanisms`` (for the DP record)."""
+    if mechanisms and all(m.sample_rate == 1.0 for m in mechanisms):
+        return "exact Gaussian-DP composition (opacus.accountants.analysis.gdp), RDP as the cap"
+    return "opacus.accountants.RDPAccountant"
+
+
+def _rdp_epsilon(mechanisms: list[Mechanism], delta: float) -> float:
     acc = RDPAccountant()
     acc.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms]
     with warnings.catch_warnings():
@@ -91,6 +135,44 @@ def compose(mechanisms: list[Mechanism], delta: float) -> float:
         # calibration search probes; the bound stays valid there
         warnings.filterwarnings("ignore", message="Optimal order is the")
         return float(acc.get_epsilon(delta, alphas=ALPHAS))
+
+
+def gaussian_dp_epsilon(mechanisms: list[Mechanism], delta: float) -> float:
+    """Exact epsilon at ``delta`` of full-batch Gaussian mechanisms: ``mu = sqrt(sum_j s_j / z_j^2)``.
+
+    ``z_j`` the multipliers, ``s_j`` the repetitions; ``epsilon`` is the root
+    of Opacus' :func:`~opacus.accountants.analysis.gdp.delta_eps_mu` at
+    ``delta`` (module doc), found to full float precision (so that the
+    calibration's search sees a cost monotone in the multipliers; Opacus'
+    own ``eps_from_mu`` stops at 2e-12) and rounded up, so that the root
+    finder's tolerance never claims less than the curve. Infinite when a
+    multiplier is not positive or epsilon is beyond
+    :data:`GDP_MAX_EPSILON` (the caller keeps the RDP bound then).
+    """
+    if any(m.sample_rate != 1.0 for m in mechanisms):
+        raise ValueError("the Gaussian-DP composition is exact only for full-batch mechanisms (sample rate 1)")
+    if any(not m.noise_multiplier > 0 for m in mechanisms):
+        return math.inf
+    mu = math.sqrt(math.fsum(m.steps / m.noise_multiplier**2 for m in mechanisms))
+    if not math.isfinite(mu):
+        return math.inf
+
+    def excess(eps):
+        return float(delta_eps_mu(eps=eps, mu=mu)) - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    hi = 1.0
+    while excess(hi) > 0:
+        hi *= 2.0
+        if hi > GDP_MAX_EPSILON:
+            return math.inf
+    # to full float precision, so that the calibration's search (relative 1e-13) sees a monotone cost
+    root = brentq(excess, 0.0, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    eps = root * (1.0 + 1e-12) + 1e-15  # the finder's tolerance, to the safe side (monotone in mu)
+    while excess(eps) > 0:  # not reached in practice; kept so the bound never undercuts the curve
+        eps *= 1.0 + 1e-9
+    return eps
 
 
 def _smallest_multiplier(cost, target: float, *, lo: float = 0.05, hi: float = 1e3, rtol: float = 1e-3) -> float:
@@ -138,7 +220,7 @@ def plan_release_split(epsilon: float, delta: float, weights: dict[str, float],
         z_i = c \\sqrt{\\frac{s_i}{w_i}}, \\qquad
         \\sum_i \\frac{s_i}{2 z_i^2} = \\frac{\\sum_i w_i}{2 c^2},
 
-    and ``c`` is the smallest scale whose composition (in the one Opacus RDP
+    and ``c`` is the smallest scale whose composition (in the one
     accountant, :func:`compose`) stays within ``epsilon`` at ``delta``. Called
     before any data is touched; raises :class:`BudgetError` when the noise
     needed exceeds :data:`MAX_NOISE_MULTIPLIER`.

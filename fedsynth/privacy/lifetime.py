@@ -3,15 +3,16 @@
 Hospitals rerun: another epsilon, another generator, a run restarted after
 it failed half-way. Every run spends privacy on the same patients, so each
 site keeps one persistent ledger per directory (``--ledger-dir``) and
-composes every release of every run in the one RDP accountant.
+composes every release of every run in the one accountant.
 
 * **Patients, not files.** A run is keyed by the salted hashes
   ``HMAC-SHA256(salt, sample_id)`` of the records it trained on (the salt
   is 32 random bytes made once per ledger, mode 0600), so re-splitting or
   re-normalising the same patients does not reset the spend, and the ledger
   holds no sample ID.
-* **Spend of a data set**: for each patient, the RDP composition of the
-  releases of every run that used it; the data set's spend is the largest
+* **Spend of a data set**: for each patient, the composition
+  (:func:`~fedsynth.privacy.accounting.compose`) of the releases of every
+  run that used it; the data set's spend is the largest
   over this run's patients, at this run's ``delta``.
 * **Written before it happens.** A run's line (its patients) is appended
   and fsynced before its first release, and each release's line (name, noise

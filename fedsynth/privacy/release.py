@@ -3,7 +3,7 @@
 A generator declares its releases up front, as :class:`ReleaseSpec`\\ s (name,
 L2 sensitivity ``Delta``, budget share, sample rate ``q``, repetitions
 ``s``). Before any data is touched, :meth:`ReleasePlan.calibrate` turns them
-into noise multipliers ``z`` in the one RDP accountant
+into noise multipliers ``z`` in the one accountant
 (:mod:`fedsynth.privacy.accounting`):
 
 * releases with a ``share`` (one-shot statistics, adaptive rounds) split the
@@ -53,6 +53,7 @@ from .accounting import (
     Mechanism,
     PrivacyLedger,
     _smallest_multiplier,
+    accountant_name,
     compose,
     epsilon_against_coalition,
     plan_release_split,
@@ -384,5 +385,5 @@ class Releaser:
             "clip_norm": fill.sensitivity if fill and private else None,
             "steps": self.rounds.get(fill.name, 0) if fill else 0,
             "mechanisms": mechanisms if private else [],
-            "accountant": "opacus RDP",
+            "accountant": accountant_name(self.ledger.mechanisms),
         }
