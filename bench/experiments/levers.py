@@ -11,9 +11,9 @@ import copy, sys
 from pathlib import Path
 import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT / "bench/experiments")); sys.path.insert(2, str(ROOT))
 import inproc
-from fedsynth.evaluation import tstr
+from _variants import score, summarise
 from fedsynth.generators.gaussian import to_profile_level
 ds, eps = sys.argv[1], float(sys.argv[2])
 a, b = (sys.argv[3] if len(sys.argv) > 3 else "100-107").split("-")
@@ -45,14 +45,6 @@ for s in range(int(a), int(b) + 1):
         return M2, p, n
     for name in ["default", "realvar", "var*0.5", "var*2", "dev*0.7", "dev*1.4", "uniform", "n*5", "realmeans"]:
         M2, p, n = variant(name)
-        rng = np.random.default_rng(7)
-        ys = rng.choice(K, size=n, p=p)
-        Xs = M2.sample(ys, rng)
-        sc = tstr(Xs, np.asarray(classes)[ys], Xte, yte, models=("logreg",))["tstr"]["logreg"]  # the pinned TSTR
-        R.setdefault(name, []).append((sc["accuracy"], sc["macro_f1"]))
+        R.setdefault(name, []).append(score(M2, p, n, classes, Xte, yte))  # the pinned TSTR
     print(s, " ".join("%s %.3f/%.3f" % (k, *v[-1]) for k, v in R.items()), flush=True)
-base = np.array(R["default"])
-for k, v in R.items():
-    d = np.array(v) - base
-    print("%-10s acc %.3f f1 %.3f   paired d acc %+.3f d f1 %+.3f +- %.3f" % (
-        k, *np.median(v, 0), d[:, 0].mean(), d[:, 1].mean(), d[:, 1].std(ddof=1) / np.sqrt(len(d))))
+summarise(R)

@@ -14,9 +14,9 @@ import copy, sys, math
 from pathlib import Path
 import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT / "bench/experiments")); sys.path.insert(2, str(ROOT))
 import inproc
-from fedsynth.evaluation import tstr
+from _variants import score, summarise
 from fedsynth.generators.gaussian import to_profile_level
 from fedsynth.privacy.clip import clip_rows
 ds, eps = sys.argv[1], float(sys.argv[2])
@@ -69,15 +69,6 @@ for s in range(int(a), int(b) + 1):
         M2.class_means = cm
         return M2
     for name in ["default", "oracle"] + [f"noisy{x}" for x in shares]:
-        M2 = variant(name)
-        rg = np.random.default_rng(7)
-        ys = rg.choice(K, size=len(X), p=props)
-        Xs = M2.sample(ys, rg)
-        sc = tstr(Xs, np.asarray(classes)[ys], Xte, yte, models=("logreg",))["tstr"]["logreg"]
-        R.setdefault(name, []).append((sc["accuracy"], sc["macro_f1"]))
+        R.setdefault(name, []).append(score(variant(name), props, len(X), classes, Xte, yte))
     print(s, "az %.2f ao %.2f" % (az, ao), " ".join("%s %.3f/%.3f" % (k, *v[-1]) for k, v in R.items()), flush=True)
-base = np.array(R["default"])
-for k, v in R.items():
-    d = np.array(v) - base
-    print("%-10s acc %.3f f1 %.3f   paired d acc %+.3f d f1 %+.3f +- %.3f" % (
-        k, *np.median(v, 0), d[:, 0].mean(), d[:, 1].mean(), d[:, 1].std(ddof=1) / np.sqrt(len(d))))
+summarise(R)
