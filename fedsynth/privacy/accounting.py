@@ -115,14 +115,19 @@ def compose(mechanisms: list[Mechanism], delta: float) -> float:
     if not mechanisms:
         return 0.0
     eps = _rdp_epsilon(mechanisms, delta)
-    if all(m.sample_rate == 1.0 for m in mechanisms):
+    if full_batch(mechanisms):
         eps = min(eps, gaussian_dp_epsilon(mechanisms, delta))
     return eps
 
 
+def full_batch(mechanisms: list[Mechanism]) -> bool:
+    """Whether every mechanism is a full-batch Gaussian (sample rate 1): composed exactly by :func:`compose`."""
+    return all(m.sample_rate == 1.0 for m in mechanisms)
+
+
 def accountant_name(mechanisms: list[Mechanism]) -> str:
     """What :func:`compose` used for ``mechanisms`` (for the DP record)."""
-    if mechanisms and all(m.sample_rate == 1.0 for m in mechanisms):
+    if mechanisms and full_batch(mechanisms):
         return "exact Gaussian-DP composition (opacus.accountants.analysis.gdp), RDP as the cap"
     return "opacus.accountants.RDPAccountant"
 
@@ -149,7 +154,7 @@ def gaussian_dp_epsilon(mechanisms: list[Mechanism], delta: float) -> float:
     multiplier is not positive or epsilon is beyond
     :data:`GDP_MAX_EPSILON` (the caller keeps the RDP bound then).
     """
-    if any(m.sample_rate != 1.0 for m in mechanisms):
+    if not full_batch(mechanisms):
         raise ValueError("the Gaussian-DP composition is exact only for full-batch mechanisms (sample rate 1)")
     if any(not m.noise_multiplier > 0 for m in mechanisms):
         return math.inf
