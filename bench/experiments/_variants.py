@@ -1,5 +1,7 @@
 """Shared by the diagnostics that score post-processed variants of one fitted gaussian (levers, off-selection).
 
+``args`` reads ``DATASET EPSILON [FIRST-LAST]`` (split seeds, both included); ``fits`` fits the
+default gaussian once per split seed (``inproc.run_one``, noise draw 0: rng ``[seed, 0, 12]``);
 ``score`` draws a synthetic cohort from a model (labels by the given proportions, rng seed 7, so
 every variant of one fit sees the same draws) and scores it with the pinned TSTR protocol
 (:func:`fedsynth.evaluation.tstr`, as ``inproc.run_one``); ``summarise`` prints each variant's
@@ -7,7 +9,21 @@ medians and its mean paired difference from ``default`` over the split seeds.
 """
 import numpy as np
 
+import inproc
 from fedsynth.evaluation import tstr
+
+
+def args(argv, seeds):
+    """``(dataset, epsilon, range of split seeds)`` from ``argv``; ``seeds`` (``FIRST-LAST``) by default."""
+    first, last = (argv[3] if len(argv) > 3 else seeds).split("-")
+    return argv[1], float(argv[2]), range(int(first), int(last) + 1)
+
+
+def fits(dataset, epsilon, seeds):
+    """Per split seed: ``s``, the split ``(X, y, Xte, yte, classes)`` and the default's fit (``run_one``'s result)."""
+    for s in seeds:
+        split = inproc.load(dataset, s)
+        yield s, split, inproc.run_one("gaussian", *split, epsilon, np.random.default_rng([s, 0, 12]))
 
 
 def score(model, props, n, classes, Xte, yte, seed=7):

@@ -13,14 +13,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT / "bench/experiments")); sys.path.insert(2, str(ROOT))
 import inproc
-from _variants import score, summarise
+from _variants import args, fits, score, summarise
 from fedsynth.generators.gaussian import to_profile_level
-ds, eps = sys.argv[1], float(sys.argv[2])
-a, b = (sys.argv[3] if len(sys.argv) > 3 else "100-107").split("-")
+ds, eps, seeds = args(sys.argv, "100-107")
 R = {}
-for s in range(int(a), int(b) + 1):
-    X, y, Xte, yte, classes = inproc.load(ds, s)
-    r = inproc.run_one("gaussian", X, y, Xte, yte, classes, eps, np.random.default_rng([s, 0, 12]))
+for s, (X, y, Xte, yte, classes), r in fits(ds, eps, seeds):
     M = r["gen"].model
     mu_t, yi = inproc.real_class_means(X, y, classes)
     V = to_profile_level(X)

@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench")); sys.path.insert(1, str(ROOT / "bench/experiments")); sys.path.insert(2, str(ROOT))
-import inproc
-from _variants import score, summarise
+from _variants import args, fits, score, summarise
 from fedsynth.generators.gaussian import to_profile_level
 from fedsynth.privacy.clip import clip_rows
-ds, eps = sys.argv[1], float(sys.argv[2])
-a, b = (sys.argv[3] if len(sys.argv) > 3 else "100-105").split("-")
+ds, eps, seeds = args(sys.argv, "100-105")
 shares = [float(x) for x in (sys.argv[4] if len(sys.argv) > 4 else "0.1,0.2").split(",")]
 L = math.log(1e5); rho = (math.sqrt(L + eps) - math.sqrt(L)) ** 2
 R = {}
-for s in range(int(a), int(b) + 1):
-    X, y, Xte, yte, classes = inproc.load(ds, s)
-    r = inproc.run_one("gaussian", X, y, Xte, yte, classes, eps, np.random.default_rng([s, 0, 12]))
+for s, (X, y, Xte, yte, classes), r in fits(ds, eps, seeds):
     gen = r["gen"]; M = gen.model; st = gen.statistics
     sel = np.asarray(st["selected"]); D = M.class_means.shape[1]
     off = np.setdiff1d(np.arange(D), sel)
